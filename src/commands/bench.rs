@@ -1,0 +1,276 @@
+//! `llmbs bench`: throughput of the backbone's workloads (inference forward, training step,
+//! embedding), printed as JSON lines for `scripts/bench-peer.sh` and the device check.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{Optimizer, VarBuilder, VarMap};
+use rand::{Rng, SeedableRng};
+
+use crate::data::Dataset;
+use crate::device::{device_name, DeviceArgs};
+use crate::embed;
+use crate::llm::{Llama, LlamaConfig, Loaded, ModelSource, Mode};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Backbone workloads: forward (inference path, no LM head), backward (forward+backward,
+    /// training path with the LM head and cross-entropy), train (backward + AdamW), embed.
+    Llm(LlmBenchArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct LlmBenchArgs {
+    /// Backbone source (see `llmbs embed --help`)
+    #[arg(long, default_value = "default")]
+    pub model: String,
+    /// Random weights of SmolLM2-135M's shape instead of loading a model (speed only)
+    #[arg(long)]
+    pub random_weights: bool,
+    /// Comma-separated: forward,backward,train,embed
+    #[arg(long, default_value = "forward,train")]
+    pub workload: String,
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 128)]
+    pub seq: usize,
+    /// Timed runs per workload (after one warm-up); the median is reported
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// CPU threads (sets RAYON_NUM_THREADS); default: all cores
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Dataset for the embed workload
+    #[arg(long, default_value = "../shared/data/beauty")]
+    pub data: PathBuf,
+    /// Items for the embed workload
+    #[arg(long, default_value_t = 256)]
+    pub items: usize,
+    /// Batch size for the embed workload
+    #[arg(long, default_value_t = 32)]
+    pub embed_batch: usize,
+    /// Users for the beam workload
+    #[arg(long, default_value_t = 8)]
+    pub beam_users: usize,
+    /// Users per batch for the beam workload
+    #[arg(long, default_value_t = 8)]
+    pub beam_batch: usize,
+    /// Print JSON lines instead of text
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub dev: DeviceArgs,
+}
+
+pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Llm(a) => run_llm(a),
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n == 0 {
+        0.0
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Times `f` once for warm-up and then `runs` times.
+fn time_runs(runs: usize, dev: &Device, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<Vec<f64>> {
+    f()?;
+    dev.synchronize()?;
+    let mut out = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        let t = Instant::now();
+        f()?;
+        dev.synchronize()?;
+        out.push(t.elapsed().as_secs_f64());
+    }
+    Ok(out)
+}
+
+/// A trainable copy of the weights: every tensor becomes a `Var` in a `VarMap`.
+fn trainable(weights: &std::collections::HashMap<String, Tensor>, dtype: DType, dev: &Device) -> anyhow::Result<VarMap> {
+    let vm = VarMap::new();
+    {
+        let mut data = vm.data().lock().map_err(|_| anyhow::anyhow!("VarMap lock poisoned"))?;
+        for (k, v) in weights {
+            data.insert(k.clone(), candle_core::Var::from_tensor(&v.to_dtype(dtype)?.to_device(dev)?)?);
+        }
+    }
+    Ok(vm)
+}
+
+fn run_llm(a: LlmBenchArgs) -> anyhow::Result<()> {
+    if let Some(t) = a.threads {
+        std::env::set_var("RAYON_NUM_THREADS", t.to_string());
+    }
+    let (dev, dtype) = a.dev.resolve()?;
+    let (cfg, vm, loaded, source) = if a.random_weights {
+        let cfg = LlamaConfig::smollm2_135m();
+        let (vm, _) = crate::llm::init::random_model(&cfg, 0, dtype, &dev)?;
+        (cfg, vm, None, "random:smollm2-135m".to_string())
+    } else {
+        let src = ModelSource::parse(&a.model)?;
+        let loaded = Loaded::load(&src, &dev, dtype)?;
+        let vm = trainable(&loaded.weights, dtype, &dev)?;
+        (loaded.cfg.clone(), vm, Some(loaded), src.describe())
+    };
+    let model = Llama::new(&cfg, VarBuilder::from_varmap(&vm, dtype, &dev))?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let (b, t) = (a.batch, a.seq);
+    let ids: Vec<u32> = (0..b * t).map(|_| rng.random_range(0..cfg.vocab_size as u32)).collect();
+    let ids = Tensor::from_vec(ids, (b, t), &dev)?;
+    let base = serde_json::json!({
+        "device": device_name(&dev), "dtype": format!("{dtype:?}").to_lowercase(),
+        "model": source, "threads": candle_core::utils::get_num_threads(),
+    });
+    for w in a.workload.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let mut line = base.clone();
+        line["workload"] = w.into();
+        match w {
+            "forward" => {
+                let mut runs = time_runs(a.runs, &dev, || {
+                    model.forward_hidden(&ids, None, None, None, Mode::Infer)?;
+                    Ok(())
+                })?;
+                line["runs"] = serde_json::json!(runs.clone());
+                let m = median(&mut runs);
+                line["median_s"] = m.into();
+                line["tokens_per_s"] = ((b * t) as f64 / m).into();
+                line["batch"] = b.into();
+                line["seq"] = t.into();
+            }
+            "backward" | "train" => {
+                let mut opt = candle_nn::AdamW::new(
+                    vm.all_vars(),
+                    candle_nn::ParamsAdamW { lr: 5e-5, weight_decay: 0.01, ..Default::default() },
+                )?;
+                let inputs = ids.narrow(1, 0, t - 1)?;
+                let targets = ids.narrow(1, 1, t - 1)?.flatten_all()?;
+                let mut runs = time_runs(a.runs, &dev, || {
+                    let logits = model.forward_logits(&inputs, Mode::Train)?;
+                    let loss = candle_nn::loss::cross_entropy(&logits.flatten_to(1)?, &targets)?;
+                    if w == "train" {
+                        opt.backward_step(&loss)?;
+                    } else {
+                        loss.backward()?;
+                    }
+                    Ok(())
+                })?;
+                line["runs"] = serde_json::json!(runs.clone());
+                let m = median(&mut runs);
+                line["median_s"] = m.into();
+                line["tokens_per_s"] = ((b * t) as f64 / m).into();
+                line["batch"] = b.into();
+                line["seq"] = t.into();
+            }
+            "embed" => {
+                let tok = &loaded
+                    .as_ref()
+                    .context("the embed workload needs a real model's tokenizer (drop --random-weights)")?
+                    .tokenizer;
+                let ds = Dataset::load_lcrec(&a.data)?;
+                let n = a.items.min(ds.items.len());
+                let texts: Vec<String> = ds.items[..n].iter().map(|i| i.text.clone()).collect();
+                let seqs = embed::tokenize_all(tok, &texts, 256)?;
+                let tokens: usize = seqs.iter().map(|s| s.len()).sum();
+                let mut runs = time_runs(a.runs, &dev, || {
+                    embed::mean_pool(&model, &seqs, a.embed_batch, |_| {})?;
+                    Ok(())
+                })?;
+                line["runs"] = serde_json::json!(runs.clone());
+                let m = median(&mut runs);
+                line["median_s"] = m.into();
+                line["items"] = n.into();
+                line["items_per_s"] = (n as f64 / m).into();
+                line["tokens_per_s"] = (tokens as f64 / m).into();
+                line["batch"] = a.embed_batch.into();
+            }
+            "beam" => {
+                let l = loaded
+                    .as_ref()
+                    .context("the beam workload needs a real model's tokenizer (drop --random-weights)")?;
+                let (users, mut runs, prompt_tokens) = bench_beam(l, &a, &dev)?;
+                line["runs"] = serde_json::json!(runs.clone());
+                let m = median(&mut runs);
+                line["median_s"] = m.into();
+                line["users"] = users.into();
+                line["users_per_s"] = (users as f64 / m).into();
+                line["batch"] = a.beam_batch.into();
+                line["num_beams"] = 20.into();
+                line["prompt_tokens_mean"] = prompt_tokens.into();
+                line["trie_items"] = 12_000.into();
+            }
+            other => anyhow::bail!("--workload {other}: expected forward, backward, train, embed or beam"),
+        }
+        if a.json {
+            println!("{line}");
+        } else {
+            println!(
+                "{:<9} {:>10.1} tokens/s  median {:.3}s  ({} runs, {} {:?})",
+                w,
+                line["tokens_per_s"].as_f64().or(line["users_per_s"].as_f64()).unwrap_or(0.0),
+                line["median_s"].as_f64().unwrap_or(0.0),
+                a.runs,
+                device_name(&dev),
+                dtype
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The LC-Rec-style beam workload the peer script runs: 4 x 256 new ID tokens, a trie of
+/// 12,000 random 4-token items, prompts with 20-item histories (~114 tokens), beam 20.
+/// Returns (users, run times, mean prompt tokens).
+fn bench_beam(l: &Loaded, a: &LlmBenchArgs, dev: &Device) -> anyhow::Result<(usize, Vec<f64>, f64)> {
+    use crate::eval::{beam_search, Trie};
+    let mut l = Loaded {
+        cfg: l.cfg.clone(),
+        weights: l.weights.clone(),
+        tokenizer: l.tokenizer.clone(),
+        source: l.source.clone(),
+    };
+    let names: Vec<String> = "abcd"
+        .chars()
+        .flat_map(|p| (0..256).map(move |i| format!("<{p}_{i}>")))
+        .collect();
+    let tid = crate::llm::vocab::extend_vocab(&mut l, &names, 0)?;
+    let model = l.build(dev)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let mut codes = std::collections::BTreeSet::new();
+    while codes.len() < 12_000 {
+        codes.insert([0usize; 4].map(|_| rng.random_range(0..256usize)));
+    }
+    let codes: Vec<[usize; 4]> = codes.into_iter().collect();
+    let ids: Vec<Vec<u32>> = codes
+        .iter()
+        .map(|c| (0..4).map(|lvl| tid[lvl * 256 + c[lvl]]).collect())
+        .collect();
+    let trie = Trie::new(&ids)?;
+    let code_str = |c: &[usize; 4]| -> String {
+        "abcd".chars().zip(c.iter()).map(|(p, i)| format!("<{p}_{i}>")).collect()
+    };
+    let mut prompts = Vec::new();
+    for _ in 0..a.beam_users.max(1) {
+        let hist: Vec<String> = (0..20).map(|_| code_str(&codes[rng.random_range(0..codes.len())])).collect();
+        let text = format!("The user has purchased: {}. Predict the next item.\nResponse:", hist.join(","));
+        prompts.push(crate::llm::tokenizer::encode(&l.tokenizer, &text)?);
+    }
+    let mean = prompts.iter().map(|p| p.len()).sum::<usize>() as f64 / prompts.len() as f64;
+    let runs = time_runs(a.runs, dev, || {
+        for chunk in prompts.chunks(a.beam_batch.max(1)) {
+            beam_search(&model, chunk, &trie, 20)?;
+        }
+        Ok(())
+    })?;
+    Ok((prompts.len(), runs, mean))
+}

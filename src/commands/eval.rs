@@ -1,0 +1,185 @@
+//! `llmbs eval`: trie-constrained beam search on the validation or test users of a run, with
+//! Recall/NDCG reports and per-user predictions (paper 3.4.3, 4.1.2).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+use crate::data::{Dataset, Sample, SplitConfig};
+use crate::device::{device_name, DeviceArgs};
+use crate::eval::{self, ItemIds, Prediction};
+use crate::llm::{vocab, Loaded, ModelSource};
+use crate::metrics::rank_of;
+use crate::tasks::Prompts;
+use crate::util::{atomic_write, atomic_write_with, progress_bar, write_json};
+
+/// The paper's Table 2 rows (R@5, R@10, N@5, N@10) by dataset name.
+const PAPER_ROWS: &[(&str, [f64; 4])] = &[("Beauty", [0.0548, 0.0830, 0.0369, 0.0459])];
+
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    /// Run directory: reports go to RUN/eval/
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Dataset directory (LC-Rec JSON format)
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Backbone (untrained: its ID-token rows are freshly initialised)
+    #[arg(long, default_value = "default")]
+    pub model: String,
+    /// Item index (LC-Rec format); default: the only RUN/index/*.index.json
+    #[arg(long)]
+    pub index: Option<PathBuf>,
+    #[arg(long, value_parser = ["test", "valid"], default_value = "test")]
+    pub split: String,
+    #[arg(long, default_value_t = 20)]
+    pub beam: usize,
+    /// Users per beam-search batch
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Evaluate a seeded random sample of N users (all users without it)
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Prompt file (default: the embedded configs/prompts.json); SRT template 0 is used
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    /// Seed of the fresh ID-token rows
+    #[arg(long, default_value_t = 0)]
+    pub vocab_seed: u64,
+    #[command(flatten)]
+    pub dev: DeviceArgs,
+}
+
+fn find_index(run: &Path) -> anyhow::Result<PathBuf> {
+    let dir = run.join("index");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("no --index given and {} is not readable", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_string_lossy().ends_with(".index.json"))
+        .collect();
+    found.sort();
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => anyhow::bail!("{}: no *.index.json (run `llmbs index` or pass --index)", dir.display()),
+        _ => anyhow::bail!("{}: several *.index.json, pass --index", dir.display()),
+    }
+}
+
+pub fn run(a: EvalArgs) -> anyhow::Result<()> {
+    let (device, dtype) = a.dev.resolve()?;
+    let ds = Dataset::load_lcrec(&a.data)?;
+    let split = ds.split(&SplitConfig::default())?;
+    let index_path = match &a.index {
+        Some(p) => p.clone(),
+        None => find_index(&a.run)?,
+    };
+    let (index, report) = crate::index::load_external(&index_path, &ds)?;
+    if report.disambiguation.collisions > 0 {
+        eprintln!("{report}");
+    }
+    let tokens: Vec<Vec<String>> = (0..index.len()).map(|i| index.id_strings(i)).collect();
+    let prompts = match &a.prompts {
+        Some(p) => Prompts::load(p)?,
+        None => Prompts::embedded()?,
+    };
+    let src = ModelSource::parse(&a.model)?;
+    let mut loaded = Loaded::load(&src, &device, dtype)?;
+    let mut new_tokens: Vec<String> = tokens.iter().flatten().cloned().collect();
+    new_tokens.sort();
+    new_tokens.dedup();
+    new_tokens.push(vocab::CON_TOKEN.to_string());
+    vocab::extend_vocab(&mut loaded, &new_tokens, a.vocab_seed)?;
+    let model = loaded.build(&device)?;
+    let items = ItemIds::new(tokens, &loaded.tokenizer)?;
+
+    let mut samples: Vec<Sample> = if a.split == "test" { split.test.clone() } else { split.valid.clone() };
+    if let Some(n) = a.limit {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
+        samples.shuffle(&mut rng);
+        samples.truncate(n);
+        samples.sort_by_key(|s| s.user);
+    }
+    let prompt_ids = eval::prompt_ids(&samples, &items, &prompts, 0, &loaded.tokenizer)?;
+    let mean_prompt = prompt_ids.iter().map(|p| p.len()).sum::<usize>() as f64 / prompt_ids.len().max(1) as f64;
+    eprintln!(
+        "evaluating {} {} users, beam {}, batch {}, {} on {} (mean prompt {mean_prompt:.0} tokens)",
+        samples.len(),
+        a.split,
+        a.beam,
+        a.batch,
+        src.describe(),
+        device_name(&device)
+    );
+    let pb = progress_bar(samples.len() as u64, "users");
+    let out = eval::evaluate(&model, &prompt_ids, &samples, &items, a.beam, a.batch, |k| pb.inc(k as u64))?;
+    pb.finish_and_clear();
+
+    let suffix = if a.split == "test" { String::new() } else { format!("-{}", a.split) };
+    let eval_dir = a.run.join("eval");
+    let preds_path = eval_dir.join(format!("predictions{suffix}.jsonl"));
+    atomic_write_with(&preds_path, |tmp| {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(tmp)?);
+        for (s, r) in samples.iter().zip(&out.ranked) {
+            let list: Vec<u32> = r.iter().map(|x| x.0).collect();
+            let p = Prediction {
+                user: ds.users[s.user as usize].clone(),
+                target: ds.items[s.target as usize].id.clone(),
+                rank: rank_of(&list, s.target, list.len()),
+                top: r.iter().map(|&(i, sc)| (ds.items[i as usize].id.clone(), sc)).collect(),
+            };
+            let mut v = serde_json::to_value(&p)?;
+            v["top_titles"] = r.iter().map(|&(i, _)| ds.items[i as usize].title.clone()).collect();
+            writeln!(f, "{v}")?;
+        }
+        f.flush()?;
+        Ok(())
+    })?;
+    let users_per_s = samples.len() as f64 / out.seconds;
+    let paper = PAPER_ROWS.iter().find(|(n, _)| *n == ds.name).map(|(_, r)| *r);
+    let report = serde_json::json!({
+        "split": a.split, "users": samples.len(), "all_users": a.limit.is_none(),
+        "metrics": out.metrics, "seconds": out.seconds, "users_per_s": users_per_s,
+        "beam": a.beam, "batch": a.batch, "model": src.describe(), "checkpoint": "none (untrained backbone, fresh ID-token rows)",
+        "index": index_path.display().to_string(), "prompt_template": "srt[0]",
+        "prompt": prompts.srt[0], "mean_prompt_tokens": mean_prompt,
+        "device": device_name(&device), "dtype": format!("{dtype:?}").to_lowercase(),
+        "scoring": "sum of full-vocabulary log-probabilities, no length normalisation",
+        "paper_table2": paper.map(|r| serde_json::json!({"R@5": r[0], "R@10": r[1], "N@5": r[2], "N@10": r[3]})),
+    });
+    write_json(&eval_dir.join(format!("report{suffix}.json")), &report)?;
+    let m = &out.metrics;
+    let mut md = format!(
+        "# llmbs eval: {} ({} split, {} users{})\n\n{}\n{}\n",
+        ds.name,
+        a.split,
+        samples.len(),
+        if a.limit.is_some() { format!(", seeded sample, seed {}", a.seed) } else { String::new() },
+        m.markdown_header(),
+        m.to_markdown_row()
+    );
+    if let Some(r) = paper {
+        md.push_str(&format!(
+            "\nPaper Table 2 (LLM-BS, LLaMA-7B): R@5 {:.4}, R@10 {:.4}, N@5 {:.4}, N@10 {:.4}\n",
+            r[0], r[1], r[2], r[3]
+        ));
+    }
+    md.push_str(&format!(
+        "\nModel: {} (untrained, fresh ID rows). Index: {}. Prompt: srt[0]. Beam {}, batch {}, {} {:?}: {:.2} users/s ({:.0} s).\n",
+        src.describe(),
+        index_path.display(),
+        a.beam,
+        a.batch,
+        device_name(&device),
+        dtype,
+        users_per_s,
+        out.seconds
+    ));
+    atomic_write(&eval_dir.join(format!("report{suffix}.md")), md.as_bytes())?;
+    println!("{md}");
+    Ok(())
+}

@@ -1,0 +1,125 @@
+//! Batched, trie-constrained beam search over the backbone's KV cache (paper 3.4.3): many users
+//! per batch, `beam` hypotheses each, only real items come out, each at most once.
+//!
+//! Scores are sums of full-vocabulary log-probabilities (log-softmax over every token, then
+//! masked to the trie's children), without length normalisation: exactly the teacher-forced
+//! log-likelihood of the item's ID given the prompt.
+
+use candle_core::{DType, Device, Tensor, D};
+
+use super::trie::{Trie, ROOT};
+use crate::llm::{Llama, Mode, Positions};
+
+/// One user's result: (item, score) best first, distinct items.
+pub type Ranked = Vec<(u32, f32)>;
+
+#[derive(Debug, Clone, Copy)]
+struct Hyp {
+    user: usize,
+    row: usize, // cache row holding this hypothesis' past
+    node: u32,
+    score: f32,
+}
+
+/// Row-wise log-softmax over the full vocabulary, of which only the token range `cols` (the
+/// ID tokens, contiguous at the end of the vocabulary) is copied to the host: [rows][cols.len()].
+fn log_probs(model: &Llama, hidden: &Tensor, cols: &std::ops::Range<u32>) -> candle_core::Result<Vec<Vec<f32>>> {
+    let logits = model.logits(hidden)?; // [rows, vocab] f32
+    let lp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+    let lp = lp.narrow(1, cols.start as usize, (cols.end - cols.start) as usize)?;
+    lp.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.to_vec2()
+}
+
+/// Beam search for every prompt (token ids). Returns, per prompt, up to `beam` distinct items
+/// with their scores, best first.
+pub fn beam_search(model: &Llama, prompts: &[Vec<u32>], trie: &Trie, beam: usize) -> candle_core::Result<Vec<Ranked>> {
+    let dev = model.device().clone();
+    let u = prompts.len();
+    if u == 0 {
+        return Ok(Vec::new());
+    }
+    let t = prompts.iter().map(|p| p.len()).max().unwrap_or(1).max(1);
+    let lens: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
+    let mut ids = vec![0u32; u * t];
+    let mut valid = vec![0u8; u * t];
+    for (r, p) in prompts.iter().enumerate() {
+        ids[r * t..r * t + p.len()].copy_from_slice(p);
+        valid[r * t..r * t + p.len()].iter_mut().for_each(|v| *v = 1);
+    }
+    let ids = Tensor::from_vec(ids, (u, t), &dev)?;
+    let valid = Tensor::from_vec(valid, (u, t), &dev)?;
+    let mut cache = model.new_cache();
+    // The prompt is prefilled once per user, not once per beam; only its last position pays
+    // for the LM head.
+    let hidden = model.forward_hidden(&ids, None, Some(&valid), Some(&mut cache), Mode::Infer)?;
+    let last: Vec<(usize, usize)> = lens.iter().enumerate().map(|(r, &l)| (r, l.max(1) - 1)).collect();
+    let cols = trie.token_range();
+    let off = cols.start as usize;
+    let mut lp = log_probs(model, &Llama::gather(&hidden, &last)?, &cols)?;
+    let mut live: Vec<Hyp> = (0..u).map(|user| Hyp { user, row: user, node: ROOT, score: 0.0 }).collect();
+    let mut finished: Vec<Ranked> = vec![Vec::new(); u];
+    let mut step = 0usize;
+    loop {
+        // Expand every live hypothesis along its trie edges; keep the best `beam` per user.
+        let mut per_user: Vec<Vec<(f32, usize, u32, u32)>> = vec![Vec::new(); u]; // (score, hyp, token, child)
+        for (h, hyp) in live.iter().enumerate() {
+            for &(tok, child) in trie.children(hyp.node) {
+                per_user[hyp.user].push((hyp.score + lp[hyp.row][tok as usize - off], h, tok, child));
+            }
+        }
+        let mut next: Vec<(Hyp, u32)> = Vec::new(); // (new hypothesis with parent row, token)
+        for (user, mut cands) in per_user.into_iter().enumerate() {
+            // Deterministic order: score, then parent, then token.
+            cands.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+            cands.truncate(beam);
+            for (score, h, tok, child) in cands {
+                match trie.item(child) {
+                    Some(item) => finished[user].push((item, score)),
+                    None => next.push((Hyp { user, row: live[h].row, node: child, score }, tok)),
+                }
+            }
+        }
+        if next.is_empty() {
+            break;
+        }
+        step += 1;
+        let parents: Vec<u32> = next.iter().map(|(h, _)| h.row as u32).collect();
+        cache.reorder(&Tensor::from_vec(parents, next.len(), &dev)?)?;
+        let toks: Vec<u32> = next.iter().map(|(_, tok)| *tok).collect();
+        let pos: Vec<u32> = next.iter().map(|(h, _)| (lens[h.user] + step - 1) as u32).collect();
+        let n = next.len();
+        let toks = Tensor::from_vec(toks, (n, 1), &dev)?;
+        let pos = Tensor::from_vec(pos, (n, 1), &dev)?;
+        let h = model.forward_hidden(&toks, Some(Positions::PerRow(pos)), None, Some(&mut cache), Mode::Infer)?;
+        lp = log_probs(model, &h.squeeze(1)?, &cols)?;
+        live = next
+            .into_iter()
+            .enumerate()
+            .map(|(row, (h, _))| Hyp { row, ..h })
+            .collect();
+    }
+    for f in finished.iter_mut() {
+        f.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        f.truncate(beam);
+    }
+    Ok(finished)
+}
+
+/// Teacher-forced log-likelihood of every item's full ID after `prompt` (the exact ranking that
+/// beam search approximates; used by tests and for small catalogues). Returns all items, best first.
+pub fn score_all_items(model: &Llama, prompt: &[u32], ids: &[Vec<u32>]) -> candle_core::Result<Ranked> {
+    let dev = model.device().clone();
+    let mut out = Vec::with_capacity(ids.len());
+    for (item, id) in ids.iter().enumerate() {
+        let mut seq = prompt.to_vec();
+        seq.extend_from_slice(id);
+        let x = Tensor::new(seq.as_slice(), &dev)?.unsqueeze(0)?;
+        let h = model.forward_hidden(&x, None, None, None, Mode::Infer)?.squeeze(0)?;
+        let rows = h.narrow(0, prompt.len() - 1, id.len())?;
+        let lp = log_probs(model, &rows, &(0..model.config().vocab_size as u32))?;
+        let score: f32 = id.iter().enumerate().map(|(k, &tok)| lp[k][tok as usize]).sum();
+        out.push((item as u32, score));
+    }
+    out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    Ok(out)
+}

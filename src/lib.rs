@@ -1,0 +1,14 @@
+//! llmbs: the LLM-BS generative recommender (paper "LLM-BS", published as EAGER-LLM, WWW 2025)
+//! on candle. One module per pipeline stage; `main.rs` only parses the command line.
+
+pub mod behavior;
+pub mod commands;
+pub mod data;
+pub mod device;
+pub mod embed;
+pub mod index;
+pub mod llm;
+pub mod metrics;
+pub mod util;
+pub mod eval;
+pub mod tasks;

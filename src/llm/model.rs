@@ -1,0 +1,466 @@
+//! The Llama decoder (RMSNorm, RoPE, grouped-query attention, SwiGLU), our own so that it
+//! gives every position's hidden state, logits only where asked, a batched KV cache and
+//! LoRA hooks (DESIGN "Backbone"; paper Eq. 2 uses its hidden states, 3.4 trains it).
+
+use candle_core::{DType, Device, IndexOp, Result, Tensor, D};
+use candle_nn::VarBuilder;
+
+use super::cache::KvCache;
+use super::config::LlamaConfig;
+use super::lora::{LoraConfig, Proj};
+
+/// Which kernels a forward uses: `Train` composes differentiable ops (candle's fused softmax,
+/// RMSNorm and RoPE kernels have no backward); `Infer` uses the fused ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Train,
+    Infer,
+}
+
+#[derive(Debug, Clone)]
+struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(dim, "weight")?,
+            eps,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        match mode {
+            Mode::Infer => candle_nn::ops::rms_norm(x, &self.weight, self.eps as f32),
+            Mode::Train => candle_nn::ops::rms_norm_slow(x, &self.weight, self.eps as f32),
+        }
+    }
+}
+
+/// RoPE tables for the HF ("rotate half") layout: cos/sin `[max_pos, head_dim / 2]`.
+#[derive(Debug, Clone)]
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    fn new(cfg: &LlamaConfig, dtype: DType, dev: &Device) -> Result<Self> {
+        let hd = cfg.head_dim();
+        let inv: Vec<f32> = (0..hd / 2)
+            .map(|i| 1.0 / (cfg.rope_theta as f32).powf(2.0 * i as f32 / hd as f32))
+            .collect();
+        let inv = Tensor::from_vec(inv, (1, hd / 2), dev)?;
+        let pos = Tensor::arange(0u32, cfg.max_position_embeddings as u32, dev)?
+            .to_dtype(DType::F32)?
+            .reshape((cfg.max_position_embeddings, 1))?;
+        let freqs = pos.matmul(&inv)?;
+        Ok(Self {
+            cos: freqs.cos()?.to_dtype(dtype)?,
+            sin: freqs.sin()?.to_dtype(dtype)?,
+        })
+    }
+
+    /// cos/sin for the given positions: `[t, hd/2]` for a shared offset, `[b, t, hd/2]` per row.
+    fn tables(&self, pos: &Positions) -> Result<(Tensor, Tensor)> {
+        match pos {
+            Positions::Offset(o, t) => Ok((self.cos.narrow(0, *o, *t)?, self.sin.narrow(0, *o, *t)?)),
+            Positions::PerRow(p) => {
+                let (b, t) = p.dims2()?;
+                let flat = p.flatten_all()?;
+                let cos = self.cos.index_select(&flat, 0)?.reshape((b, t, ()))?;
+                let sin = self.sin.index_select(&flat, 0)?.reshape((b, t, ()))?;
+                Ok((cos, sin))
+            }
+        }
+    }
+
+    /// x: [b, h, t, hd] -> [b, h, t, hd]
+    fn apply(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mode: Mode) -> Result<Tensor> {
+        match mode {
+            Mode::Infer => candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin),
+            Mode::Train => {
+                // rope_slow composed by hand so per-row positions ([b, t, hd/2]) work too.
+                let cos = Tensor::cat(&[cos, cos], D::Minus1)?;
+                let sin = Tensor::cat(&[sin, sin], D::Minus1)?;
+                let (cos, sin) = if cos.rank() == 2 {
+                    (cos.unsqueeze(0)?.unsqueeze(0)?, sin.unsqueeze(0)?.unsqueeze(0)?)
+                } else {
+                    (cos.unsqueeze(1)?, sin.unsqueeze(1)?)
+                };
+                let half = x.dim(D::Minus1)? / 2;
+                let x1 = x.narrow(D::Minus1, 0, half)?;
+                let x2 = x.narrow(D::Minus1, half, half)?;
+                let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+                x.broadcast_mul(&cos)? + rot.broadcast_mul(&sin)?
+            }
+        }
+    }
+}
+
+/// Token positions of a forward chunk.
+#[derive(Debug, Clone)]
+pub enum Positions {
+    /// Every row starts at the same position: (offset, chunk length).
+    Offset(usize, usize),
+    /// Per-row positions `[b, t]` (u32), e.g. decoding after right-padded prompts.
+    PerRow(Tensor),
+}
+
+#[derive(Debug, Clone)]
+struct Attention {
+    q_proj: Proj,
+    k_proj: Proj,
+    v_proj: Proj,
+    o_proj: Proj,
+    n_heads: usize,
+    n_kv: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn new(cfg: &LlamaConfig, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let hd = cfg.head_dim();
+        let (h, kv) = (cfg.num_attention_heads, cfg.num_kv_heads());
+        Ok(Self {
+            q_proj: Proj::new(d, h * hd, vb.pp("q_proj"))?,
+            k_proj: Proj::new(d, kv * hd, vb.pp("k_proj"))?,
+            v_proj: Proj::new(d, kv * hd, vb.pp("v_proj"))?,
+            o_proj: Proj::new(h * hd, d, vb.pp("o_proj"))?,
+            n_heads: h,
+            n_kv: kv,
+            head_dim: hd,
+        })
+    }
+
+    fn projs_mut(&mut self) -> [(&'static str, &mut Proj); 4] {
+        [
+            ("q_proj", &mut self.q_proj),
+            ("k_proj", &mut self.k_proj),
+            ("v_proj", &mut self.v_proj),
+            ("o_proj", &mut self.o_proj),
+        ]
+    }
+
+    /// x: [b, t, d]; mask: additive `[b|1, 1, t, kv]`; returns [b, t, d].
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        cs: &(Tensor, Tensor),
+        mask: Option<&Tensor>,
+        cache: Option<(&mut KvCache, usize)>,
+        st: &State,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (h, kv, hd) = (self.n_heads, self.n_kv, self.head_dim);
+        let q = self.q_proj.forward_with(x, st.adapter, st.train());
+        let k = self.k_proj.forward_with(x, st.adapter, st.train());
+        let v = self.v_proj.forward_with(x, st.adapter, st.train());
+        let q = q?.reshape((b, t, h, hd))?.transpose(1, 2)?.contiguous()?;
+        let k = k?.reshape((b, t, kv, hd))?.transpose(1, 2)?.contiguous()?;
+        let v = v?.reshape((b, t, kv, hd))?.transpose(1, 2)?.contiguous()?;
+        let q = rope.apply(&q, &cs.0, &cs.1, st.mode)?;
+        let k = rope.apply(&k, &cs.0, &cs.1, st.mode)?;
+        let (k, v) = match cache {
+            Some((c, layer)) => c.append(layer, &k, &v)?,
+            None => (k, v),
+        };
+        let kv_len = k.dim(2)?;
+        // GQA without copying K/V: the n_rep query heads of one KV head are adjacent, so fold
+        // them into the row dimension of one matmul per KV head.
+        let n_rep = h / kv;
+        let q = q.reshape((b, kv, n_rep * t, hd))?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let att = (q.matmul(&k.t()?)? * scale)?; // [b, kv, n_rep*t, kv_len]
+        let att = match mask {
+            Some(m) => att
+                .reshape((b, kv, n_rep, t, kv_len))?
+                .broadcast_add(&m.unsqueeze(1)?)?
+                .reshape((b, kv, n_rep * t, kv_len))?,
+            None => att,
+        };
+        let att = match st.mode {
+            Mode::Infer => candle_nn::ops::softmax_last_dim(&att)?,
+            Mode::Train => candle_nn::ops::softmax(&att, D::Minus1)?,
+        };
+        let y = att.matmul(&v)?; // [b, kv, n_rep*t, hd]
+        let y = y
+            .reshape((b, h, t, hd))?
+            .transpose(1, 2)?
+            .reshape((b, t, h * hd))?;
+        self.o_proj.forward_with(&y, st.adapter, st.train())
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Mlp {
+    gate_proj: Proj,
+    up_proj: Proj,
+    down_proj: Proj,
+}
+
+impl Mlp {
+    fn new(cfg: &LlamaConfig, vb: VarBuilder) -> Result<Self> {
+        let (d, i) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Self {
+            gate_proj: Proj::new(d, i, vb.pp("gate_proj"))?,
+            up_proj: Proj::new(d, i, vb.pp("up_proj"))?,
+            down_proj: Proj::new(i, d, vb.pp("down_proj"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, st: &State) -> Result<Tensor> {
+        let g = self.gate_proj.forward_with(x, st.adapter, st.train())?;
+        let u = self.up_proj.forward_with(x, st.adapter, st.train())?;
+        let y = (candle_nn::ops::silu(&g)? * u)?;
+        self.down_proj.forward_with(&y, st.adapter, st.train())
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+struct State {
+    mode: Mode,
+    adapter: bool,
+}
+
+impl State {
+    fn train(&self) -> bool {
+        self.mode == Mode::Train
+    }
+}
+
+/// A Llama-family decoder. `vb` names follow the Hugging Face checkpoint keys.
+#[derive(Debug, Clone)]
+pub struct Llama {
+    cfg: LlamaConfig,
+    embed_tokens: Tensor, // [vocab, d]
+    layers: Vec<Block>,
+    norm: RmsNorm,
+    lm_head: Tensor, // [vocab, d], the embedding itself when tied
+    rope: Rope,
+    adapter_enabled: bool,
+}
+
+impl Llama {
+    pub fn new(cfg: &LlamaConfig, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let embed_tokens = vb.pp("model.embed_tokens").get((cfg.vocab_size, d), "weight")?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        let vbl = vb.pp("model.layers");
+        for i in 0..cfg.num_hidden_layers {
+            let vb = vbl.pp(i);
+            layers.push(Block {
+                input_layernorm: RmsNorm::new(d, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
+                self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
+                post_attention_layernorm: RmsNorm::new(
+                    d,
+                    cfg.rms_norm_eps,
+                    vb.pp("post_attention_layernorm"),
+                )?,
+                mlp: Mlp::new(cfg, vb.pp("mlp"))?,
+            });
+        }
+        let norm = RmsNorm::new(d, cfg.rms_norm_eps, vb.pp("model.norm"))?;
+        let lm_head = if cfg.tie_word_embeddings {
+            embed_tokens.clone()
+        } else {
+            vb.pp("lm_head").get((cfg.vocab_size, d), "weight")?
+        };
+        let rope = Rope::new(cfg, vb.dtype(), vb.device())?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope,
+            adapter_enabled: true,
+        })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> &Device {
+        self.embed_tokens.device()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.embed_tokens.dtype()
+    }
+
+    pub fn embed_weight(&self) -> &Tensor {
+        &self.embed_tokens
+    }
+
+    /// Attaches LoRA adapters (PEFT naming under `vb`: `model.layers.{i}.self_attn.q_proj.lora_A.weight`
+    /// etc.) to the projections named in `cfg.target_modules`.
+    pub fn attach_lora(&mut self, cfg: &LoraConfig, vb: VarBuilder) -> Result<()> {
+        let vbl = vb.pp("model.layers");
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let vb = vbl.pp(i);
+            let [a, b, c, d] = layer.self_attn.projs_mut();
+            let mlp = &mut layer.mlp;
+            let projs: [(&str, &str, &mut Proj); 7] = [
+                ("self_attn", a.0, a.1),
+                ("self_attn", b.0, b.1),
+                ("self_attn", c.0, c.1),
+                ("self_attn", d.0, d.1),
+                ("mlp", "gate_proj", &mut mlp.gate_proj),
+                ("mlp", "up_proj", &mut mlp.up_proj),
+                ("mlp", "down_proj", &mut mlp.down_proj),
+            ];
+            for (group, name, proj) in projs {
+                if cfg.target_modules.iter().any(|m| m == name) {
+                    proj.attach_lora(cfg, vb.pp(group).pp(name))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Switches the LoRA branches on or off (the paper's switchable Annealing Adapter).
+    pub fn set_adapter_enabled(&mut self, on: bool) {
+        self.adapter_enabled = on;
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.layers.len())
+    }
+
+    /// Final hidden states (after the last RMSNorm) of every position.
+    ///
+    /// ids: [b, t] (u32). `positions` default to `0..t` (or continue after `cache`).
+    /// `valid`: optional `[b, t]` (u8) marking real tokens; padded keys are never attended to.
+    /// Without `valid`, right padding is still harmless to real positions (causality), which is
+    /// what training and embedding rely on. Returns [b, t, d].
+    pub fn forward_hidden(
+        &self,
+        ids: &Tensor,
+        positions: Option<Positions>,
+        valid: Option<&Tensor>,
+        mut cache: Option<&mut KvCache>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let past = cache.as_ref().map(|c| c.len()).unwrap_or(0);
+        let positions = positions.unwrap_or(Positions::Offset(past, t));
+        let cs = self.rope.tables(&positions)?;
+        let key_valid = match (&mut cache, valid) {
+            (Some(c), v) => {
+                let v = match v {
+                    Some(v) => v.to_dtype(DType::U8)?,
+                    None => Tensor::ones((b, t), DType::U8, ids.device())?,
+                };
+                let all = match &c.valid {
+                    Some(prev) => Tensor::cat(&[prev, &v], 1)?,
+                    None => v,
+                };
+                c.valid = Some(all.clone());
+                Some(all)
+            }
+            (None, v) => v.map(|v| v.to_dtype(DType::U8)).transpose()?,
+        };
+        let mask = self.mask(b, t, past, key_valid.as_ref())?;
+        let st = State {
+            mode,
+            adapter: self.adapter_enabled,
+        };
+        let mut x = self
+            .embed_tokens
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, ()))?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let h = layer.input_layernorm.forward(&x, mode)?;
+            let c = cache.as_deref_mut().map(|c| (c, i));
+            let h = layer
+                .self_attn
+                .forward(&h, &self.rope, &cs, mask.as_ref(), c, &st)?;
+            x = (x + h)?;
+            let h = layer.post_attention_layernorm.forward(&x, mode)?;
+            let h = layer.mlp.forward(&h, &st)?;
+            x = (x + h)?;
+        }
+        self.norm.forward(&x, mode)
+    }
+
+    /// Additive mask `[b|1, 1, t, past + t]`: causal within the chunk, all of the past visible,
+    /// invalid keys hidden. `None` when nothing needs masking (a single new token, no padding).
+    fn mask(&self, b: usize, t: usize, past: usize, valid: Option<&Tensor>) -> Result<Option<Tensor>> {
+        let dev = self.device();
+        let kv = past + t;
+        let neg = f32::NEG_INFINITY;
+        let causal = if t > 1 {
+            let m: Vec<f32> = (0..t)
+                .flat_map(|i| (0..kv).map(move |j| if j > past + i { neg } else { 0.0 }))
+                .collect();
+            Some(Tensor::from_vec(m, (1, 1, t, kv), dev)?)
+        } else {
+            None
+        };
+        let pad = match valid {
+            Some(v) => {
+                let zeros = Tensor::zeros((b, kv), DType::F32, dev)?;
+                let negs = Tensor::full(neg, (b, kv), dev)?;
+                Some(v.where_cond(&zeros, &negs)?.reshape((b, 1, 1, kv))?)
+            }
+            None => None,
+        };
+        let m = match (causal, pad) {
+            (Some(c), Some(p)) => Some(c.broadcast_add(&p)?),
+            (Some(c), None) => Some(c),
+            (None, Some(p)) => Some(p),
+            (None, None) => None,
+        };
+        m.map(|m| m.to_dtype(self.dtype())).transpose()
+    }
+
+    /// hidden: [n, d] -> logits [n, vocab] (f32). Only the rows asked for pay for the head.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        hidden.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)
+    }
+
+    /// Hidden states of the given rows: `hidden` [b, t, d], `(row, pos)` pairs -> [n, d].
+    pub fn gather(hidden: &Tensor, at: &[(usize, usize)]) -> Result<Tensor> {
+        let (b, t, d) = hidden.dims3()?;
+        let flat = hidden.reshape((b * t, d))?;
+        let idx: Vec<u32> = at.iter().map(|&(r, p)| (r * t + p) as u32).collect();
+        let idx = Tensor::from_vec(idx, at.len(), hidden.device())?;
+        flat.index_select(&idx, 0)
+    }
+
+    /// Last-position logits of each row given its real length: [b, vocab].
+    pub fn last_logits(&self, hidden: &Tensor, lengths: &[usize]) -> Result<Tensor> {
+        let at: Vec<(usize, usize)> = lengths
+            .iter()
+            .enumerate()
+            .map(|(r, &l)| (r, l.saturating_sub(1)))
+            .collect();
+        self.logits(&Self::gather(hidden, &at)?)
+    }
+
+    /// All-position logits [b, t, vocab] (tests and parity checks).
+    pub fn forward_logits(&self, ids: &Tensor, mode: Mode) -> Result<Tensor> {
+        let h = self.forward_hidden(ids, None, None, None, mode)?;
+        let (b, t, d) = h.dims3()?;
+        self.logits(&h.reshape((b * t, d))?)?.reshape((b, t, ()))
+    }
+
+    /// The first row of `x` (small helper for single-sequence callers).
+    pub fn first(x: &Tensor) -> Result<Tensor> {
+        x.i(0)
+    }
+}

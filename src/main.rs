@@ -1,0 +1,43 @@
+use clap::{Parser, Subcommand};
+use llmbs::commands;
+
+/// llmbs: an LLM-based generative recommender (LLM-BS) on candle.
+#[derive(Parser)]
+#[command(name = "llmbs", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inspect a dataset: statistics and leave-one-out split sizes.
+    #[command(subcommand)]
+    Data(commands::data::DataCommand),
+    /// Semantic item embeddings Z^s: mean-pooled backbone hidden states of item texts.
+    Embed(commands::embed::EmbedArgs),
+    /// Nearest neighbours and category agreement of an embedding table.
+    Inspect(commands::inspect::InspectArgs),
+    /// Dual-source item IDs (hierarchical k-means over Z^s and Z^b), or an external index checked.
+    Index(commands::index::IndexArgs),
+    /// Behavior item embeddings Z^b (DIN) or the SASRec baseline, trained and ranked on the split.
+    Behavior(commands::behavior::BehaviorArgs),
+    /// Trie-constrained beam search over all item IDs; Recall/NDCG reports and predictions.
+    Eval(commands::eval::EvalArgs),
+    /// Throughput benchmarks (JSON lines with --json).
+    #[command(subcommand)]
+    Bench(commands::bench::BenchCommand),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Data(cmd) => commands::data::run(cmd),
+        Command::Embed(args) => commands::embed::run(args),
+        Command::Inspect(args) => commands::inspect::run(args),
+        Command::Index(args) => commands::index::run(args),
+        Command::Behavior(args) => commands::behavior::run(args),
+        Command::Eval(args) => commands::eval::run(args),
+        Command::Bench(cmd) => commands::bench::run(cmd),
+    }
+}

@@ -1,0 +1,152 @@
+//! Closed-form checks of Recall@K and NDCG@K for leave-one-out, one target per user.
+
+use llmbs::metrics::{rank_of, MetricAccumulator, Metrics};
+
+const EPS: f64 = 1e-12;
+
+fn one(ranked: &[u32], target: u32) -> Metrics {
+    let mut acc = MetricAccumulator::default();
+    acc.add(ranked, target);
+    acc.finish()
+}
+
+fn close(a: f64, b: f64) {
+    assert!((a - b).abs() < EPS, "{a} != {b}");
+}
+
+/// Asserts Recall@1/5/10 and NDCG@5/10 in that order.
+fn expect(m: &Metrics, recall: [f64; 3], ndcg: [f64; 2]) {
+    assert_eq!(m.recall.keys().copied().collect::<Vec<_>>(), [1, 5, 10]);
+    assert_eq!(m.ndcg.keys().copied().collect::<Vec<_>>(), [5, 10]);
+    for (got, want) in m.recall.values().zip(recall) {
+        close(*got, want);
+    }
+    for (got, want) in m.ndcg.values().zip(ndcg) {
+        close(*got, want);
+    }
+}
+
+#[test]
+fn hit_at_rank_one() {
+    let m = one(&[7, 1, 2, 3], 7);
+    assert_eq!(m.users, 1);
+    expect(&m, [1.0, 1.0, 1.0], [1.0, 1.0]);
+}
+
+#[test]
+fn hit_at_rank_three() {
+    // NDCG = 1 / log2(3 + 1) = 0.5.
+    let m = one(&[5, 6, 7, 8, 9, 10], 7);
+    expect(&m, [0.0, 1.0, 1.0], [0.5, 0.5]);
+}
+
+#[test]
+fn miss() {
+    let m = one(&[1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12], 7);
+    expect(&m, [0.0, 0.0, 0.0], [0.0, 0.0]);
+    expect(&one(&[], 7), [0.0, 0.0, 0.0], [0.0, 0.0]);
+}
+
+#[test]
+fn duplicates_before_the_target_shift_nothing() {
+    // Raw position 5, but only two distinct items precede it: rank 3.
+    let m = one(&[5, 5, 6, 5, 6, 7], 7);
+    expect(&m, [0.0, 1.0, 1.0], [0.5, 0.5]);
+    // Eleven copies of one item do not push the target out of the top 5.
+    let mut ranked = vec![1; 11];
+    ranked.push(2);
+    let m = one(&ranked, 2);
+    let n = 1.0 / 3f64.log2();
+    expect(&m, [0.0, 1.0, 1.0], [n, n]);
+}
+
+#[test]
+fn only_exact_match_counts() {
+    expect(&one(&[70, 17, 77, 71], 7), [0.0, 0.0, 0.0], [0.0, 0.0]);
+}
+
+#[test]
+fn target_beyond_k() {
+    // Rank 6: outside the top 5, inside the top 10.
+    let m = one(&[1, 2, 3, 4, 5, 7], 7);
+    expect(&m, [0.0, 0.0, 1.0], [0.0, 1.0 / 7f64.log2()]);
+    // Rank 11: outside everything.
+    let ranked: Vec<u32> = (100..110).chain([7]).collect();
+    expect(&one(&ranked, 7), [0.0, 0.0, 0.0], [0.0, 0.0]);
+}
+
+#[test]
+fn averages_over_users() {
+    let mut acc = MetricAccumulator::default();
+    acc.add(&[7, 1, 2], 7); // rank 1
+    acc.add(&[1, 2, 7], 7); // rank 3
+    acc.add(&[1, 2, 3], 7); // miss
+    acc.add(&[1, 2, 3, 4, 5, 7], 7); // rank 6
+    let m = acc.finish();
+    assert_eq!(m.users, 4);
+    let n6 = 1.0 / 7f64.log2();
+    expect(
+        &m,
+        [0.25, 0.5, 0.75],
+        [(1.0 + 0.5) / 4.0, (1.0 + 0.5 + n6) / 4.0],
+    );
+}
+
+#[test]
+fn merge_equals_one_pass() {
+    let mut all = MetricAccumulator::default();
+    let mut a = MetricAccumulator::default();
+    let mut b = MetricAccumulator::default();
+    for (i, target) in [3u32, 9, 1, 4].into_iter().enumerate() {
+        let ranked = [1, 2, 3, 4, 5, 6];
+        all.add(&ranked, target);
+        if i % 2 == 0 {
+            a.add(&ranked, target)
+        } else {
+            b.add(&ranked, target)
+        }
+    }
+    assert!(a.merge(&b));
+    assert_eq!(a.finish(), all.finish());
+    assert!(!a.merge(&MetricAccumulator::new(&[1], &[1])));
+}
+
+#[test]
+fn empty_accumulator_is_zero_not_nan() {
+    let m = MetricAccumulator::default().finish();
+    assert_eq!(m.users, 0);
+    assert!(m.recall.values().chain(m.ndcg.values()).all(|&v| v == 0.0));
+}
+
+#[test]
+fn configurable_ks() {
+    let mut acc = MetricAccumulator::new(&[20, 2, 2, 0], &[3]);
+    acc.add(&[1, 2, 3, 4], 3);
+    let m = acc.finish();
+    assert_eq!(m.recall.keys().copied().collect::<Vec<_>>(), [2, 20]);
+    close(m.recall[&2], 0.0);
+    close(m.recall[&20], 1.0);
+    close(m.ndcg[&3], 0.5);
+}
+
+#[test]
+fn rank_helper() {
+    assert_eq!(rank_of(&[4, 4, 5, 6], 6, 10), Some(3));
+    assert_eq!(rank_of(&[4, 4, 5, 6], 6, 2), None);
+    assert_eq!(rank_of(&[6], 6, 0), None);
+}
+
+#[test]
+fn markdown_and_json() {
+    let m = one(&[5, 6, 7], 7);
+    assert_eq!(
+        m.markdown_header(),
+        "| R@1 | R@5 | R@10 | N@5 | N@10 |\n| --- | --- | --- | --- | --- |"
+    );
+    assert_eq!(
+        m.to_markdown_row(),
+        "| 0.0000 | 1.0000 | 1.0000 | 0.5000 | 0.5000 |"
+    );
+    let json = serde_json::to_string(&m).unwrap();
+    assert_eq!(serde_json::from_str::<Metrics>(&json).unwrap(), m);
+}

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The one prepared script for the GPU machine (CUDA 13 driver, PyTorch, no Rust, no network).
-# Usage: scripts/device-check.sh OUTDIR
+# Usage: scripts/device-check.sh OUTDIR [RESULTS]
+#   OUTDIR gets everything; RESULTS (e.g. the device tool's $OUT, which returns at most 8 files)
+#   gets device-check.json and log.txt after every stage, and results.tgz (all small files) at the end.
 # Expects (carried in the ignored folder dev-carry/, see scripts/device-pack.sh):
 #   dev-carry/p1/llmbs-cuda.gz        the CUDA binary from scripts/build-cuda.sh
 #   dev-carry/p1/model.gguf.part1, dev-carry/p2/model.gguf.part2   the default GGUF in halves
@@ -8,8 +10,9 @@
 # (two calls: the first carries p1 and runs STAGE=smoke, the second carries p2 and runs all)
 # Writes OUTDIR/device-check.json (+ the raw JSON lines and logs).
 set -uo pipefail
-OUT="${1:?usage: scripts/device-check.sh OUTDIR}"
-mkdir -p "$OUT"
+OUT="${1:?usage: scripts/device-check.sh OUTDIR [RESULTS]}"
+RESULTS="${2:-}"
+mkdir -p "$OUT" ${RESULTS:+"$RESULTS"}
 CARRY="${CARRY:-dev-carry}"
 BIN="$CARRY/llmbs"
 STAGE="${STAGE:-full}"     # smoke: binary + GPU visible only; full: everything
@@ -54,7 +57,7 @@ nproc > "$OUT/cpu-cores.txt"
 "$BIN" bench llm --random-weights --workload forward --batch 4 --seq 64 --runs 2 --device cuda --json \
   > "$OUT/smoke.jsonl" 2> "$OUT/smoke.err"
 log "smoke rc=$? $(cat "$OUT/smoke.jsonl")"
-[ "$STAGE" = smoke ] && exit 0
+if [ "$STAGE" = smoke ]; then [ -n "$RESULTS" ] && cp "$OUT"/*.txt "$OUT"/smoke.* "$RESULTS/"; exit 0; fi
 
 GGUF="$CARRY/model.gguf"
 if [ ! -f "$GGUF" ]; then cat "$CARRY/p1/model.gguf.part1" "$CARRY/p2/model.gguf.part2" > "$GGUF"; fi
@@ -81,7 +84,8 @@ except Exception as e:
     doc["eval"] = f"no report: {e}"
 print(json.dumps(doc, indent=1))
 PY
-
+[ -n "$RESULTS" ] && cp "$OUT/device-check.json" "$OUT/log.txt" "$RESULTS/"
+return 0
 }
 
 # 1. embed parity, GPU vs CPU, 256 Beauty items.
@@ -140,4 +144,9 @@ timeout "${EVAL_TIMEOUT:-240}" "$BIN" eval --run "$OUT/eval-run" --data "$CARRY/
 log "eval rc=$? $(grep -m1 'users/s' "$OUT/eval.log")"
 summarize
 log "done"
+if [ -n "$RESULTS" ]; then
+  cp "$OUT/log.txt" "$RESULTS/"
+  tar czf "$RESULTS/results.tgz" -C "$OUT" --exclude='*.safetensors' --exclude='predictions*.jsonl' . 2>/dev/null
+  gzip -c "$OUT/eval-run/eval/predictions.jsonl" > "$RESULTS/predictions.jsonl.gz" 2>/dev/null
+fi
 cat "$OUT/device-check.json"

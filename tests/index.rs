@@ -28,7 +28,9 @@ fn blobs(groups: usize, per: usize, dim: usize, centre: impl Fn(usize) -> Vec<f3
         let c = centre(i % groups);
         for v in c {
             // Tiny deterministic jitter, far below the gaps between blobs.
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             data.push(v + ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 1e-3);
         }
     }
@@ -74,9 +76,14 @@ fn separated_clusters_are_recovered_exactly() {
         let mut cfg = config(Mode::Semantic, 4, 2, 0);
         cfg.normalize = false;
         cfg.kmeans.balanced = balanced;
-        let (index, report) = index::build(&cfg, keys(table.rows), Some(table), None, &no_progress).unwrap();
+        let (index, report) =
+            index::build(&cfg, keys(table.rows), Some(table), None, &no_progress).unwrap();
         let truth_super: HashSet<Vec<usize>> = (0..sup)
-            .map(|s| (0..sup * sub * per).filter(|i| (i % (sup * sub)) / sub == s).collect())
+            .map(|s| {
+                (0..sup * sub * per)
+                    .filter(|i| (i % (sup * sub)) / sub == s)
+                    .collect()
+            })
             .collect();
         assert_eq!(partition(&index, 0), truth_super, "balanced={balanced}");
         // (s1, s2) pairs identify the 16 sub-clusters exactly, so 16 leaves of 10.
@@ -85,7 +92,11 @@ fn separated_clusters_are_recovered_exactly() {
             leaves.entry((id[0], id[1])).or_default().push(i);
         }
         let truth_sub: HashSet<Vec<usize>> = (0..sup * sub)
-            .map(|g| (0..sup * sub * per).filter(|i| i % (sup * sub) == g).collect())
+            .map(|g| {
+                (0..sup * sub * per)
+                    .filter(|i| i % (sup * sub) == g)
+                    .collect()
+            })
             .collect();
         assert_eq!(leaves.into_values().collect::<HashSet<_>>(), truth_sub);
         // 10 items per leaf share their ID: disambiguated, unique.
@@ -112,7 +123,17 @@ fn balanced_kmeans_respects_capacity() {
     let mut counts = vec![0usize; k];
     c.labels.iter().for_each(|&l| counts[l as usize] += 1);
     assert!(counts.iter().all(|&x| x <= n.div_ceil(k)), "{counts:?}");
-    let unbalanced = kmeans::kmeans(&data, dim, k, &KMeansConfig { balanced: false, ..cfg }, 1, 2);
+    let unbalanced = kmeans::kmeans(
+        &data,
+        dim,
+        k,
+        &KMeansConfig {
+            balanced: false,
+            ..cfg
+        },
+        1,
+        2,
+    );
     assert!(unbalanced.labels.iter().all(|&l| (l as usize) < k));
 }
 
@@ -134,8 +155,14 @@ fn ids_stay_unique_under_forced_collisions() {
     for balanced in [true, false] {
         let mut cfg = config(Mode::Unit, 4, 2, 2);
         cfg.kmeans.balanced = balanced;
-        let (index, report) =
-            index::build(&cfg, keys(n), Some(table.clone()), Some(table.clone()), &no_progress).unwrap();
+        let (index, report) = index::build(
+            &cfg,
+            keys(n),
+            Some(table.clone()),
+            Some(table.clone()),
+            &no_progress,
+        )
+        .unwrap();
         let d = &report.disambiguation;
         assert!(index.is_unique(), "balanced={balanced}");
         assert_eq!(d.distinct_after, n);
@@ -167,9 +194,15 @@ fn builds_are_deterministic() {
         let mut cfg = config(Mode::Unit, 16, 2, 2);
         cfg.seed = seed;
         cfg.threads = threads;
-        index::build(&cfg, keys(5000), Some(sem.clone()), Some(beh.clone()), &no_progress)
-            .unwrap()
-            .0
+        index::build(
+            &cfg,
+            keys(5000),
+            Some(sem.clone()),
+            Some(beh.clone()),
+            &no_progress,
+        )
+        .unwrap()
+        .0
     };
     let a = run(3, 1);
     assert_eq!(a, run(3, 1));
@@ -223,8 +256,45 @@ fn each_mode_has_its_shape() {
         }
     }
     // A mode without its table is a config error, not a panic.
-    let err = index::build(&config(Mode::Unit, 8, 2, 2), keys(n), Some(sem), None, &no_progress).unwrap_err();
+    let err = index::build(
+        &config(Mode::Unit, 8, 2, 2),
+        keys(n),
+        Some(sem),
+        None,
+        &no_progress,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("behavior table"), "{err}");
+}
+
+#[test]
+fn small_nodes_spread_over_the_levels_left() {
+    use llmbs::index::build::children;
+    assert_eq!(children(12_101, 256, 2), 256);
+    assert_eq!(children(47, 256, 1), 47);
+    assert_eq!(children(47, 256, 3), 4);
+    assert_eq!(children(12, 256, 2), 4);
+    assert_eq!(children(8, 256, 3), 2);
+    assert_eq!(children(1, 256, 3), 1);
+    // Semantic mode on a Beauty-sized catalogue: every level carries information.
+    let n = 4000;
+    let t = index::synthetic::gaussian_mixture(n, 8, 50, 0.5, 3);
+    let (index, report) = index::build(
+        &config(Mode::Semantic, 64, 2, 2),
+        keys(n),
+        Some(t),
+        None,
+        &no_progress,
+    )
+    .unwrap();
+    let stats = index::index_stats(&index, &report.disambiguation);
+    assert!(
+        stats.levels.iter().all(|l| l.tokens_used > 1),
+        "{:?}",
+        stats.levels
+    );
+    assert_eq!(stats.levels[3].prefix_groups, n);
+    assert_eq!(report.disambiguation.collisions, 0);
 }
 
 #[test]
@@ -235,7 +305,8 @@ fn small_nodes_and_odd_sizes() {
         for balanced in [true, false] {
             let mut cfg = config(Mode::Semantic, 256, 1, 1);
             cfg.kmeans.balanced = balanced;
-            let (index, _) = index::build(&cfg, keys(n), Some(t.clone()), None, &no_progress).unwrap();
+            let (index, _) =
+                index::build(&cfg, keys(n), Some(t.clone()), None, &no_progress).unwrap();
             assert!(index.is_unique());
             assert_eq!(index.len(), n);
         }
@@ -279,7 +350,15 @@ fn external_index_collisions_are_disambiguated() {
     let (index, report) = index::load_external(&path, &ds).unwrap();
     let d = &report.disambiguation;
     assert_eq!((d.items, d.distinct_before, d.distinct_after), (5, 3, 5));
-    assert_eq!((d.collisions, d.groups, d.items_disambiguated, d.largest_group), (2, 1, 3, 3));
+    assert_eq!(
+        (
+            d.collisions,
+            d.groups,
+            d.items_disambiguated,
+            d.largest_group
+        ),
+        (2, 1, 3, 3)
+    );
     assert_eq!(report.examples, vec![vec!["a", "d", "e"]]);
     assert_eq!(index.keys, ["a", "b", "c", "d", "e"]);
     assert_eq!(index.id_strings(0), ["<a_1>", "<b_1>", "<d_0>"]);
@@ -287,20 +366,33 @@ fn external_index_collisions_are_disambiguated() {
     assert_eq!(index.id_strings(4), ["<a_1>", "<b_1>", "<d_2>"]);
     assert_eq!(index.levels, ["a", "b"]);
     assert!(index.is_unique());
-    assert!(report.to_string().contains("2 collisions in 1 groups"), "{report}");
+    assert!(
+        report.to_string().contains("2 collisions in 1 groups"),
+        "{report}"
+    );
 
     let err = index::load_external_with(&path, &ds, true).unwrap_err();
-    assert!(matches!(err, IndexError::Collisions { collisions: 2, .. }), "{err}");
+    assert!(
+        matches!(err, IndexError::Collisions { collisions: 2, .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("x.index.json"), "{err}");
 
     // The written file reads back to the same index, now without collisions.
     let out = dir.path().join("out/x.index.json");
     index.write(&out).unwrap();
     let (again, report2) = index::load_external_with(&out, &ds, true).unwrap();
-    assert_eq!(again.ids.iter().map(Vec::len).collect::<Vec<_>>(), [3, 2, 2, 3, 3]);
-    assert_eq!((0..5).map(|i| again.id_strings(i)).collect::<Vec<_>>(), (0..5).map(|i| index.id_strings(i)).collect::<Vec<_>>());
+    assert_eq!(
+        again.ids.iter().map(Vec::len).collect::<Vec<_>>(),
+        [3, 2, 2, 3, 3]
+    );
+    assert_eq!(
+        (0..5).map(|i| again.id_strings(i)).collect::<Vec<_>>(),
+        (0..5).map(|i| index.id_strings(i)).collect::<Vec<_>>()
+    );
     assert_eq!(report2.disambiguation.collisions, 0);
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert_eq!(json["b"], serde_json::json!(["<a_1>", "<b_2>"]));
 
     // A <d_j> that would recreate an existing ID is skipped.
@@ -323,12 +415,30 @@ fn external_index_errors_name_file_and_key() {
     let path = dir.path().join("bad.index.json");
     let all = r#""a": ["<a_1>"], "b": ["<a_2>"], "c": ["<a_3>"], "d": ["<a_4>"]"#;
     let cases = [
-        (format!("{{{all}, \"e\": [\"<a_5>\"], \"zz\": [\"<a_6>\"]}}"), "key \"zz\": not an item"),
-        (format!("{{{all}}}"), "1 dataset items without an ID, the first \"e\""),
-        (format!("{{{all}, \"e\": []}}"), "key \"e\": empty token list"),
-        (format!("{{{all}, \"e\": [\"<a_1>\", 3]}}"), "key \"e\": token 1 is 3"),
-        (format!("{{{all}, \"e\": \"<a_5>\"}}"), "key \"e\": expected a list"),
-        (format!("{{{all}, \"e\": [\"<a_5>\"], \"a\": [\"<a_9>\"]}}"), "key \"a\" appears more than once"),
+        (
+            format!("{{{all}, \"e\": [\"<a_5>\"], \"zz\": [\"<a_6>\"]}}"),
+            "key \"zz\": not an item",
+        ),
+        (
+            format!("{{{all}}}"),
+            "1 dataset items without an ID, the first \"e\"",
+        ),
+        (
+            format!("{{{all}, \"e\": []}}"),
+            "key \"e\": empty token list",
+        ),
+        (
+            format!("{{{all}, \"e\": [\"<a_1>\", 3]}}"),
+            "key \"e\": token 1 is 3",
+        ),
+        (
+            format!("{{{all}, \"e\": \"<a_5>\"}}"),
+            "key \"e\": expected a list",
+        ),
+        (
+            format!("{{{all}, \"e\": [\"<a_5>\"], \"a\": [\"<a_9>\"]}}"),
+            "key \"a\" appears more than once",
+        ),
         (format!("{{{all}, \"e\": [\"<a_5>\"]"), "malformed JSON"),
         ("[1, 2]".to_string(), "wrong shape"),
     ];
@@ -387,7 +497,10 @@ fn letter_index_has_13_collisions() {
     assert!(index.is_unique());
     assert_eq!(index.prefix_conflicts(), 0);
     assert_eq!(index.levels, ["a", "b", "c", "d"]);
-    assert_eq!(index.id_strings(0), ["<a_183>", "<b_70>", "<c_232>", "<d_6>"]);
+    assert_eq!(
+        index.id_strings(0),
+        ["<a_183>", "<b_70>", "<c_232>", "<d_6>"]
+    );
     assert!(matches!(
         index::load_external_with(&path, &ds, true),
         Err(IndexError::Collisions { collisions: 13, .. })

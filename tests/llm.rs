@@ -71,11 +71,11 @@ fn padded_batch_decoding_matches_single_rows() {
         .unwrap();
     let mut got = vec![m.last_logits(&h, &[6, 3]).unwrap()];
     let mut lens = [6u32, 3];
-    for step in 0..2 {
+    for (&na, &nb) in next[0].iter().zip(&next[1]) {
         let pos = Tensor::from_vec(lens.to_vec(), (2, 1), &Device::Cpu).unwrap();
         let h = m
             .forward_hidden(
-                &ids(&[&[next[0][step]], &[next[1][step]]]),
+                &ids(&[&[na], &[nb]]),
                 Some(Positions::PerRow(pos)),
                 None,
                 Some(&mut cache),

@@ -10,6 +10,7 @@
 //! - [`init`]: seeded weight initialisation and dropout (candle's CPU RNG cannot be seeded).
 
 pub mod batch;
+pub mod ce;
 pub mod din;
 pub mod eval;
 pub mod init;

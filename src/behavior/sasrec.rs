@@ -168,7 +168,7 @@ impl SasRec {
         let pos = Tensor::from_slice(&batch.positions, batch.positions.len(), dev)?;
         let h = h.index_select(&pos, 0)?; // [m, d]
         let targets = Tensor::from_slice(&batch.targets, batch.targets.len(), dev)?;
-        candle_nn::loss::cross_entropy(&self.logits(&h)?, &targets)
+        super::ce::full_cross_entropy(&self.logits(&h)?, &targets)
     }
 
     /// The user representation after each history: the last real position's hidden state,

@@ -9,7 +9,10 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::data::{Dataset, SplitConfig};
-use crate::index::{self, BuildReport, ExternalReport, IndexConfig, IndexStats, ItemIndex, KMeansConfig, Mode, Signal, Table};
+use crate::index::{
+    self, BuildReport, ExternalReport, IndexConfig, IndexStats, ItemIndex, KMeansConfig, Mode,
+    Signal, Table,
+};
 
 #[derive(clap::Args, Debug)]
 pub struct IndexArgs {
@@ -90,7 +93,10 @@ struct StatsFile<'a> {
 pub fn run(args: IndexArgs) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let ds = match &args.data {
-        Some(dir) => Some(Dataset::load_lcrec(dir).with_context(|| format!("loading dataset {}", dir.display()))?),
+        Some(dir) => Some(
+            Dataset::load_lcrec(dir)
+                .with_context(|| format!("loading dataset {}", dir.display()))?,
+        ),
         None => None,
     };
     let stats_path = args
@@ -102,7 +108,9 @@ pub fn run(args: IndexArgs) -> anyhow::Result<()> {
         "external": args.external, "synthetic": args.synthetic,
     });
     let (index, mut stats, config, build, external) = if let Some(path) = &args.external {
-        let ds = ds.as_ref().context("--external needs --data (the item keys to check against)")?;
+        let ds = ds
+            .as_ref()
+            .context("--external needs --data (the item keys to check against)")?;
         let (index, report) = index::load_external_with(path, ds, args.strict)?;
         eprintln!("{report}");
         let stats = index::index_stats(&index, &report.disambiguation);
@@ -127,7 +135,9 @@ pub fn run(args: IndexArgs) -> anyhow::Result<()> {
         (index, stats, Some(cfg), Some(report), None)
     };
     if let Some(ds) = &ds {
-        let split = ds.split(&SplitConfig::default()).with_context(|| format!("splitting dataset {}", ds.name))?;
+        let split = ds
+            .split(&SplitConfig::default())
+            .with_context(|| format!("splitting dataset {}", ds.name))?;
         stats.coherence = index::coherence(&index, ds, &split.train);
     }
     index
@@ -141,7 +151,8 @@ pub fn run(args: IndexArgs) -> anyhow::Result<()> {
         external: external.as_ref(),
         stats: &stats,
     };
-    crate::util::write_json(&stats_path, &file).with_context(|| format!("writing {}", stats_path.display()))?;
+    crate::util::write_json(&stats_path, &file)
+        .with_context(|| format!("writing {}", stats_path.display()))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&file)?);
     } else {
@@ -151,14 +162,20 @@ pub fn run(args: IndexArgs) -> anyhow::Result<()> {
 }
 
 /// Reads (or, for benchmarks, generates) the tables the mode needs and builds the index.
-fn build_from_args(args: &IndexArgs, cfg: &IndexConfig, ds: Option<&Dataset>) -> anyhow::Result<(ItemIndex, BuildReport)> {
+fn build_from_args(
+    args: &IndexArgs,
+    cfg: &IndexConfig,
+    ds: Option<&Dataset>,
+) -> anyhow::Result<(ItemIndex, BuildReport)> {
     let needs = |s: Signal| cfg.layout().iter().any(|&(sig, _)| sig == s);
     let (semantic, behavior, n) = if let Some(n) = args.synthetic {
         let centres = ((n as f64).sqrt() as usize).max(16);
-        let sem = needs(Signal::Semantic)
-            .then(|| index::synthetic::gaussian_mixture(n, args.dim, centres, 0.5, cfg.seed ^ 0x5E));
-        let beh = needs(Signal::Behavior)
-            .then(|| index::synthetic::gaussian_mixture(n, args.dim, centres, 0.5, cfg.seed ^ 0xBE));
+        let sem = needs(Signal::Semantic).then(|| {
+            index::synthetic::gaussian_mixture(n, args.dim, centres, 0.5, cfg.seed ^ 0x5E)
+        });
+        let beh = needs(Signal::Behavior).then(|| {
+            index::synthetic::gaussian_mixture(n, args.dim, centres, 0.5, cfg.seed ^ 0xBE)
+        });
         (sem, beh, n)
     } else {
         let expect = ds.map(|d| d.items.len());
@@ -169,12 +186,18 @@ fn build_from_args(args: &IndexArgs, cfg: &IndexConfig, ds: Option<&Dataset>) ->
             let t = crate::embed::load_table(path, expect)?;
             Table::from_tensor(&t).with_context(|| format!("reading {}", path.display()))
         };
-        let sem = needs(Signal::Semantic).then(|| load(&args.semantic, "--semantic")).transpose()?;
-        let beh = needs(Signal::Behavior).then(|| load(&args.behavior, "--behavior")).transpose()?;
+        let sem = needs(Signal::Semantic)
+            .then(|| load(&args.semantic, "--semantic"))
+            .transpose()?;
+        let beh = needs(Signal::Behavior)
+            .then(|| load(&args.behavior, "--behavior"))
+            .transpose()?;
         let n = match (expect, &sem, &beh) {
             (Some(n), _, _) => n,
             (None, Some(t), _) | (None, None, Some(t)) => t.rows,
-            (None, None, None) => anyhow::bail!("mode random needs --data (or a table) to know the items"),
+            (None, None, None) => {
+                anyhow::bail!("mode random needs --data (or a table) to know the items")
+            }
         };
         (sem, beh, n)
     };
@@ -220,7 +243,10 @@ fn print_summary(stats: &IndexStats, out: &Path, stats_path: &Path, seconds: f64
             l.level, l.tokens_used, l.largest_token, l.prefix_groups, l.largest_prefix_group
         );
     }
-    println!("  vocabulary: {} new tokens; ID length {}..={}", stats.vocab_size, stats.id_length_min, stats.id_length_max);
+    println!(
+        "  vocabulary: {} new tokens; ID length {}..={}",
+        stats.vocab_size, stats.id_length_min, stats.id_length_max
+    );
     for c in &stats.coherence {
         println!(
             "  coherence of {} ({} clusters): same 2nd-level category {:.4} vs random {:.4} ({:.2}x); same path {:.4} vs {:.4} ({:.2}x); co-occur in training {:.5} vs {:.5} ({:.2}x)",
@@ -237,5 +263,9 @@ fn print_summary(stats: &IndexStats, out: &Path, stats_path: &Path, seconds: f64
             c.cooccurrence.lift
         );
     }
-    println!("wrote {} and {} in {seconds:.1}s", out.display(), stats_path.display());
+    println!(
+        "wrote {} and {} in {seconds:.1}s",
+        out.display(),
+        stats_path.display()
+    );
 }

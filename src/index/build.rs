@@ -7,6 +7,7 @@ use std::hash::{Hash, Hasher};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
 
 use super::kmeans::{kmeans, mix_seed, KMeansConfig};
 
@@ -14,29 +15,47 @@ use super::kmeans::{kmeans, mix_seed, KMeansConfig};
 /// assignment steps; smaller ones are spread over the threads, one node per thread.
 const BIG_NODE: usize = 16_384;
 
-/// Clusters one node (the rows `items` of `data`) into at most `k` children; returns a child
-/// label per item. Nodes of one item get label 0; with `balanced`, nodes of at most `k` items
-/// give each item its own child in item order (k-means would only permute those labels).
+/// A node's child label per item, and the Lloyd iterations it took.
+type NodeResult = (Vec<u32>, usize);
+
+/// How many children a node of `m` items gets when `remaining` levels of its source are left
+/// (this one included): `k` while the node has more than `k` items, else the smallest `c`
+/// with `c^remaining >= m`, so the last level of a source separates every item (`c = m`) and
+/// earlier ones spread the node over the levels left instead of leaving them constant.
+pub fn children(m: usize, k: usize, remaining: usize) -> usize {
+    if m > k {
+        return k;
+    }
+    let mut c = 1usize;
+    while c < m && c.saturating_pow(remaining.max(1) as u32) < m {
+        c += 1;
+    }
+    c
+}
+
+/// Clusters one node (the rows `items` of `data`) into at most `kk` children; returns a child
+/// label per item and the Lloyd iterations run. With `balanced` and `kk >= m`, each item gets
+/// its own child in item order (k-means would only permute those labels).
 fn cluster_node(
     data: &[f32],
     dim: usize,
     items: &[u32],
-    k: usize,
+    kk: usize,
     cfg: &KMeansConfig,
     seed: u64,
     threads: usize,
-) -> Vec<u32> {
+) -> NodeResult {
     let m = items.len();
-    if m <= 1 {
-        return vec![0; m];
+    if m <= 1 || kk <= 1 {
+        return (vec![0; m], 0);
     }
-    if cfg.balanced && m <= k {
-        return (0..m as u32).collect();
+    if cfg.balanced && kk >= m {
+        return ((0..m as u32).collect(), 0);
     }
     let whole = m * dim == data.len();
     let gathered: Vec<f32>;
     let rows: &[f32] = if whole {
-        // The root node holds every item in order: no copy.
+        // Only the root node (or a lone child holding every item) covers all rows, in order.
         data
     } else {
         let mut g = Vec::with_capacity(m * dim);
@@ -47,13 +66,26 @@ fn cluster_node(
         gathered = g;
         &gathered
     };
-    kmeans(rows, dim, k.min(m), cfg, seed, threads).labels
+    let c = kmeans(rows, dim, kk.min(m), cfg, seed, threads);
+    (c.labels, c.iters)
+}
+
+/// How one level of a hierarchical k-means went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LevelReport {
+    /// Nodes split at this level (nodes of one item included).
+    pub nodes: usize,
+    /// Nodes that ran k-means (the others were too small to need it).
+    pub kmeans_runs: usize,
+    pub mean_iters: f64,
+    pub max_iters: usize,
+    pub seconds: f64,
 }
 
 /// Hierarchical k-means over the `n = data.len() / dim` rows of `data`: `levels` codes per
-/// item, row-major `[n, levels]`. Level `l` splits every node of level `l - 1` into at most
-/// `k` children (fewer when the node has fewer items). Reproducible for a seed whatever the
-/// thread count; `progress` is called with the number of items finished in a node.
+/// item, row-major `[n, levels]`. Level `l` splits every node of level `l - 1` into
+/// [`children`] children. Reproducible for a seed whatever the thread count; `progress` is
+/// called with the number of items finished in a node.
 #[allow(clippy::too_many_arguments)]
 pub fn hierarchical_kmeans(
     data: &[f32],
@@ -64,23 +96,26 @@ pub fn hierarchical_kmeans(
     seed: u64,
     threads: usize,
     progress: &(dyn Fn(u64) + Sync),
-) -> Vec<u32> {
+) -> (Vec<u32>, Vec<LevelReport>) {
     let n = data.len() / dim.max(1);
     let mut codes = vec![0u32; n * levels];
+    let mut reports = Vec::with_capacity(levels);
     let mut nodes: Vec<Vec<u32>> = vec![(0..n as u32).collect()];
     for level in 0..levels {
+        let t0 = std::time::Instant::now();
         let lseed = mix_seed(seed, level as u64 + 1);
         let node_seed = |g: usize| mix_seed(lseed, g as u64);
-        let mut labels: Vec<Vec<u32>> = vec![Vec::new(); nodes.len()];
+        let kk = |g: usize| children(nodes[g].len(), k, levels - level);
+        let mut labels: Vec<NodeResult> = vec![(Vec::new(), 0); nodes.len()];
         let (big, small): (Vec<usize>, Vec<usize>) =
             (0..nodes.len()).partition(|&g| nodes[g].len() >= BIG_NODE);
         for g in big {
-            labels[g] = cluster_node(data, dim, &nodes[g], k, cfg, node_seed(g), threads);
+            labels[g] = cluster_node(data, dim, &nodes[g], kk(g), cfg, node_seed(g), threads);
             progress(nodes[g].len() as u64);
         }
         let workers = threads.clamp(1, small.len().max(1));
         let next = std::sync::atomic::AtomicUsize::new(0);
-        let done: Vec<Vec<(usize, Vec<u32>)>> = std::thread::scope(|s| {
+        let done: Vec<Vec<(usize, NodeResult)>> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..workers)
                 .map(|_| {
                     s.spawn(|| {
@@ -88,31 +123,49 @@ pub fn hierarchical_kmeans(
                         loop {
                             let j = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             let Some(&g) = small.get(j) else { break };
-                            out.push((g, cluster_node(data, dim, &nodes[g], k, cfg, node_seed(g), 1)));
+                            out.push((
+                                g,
+                                cluster_node(data, dim, &nodes[g], kk(g), cfg, node_seed(g), 1),
+                            ));
                             progress(nodes[g].len() as u64);
                         }
                         out
                     })
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
         });
         for (g, l) in done.into_iter().flatten() {
             labels[g] = l;
         }
-        let mut children_all = Vec::with_capacity(nodes.len());
-        for (node, lab) in nodes.iter().zip(&labels) {
+        let runs: Vec<usize> = labels
+            .iter()
+            .filter(|(_, it)| *it > 0)
+            .map(|&(_, it)| it)
+            .collect();
+        reports.push(LevelReport {
+            nodes: nodes.len(),
+            kmeans_runs: runs.len(),
+            mean_iters: runs.iter().sum::<usize>() as f64 / runs.len().max(1) as f64,
+            max_iters: runs.iter().copied().max().unwrap_or(0),
+            seconds: t0.elapsed().as_secs_f64(),
+        });
+        let mut next_nodes = Vec::with_capacity(nodes.len());
+        for (node, (lab, _)) in nodes.iter().zip(&labels) {
             let kk = lab.iter().copied().max().map_or(0, |m| m as usize + 1);
-            let mut children: Vec<Vec<u32>> = vec![Vec::new(); kk];
+            let mut kids: Vec<Vec<u32>> = vec![Vec::new(); kk];
             for (&item, &l) in node.iter().zip(lab) {
                 codes[item as usize * levels + level] = l;
-                children[l as usize].push(item);
+                kids[l as usize].push(item);
             }
-            children_all.extend(children.into_iter().filter(|c| !c.is_empty()));
+            next_nodes.extend(kids.into_iter().filter(|c| !c.is_empty()));
         }
-        nodes = children_all;
+        nodes = next_nodes;
     }
-    codes
+    (codes, reports)
 }
 
 /// Random codes (paper Figure 5 "Random"): every level drawn uniformly from `0..k`, redrawn

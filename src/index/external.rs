@@ -70,7 +70,8 @@ fn position_name(tokens: &mut dyn Iterator<Item = &str>, pos: usize) -> String {
     let prefix = |t: &str| -> Option<String> {
         let inner = t.strip_prefix('<')?.strip_suffix('>')?;
         let (p, num) = inner.rsplit_once('_')?;
-        (!p.is_empty() && !num.is_empty() && num.bytes().all(|b| b.is_ascii_digit())).then(|| p.to_string())
+        (!p.is_empty() && !num.is_empty() && num.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| p.to_string())
     };
     let mut common: Option<String> = None;
     for t in tokens {
@@ -92,12 +93,21 @@ pub fn load_external(path: &Path, ds: &Dataset) -> Result<(ItemIndex, ExternalRe
 
 /// As [`load_external`]; with `strict`, collisions (and IDs that are prefixes of other IDs)
 /// are an error instead of being disambiguated.
-pub fn load_external_with(path: &Path, ds: &Dataset, strict: bool) -> Result<(ItemIndex, ExternalReport), IndexError> {
+pub fn load_external_with(
+    path: &Path,
+    ds: &Dataset,
+    strict: bool,
+) -> Result<(ItemIndex, ExternalReport), IndexError> {
     let p = || path.to_path_buf();
-    let text = std::fs::read_to_string(path).map_err(|source| IndexError::Io { path: p(), source })?;
+    let text =
+        std::fs::read_to_string(path).map_err(|source| IndexError::Io { path: p(), source })?;
     let entries = serde_json::from_str::<Entries>(&text).map_err(|e| IndexError::Json {
         path: p(),
-        what: if e.is_data() { "wrong shape" } else { "malformed JSON" },
+        what: if e.is_data() {
+            "wrong shape"
+        } else {
+            "malformed JSON"
+        },
         line: e.line(),
         column: e.column(),
         msg: e.to_string(),
@@ -127,7 +137,11 @@ pub fn load_external_with(path: &Path, ds: &Dataset, strict: bool) -> Result<(It
         for (j, t) in list.into_iter().enumerate() {
             match t {
                 serde_json::Value::String(s) if !s.trim().is_empty() => toks.push(s),
-                other => return Err(entry(format!("token {j} is {other}, expected a non-empty string"))),
+                other => {
+                    return Err(entry(format!(
+                        "token {j} is {other}, expected a non-empty string"
+                    )))
+                }
             }
         }
         let slot = &mut raw[item as usize];
@@ -167,7 +181,12 @@ pub fn load_external_with(path: &Path, ds: &Dataset, strict: bool) -> Result<(It
     }
     let depth = raw.iter().map(Vec::len).max().unwrap_or(0);
     let levels = (0..depth)
-        .map(|j| position_name(&mut raw.iter().filter_map(|t| t.get(j).map(String::as_str)), j))
+        .map(|j| {
+            position_name(
+                &mut raw.iter().filter_map(|t| t.get(j).map(String::as_str)),
+                j,
+            )
+        })
         .collect();
     let mut index = ItemIndex {
         keys: ds.items.iter().map(|it| it.id.clone()).collect(),
@@ -188,7 +207,10 @@ pub fn load_external_with(path: &Path, ds: &Dataset, strict: bool) -> Result<(It
         }
         let prefix = index.prefix_conflicts();
         if prefix > 0 {
-            return Err(IndexError::PrefixConflicts { path: p(), count: prefix });
+            return Err(IndexError::PrefixConflicts {
+                path: p(),
+                count: prefix,
+            });
         }
     }
     let disambiguation = index.disambiguate();

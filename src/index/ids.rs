@@ -52,15 +52,30 @@ pub struct Disambiguation {
 impl ItemIndex {
     /// Builds an index from per-level codes (row-major `[n, levels.len()]`): the token at level
     /// `l` is `<{levels[l]}_{code}>`. Not yet disambiguated.
-    pub fn from_codes(keys: Vec<String>, levels: Vec<String>, source_starts: Vec<usize>, codes: &[u32]) -> ItemIndex {
+    pub fn from_codes(
+        keys: Vec<String>,
+        levels: Vec<String>,
+        source_starts: Vec<usize>,
+        codes: &[u32],
+    ) -> ItemIndex {
         let nl = levels.len();
         let mut vocab = Vec::new();
         // Per level: code -> vocabulary index, tokens ordered by level then code.
         let mut maps: Vec<Vec<u32>> = Vec::with_capacity(nl);
         for (l, name) in levels.iter().enumerate() {
-            let max = codes.iter().skip(l).step_by(nl.max(1)).copied().max().unwrap_or(0) as usize;
+            let max = codes
+                .iter()
+                .skip(l)
+                .step_by(nl.max(1))
+                .copied()
+                .max()
+                .unwrap_or(0) as usize;
             let mut used = vec![false; max + 1];
-            codes.iter().skip(l).step_by(nl.max(1)).for_each(|&c| used[c as usize] = true);
+            codes
+                .iter()
+                .skip(l)
+                .step_by(nl.max(1))
+                .for_each(|&c| used[c as usize] = true);
             let mut map = vec![u32::MAX; max + 1];
             for (c, _) in used.iter().enumerate().filter(|(_, &u)| u) {
                 map[c] = vocab.len() as u32;
@@ -92,7 +107,9 @@ impl ItemIndex {
 
     /// The tokens of item `item` (dense index).
     pub fn tokens(&self, item: usize) -> impl Iterator<Item = &str> + '_ {
-        self.ids[item].iter().map(move |&t| self.vocab[t as usize].as_str())
+        self.ids[item]
+            .iter()
+            .map(move |&t| self.vocab[t as usize].as_str())
     }
 
     /// The tokens of item `item` as owned strings.
@@ -103,13 +120,25 @@ impl ItemIndex {
     /// The tokens actually used by some item, in vocabulary order.
     pub fn used_vocab(&self) -> Vec<&str> {
         let mut used = vec![false; self.vocab.len()];
-        self.ids.iter().flatten().for_each(|&t| used[t as usize] = true);
-        self.vocab.iter().zip(used).filter(|(_, u)| *u).map(|(v, _)| v.as_str()).collect()
+        self.ids
+            .iter()
+            .flatten()
+            .for_each(|&t| used[t as usize] = true);
+        self.vocab
+            .iter()
+            .zip(used)
+            .filter(|(_, u)| *u)
+            .map(|(v, _)| v.as_str())
+            .collect()
     }
 
     /// Number of distinct IDs.
     pub fn distinct(&self) -> usize {
-        self.ids.iter().map(Vec::as_slice).collect::<HashSet<_>>().len()
+        self.ids
+            .iter()
+            .map(Vec::as_slice)
+            .collect::<HashSet<_>>()
+            .len()
     }
 
     /// Whether every item has its own ID.
@@ -122,7 +151,10 @@ impl ItemIndex {
         let mut sorted: Vec<&[u32]> = self.ids.iter().map(Vec::as_slice).collect();
         sorted.sort_unstable();
         sorted.dedup();
-        sorted.windows(2).filter(|w| w[0].len() < w[1].len() && w[1].starts_with(w[0])).count()
+        sorted
+            .windows(2)
+            .filter(|w| w[0].len() < w[1].len() && w[1].starts_with(w[0]))
+            .count()
     }
 
     /// Gives every item that shares its whole ID with another one more token, `<d_0>`,
@@ -155,14 +187,23 @@ impl ItemIndex {
         };
         let mut lookup: HashMap<String, u32> = HashMap::new();
         if !groups.is_empty() {
-            lookup = self.vocab.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+            lookup = self
+                .vocab
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.clone(), i as u32))
+                .collect();
         }
         let mut report = Disambiguation {
             items: n,
             distinct_before,
             collisions: n - distinct_before,
             groups: groups.len(),
-            largest_group: groups.iter().map(Vec::len).max().unwrap_or(usize::from(n > 0)),
+            largest_group: groups
+                .iter()
+                .map(Vec::len)
+                .max()
+                .unwrap_or(usize::from(n > 0)),
             ..Disambiguation::default()
         };
         for group in &groups {
@@ -198,7 +239,12 @@ impl ItemIndex {
     /// The index as a JSON object `{"<item key>": ["<tok>", ...]}` in dataset order.
     pub fn to_json(&self) -> serde_json::Map<String, serde_json::Value> {
         (0..self.len())
-            .map(|i| (self.keys[i].clone(), serde_json::Value::from(self.id_strings(i))))
+            .map(|i| {
+                (
+                    self.keys[i].clone(),
+                    serde_json::Value::from(self.id_strings(i)),
+                )
+            })
             .collect()
     }
 
@@ -206,7 +252,8 @@ impl ItemIndex {
     pub fn write(&self, path: &Path) -> anyhow::Result<()> {
         use anyhow::Context;
         crate::util::atomic_write_with(path, |tmp| {
-            let f = std::fs::File::create(tmp).with_context(|| format!("creating {}", tmp.display()))?;
+            let f = std::fs::File::create(tmp)
+                .with_context(|| format!("creating {}", tmp.display()))?;
             let mut w = std::io::BufWriter::new(f);
             let werr = |e: std::io::Error| anyhow::anyhow!("writing {}: {e}", tmp.display());
             w.write_all(b"{").map_err(werr)?;
@@ -218,7 +265,8 @@ impl ItemIndex {
             }
             w.write_all(b"\n}\n").map_err(werr)?;
             let f = w.into_inner().map_err(|e| werr(e.into_error()))?;
-            f.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
+            f.sync_all()
+                .with_context(|| format!("syncing {}", tmp.display()))?;
             Ok(())
         })
     }

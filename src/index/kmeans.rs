@@ -144,7 +144,14 @@ fn nearest(
         let mut d = vec![0f32; k];
         for (r, slot) in chunk.chunks_exact_mut(m).enumerate() {
             let i = first + r;
-            distances(&data[i * dim..(i + 1) * dim], norms[i], centroids, &cnorms, dim, &mut d);
+            distances(
+                &data[i * dim..(i + 1) * dim],
+                norms[i],
+                centroids,
+                &cnorms,
+                dim,
+                &mut d,
+            );
             // Insertion into a sorted list of m: k is small and m smaller.
             let mut len = 0;
             for (c, &dc) in d.iter().enumerate() {
@@ -215,7 +222,14 @@ pub fn assign(
         if labels[i] != u32::MAX {
             continue;
         }
-        distances(&data[i * dim..(i + 1) * dim], norms[i], centroids, &cnorms, dim, &mut d);
+        distances(
+            &data[i * dim..(i + 1) * dim],
+            norms[i],
+            centroids,
+            &cnorms,
+            dim,
+            &mut d,
+        );
         let mut best: Option<(usize, f32)> = None;
         for (c, &dc) in d.iter().enumerate() {
             if counts[c] < cap && best.map_or(true, |(_, b)| dc < b) {
@@ -234,7 +248,14 @@ pub fn assign(
 /// k-means++ seeding: the first centre uniformly, each next one with probability proportional
 /// to the squared distance to the nearest centre chosen so far. When every remaining point
 /// sits on a centre (duplicates), the next centre is a uniformly drawn unchosen point.
-pub fn kmeans_pp(data: &[f32], norms: &[f32], dim: usize, k: usize, rng: &mut StdRng, threads: usize) -> Vec<f32> {
+pub fn kmeans_pp(
+    data: &[f32],
+    norms: &[f32],
+    dim: usize,
+    k: usize,
+    rng: &mut StdRng,
+    threads: usize,
+) -> Vec<f32> {
     let n = norms.len();
     let mut chosen = vec![false; n];
     let mut centroids = Vec::with_capacity(k * dim);
@@ -258,7 +279,12 @@ pub fn kmeans_pp(data: &[f32], norms: &[f32], dim: usize, k: usize, rng: &mut St
                 }
             }
         });
-        let total: f64 = mind.iter().zip(&chosen).filter(|(_, &ch)| !ch).map(|(&d, _)| d as f64).sum();
+        let total: f64 = mind
+            .iter()
+            .zip(&chosen)
+            .filter(|(_, &ch)| !ch)
+            .map(|(&d, _)| d as f64)
+            .sum();
         next = if total > 0.0 {
             let mut r = rng.random::<f64>() * total;
             let mut pick = None;
@@ -308,7 +334,10 @@ fn update(data: &[f32], dim: usize, labels: &[u32], dist: &[f32], centroids: &mu
     for c in 0..k {
         if counts[c] > 0 {
             let inv = 1.0 / counts[c] as f64;
-            for (o, &s) in centroids[c * dim..(c + 1) * dim].iter_mut().zip(&sums[c * dim..(c + 1) * dim]) {
+            for (o, &s) in centroids[c * dim..(c + 1) * dim]
+                .iter_mut()
+                .zip(&sums[c * dim..(c + 1) * dim])
+            {
                 *o = (s * inv) as f32;
             }
         }
@@ -338,7 +367,14 @@ fn update(data: &[f32], dim: usize, labels: &[u32], dist: &[f32], centroids: &mu
 
 /// Clusters the `n = data.len() / dim` rows into `k` clusters (`1 <= k <= n`), reproducibly
 /// for a seed whatever the thread count.
-pub fn kmeans(data: &[f32], dim: usize, k: usize, cfg: &KMeansConfig, seed: u64, threads: usize) -> Clustering {
+pub fn kmeans(
+    data: &[f32],
+    dim: usize,
+    k: usize,
+    cfg: &KMeansConfig,
+    seed: u64,
+    threads: usize,
+) -> Clustering {
     let n = data.len() / dim.max(1);
     let k = k.clamp(1, n.max(1));
     if n == 0 || k == 1 {

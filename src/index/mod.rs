@@ -24,7 +24,10 @@ pub use stats::{coherence, index_stats, Coherence, IndexStats, LevelStats, PairR
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}: {what} at line {line} column {column}: {msg}", path.display())]
     Json {
         path: PathBuf,
@@ -34,13 +37,25 @@ pub enum IndexError {
         msg: String,
     },
     #[error("{}: key \"{key}\": {msg}", path.display())]
-    Entry { path: PathBuf, key: String, msg: String },
+    Entry {
+        path: PathBuf,
+        key: String,
+        msg: String,
+    },
     #[error("{}: key \"{key}\": not an item of dataset {dataset}", path.display())]
-    UnknownItem { path: PathBuf, key: String, dataset: String },
+    UnknownItem {
+        path: PathBuf,
+        key: String,
+        dataset: String,
+    },
     #[error("{}: key \"{key}\" appears more than once", path.display())]
     DuplicateKey { path: PathBuf, key: String },
     #[error("{}: {count} dataset items without an ID, the first \"{first}\"", path.display())]
-    MissingItems { path: PathBuf, count: usize, first: String },
+    MissingItems {
+        path: PathBuf,
+        count: usize,
+        first: String,
+    },
     #[error("{}: {collisions} ID collisions, e.g. items {example:?} share an ID (strict mode)", path.display())]
     Collisions {
         path: PathBuf,
@@ -138,7 +153,10 @@ impl IndexConfig {
     pub fn layout(&self) -> Vec<(Signal, usize)> {
         let all = self.levels_semantic + self.levels_behavior;
         let layout = match self.mode {
-            Mode::Unit => vec![(Signal::Semantic, self.levels_semantic), (Signal::Behavior, self.levels_behavior)],
+            Mode::Unit => vec![
+                (Signal::Semantic, self.levels_semantic),
+                (Signal::Behavior, self.levels_behavior),
+            ],
             Mode::Semantic => vec![(Signal::Semantic, all)],
             Mode::Behavior => vec![(Signal::Behavior, all)],
             Mode::Random => vec![(Signal::Random, all)],
@@ -148,10 +166,15 @@ impl IndexConfig {
 
     fn validate(&self) -> Result<(), IndexError> {
         if self.k < 2 || self.k > u32::MAX as usize {
-            return Err(IndexError::Config(format!("k = {} (need at least 2)", self.k)));
+            return Err(IndexError::Config(format!(
+                "k = {} (need at least 2)",
+                self.k
+            )));
         }
         if self.levels_semantic + self.levels_behavior == 0 {
-            return Err(IndexError::Config("no levels (levels-semantic + levels-behavior = 0)".into()));
+            return Err(IndexError::Config(
+                "no levels (levels-semantic + levels-behavior = 0)".into(),
+            ));
         }
         if self.kmeans.max_iters == 0 {
             return Err(IndexError::Config("kmeans.max_iters = 0".into()));
@@ -181,18 +204,32 @@ impl Table {
     /// Copies a 2-D tensor (any float dtype, any device) into a table.
     pub fn from_tensor(t: &candle_core::Tensor) -> candle_core::Result<Table> {
         let (rows, dim) = t.dims2()?;
-        let data = t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let data = t
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         Ok(Table { rows, dim, data })
     }
 
     /// Checks the shape against `rows` items and that every value is finite.
     fn check(&self, what: &str, rows: usize) -> Result<(), IndexError> {
-        let err = |msg: String| IndexError::Table { what: what.to_string(), msg };
+        let err = |msg: String| IndexError::Table {
+            what: what.to_string(),
+            msg,
+        };
         if self.rows != rows {
-            return Err(err(format!("{} rows, but there are {rows} items", self.rows)));
+            return Err(err(format!(
+                "{} rows, but there are {rows} items",
+                self.rows
+            )));
         }
         if self.dim == 0 || self.data.len() != self.rows * self.dim {
-            return Err(err(format!("bad shape [{}, {}] for {} values", self.rows, self.dim, self.data.len())));
+            return Err(err(format!(
+                "bad shape [{}, {}] for {} values",
+                self.rows,
+                self.dim,
+                self.data.len()
+            )));
         }
         if let Some(p) = self.data.iter().position(|v| !v.is_finite()) {
             return Err(err(format!("non-finite value in row {}", p / self.dim)));
@@ -208,6 +245,8 @@ pub struct SourceReport {
     pub levels: usize,
     pub dim: usize,
     pub seconds: f64,
+    /// Per level (k-means sources only).
+    pub per_level: Vec<build::LevelReport>,
 }
 
 /// What [`build`] did.
@@ -239,8 +278,8 @@ pub fn build(
     for (si, &(signal, nl)) in layout.iter().enumerate() {
         let t0 = Instant::now();
         let seed = kmeans::mix_seed(cfg.seed, si as u64 + 101);
-        let (part, dim) = match signal {
-            Signal::Random => (build::random_codes(n, nl, cfg.k, seed), 0),
+        let (part, dim, per_level) = match signal {
+            Signal::Random => (build::random_codes(n, nl, cfg.k, seed), 0, Vec::new()),
             Signal::Semantic | Signal::Behavior => {
                 let (slot, what) = if signal == Signal::Semantic {
                     (&mut semantic, "semantic table")
@@ -254,8 +293,17 @@ pub fn build(
                 if cfg.normalize {
                     kmeans::normalize_rows(&mut table.data, table.dim);
                 }
-                let part = build::hierarchical_kmeans(&table.data, table.dim, nl, cfg.k, &cfg.kmeans, seed, threads, progress);
-                (part, table.dim)
+                let (part, per_level) = build::hierarchical_kmeans(
+                    &table.data,
+                    table.dim,
+                    nl,
+                    cfg.k,
+                    &cfg.kmeans,
+                    seed,
+                    threads,
+                    progress,
+                );
+                (part, table.dim, per_level)
             }
         };
         let offset = levels.len();
@@ -271,6 +319,7 @@ pub fn build(
             levels: nl,
             dim,
             seconds: t0.elapsed().as_secs_f64(),
+            per_level,
         });
     }
     let mut index = ItemIndex::from_codes(keys, levels, starts, &codes);

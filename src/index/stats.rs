@@ -37,7 +37,11 @@ pub struct PairRate {
 
 impl PairRate {
     fn new(hits: u64, pairs: u64, random: f64) -> PairRate {
-        let within = if pairs > 0 { hits as f64 / pairs as f64 } else { 0.0 };
+        let within = if pairs > 0 {
+            hits as f64 / pairs as f64
+        } else {
+            0.0
+        };
         PairRate {
             within,
             random,
@@ -188,21 +192,34 @@ fn intern<'a>(values: impl Iterator<Item = &'a str>) -> Vec<u32> {
 /// `index.source_starts`), against the dataset's categories and training co-occurrences.
 pub fn coherence(index: &ItemIndex, ds: &Dataset, train: &[Vec<u32>]) -> Vec<Coherence> {
     let n = index.len().min(ds.items.len());
-    let cat2 = intern(ds.items[..n].iter().map(|it| it.categories.split(',').nth(1).map_or("", str::trim)));
+    let cat2 = intern(
+        ds.items[..n]
+            .iter()
+            .map(|it| it.categories.split(',').nth(1).map_or("", str::trim)),
+    );
     let path = intern(ds.items[..n].iter().map(|it| it.categories.as_str()));
     let cooc = cooccurrence_pairs(train);
     let all_pairs = (n as u64) * (n as u64).saturating_sub(1) / 2;
-    let cooc_random = if all_pairs > 0 { cooc.len() as f64 / all_pairs as f64 } else { 0.0 };
+    let cooc_random = if all_pairs > 0 {
+        cooc.len() as f64 / all_pairs as f64
+    } else {
+        0.0
+    };
     index
         .source_starts
         .iter()
         .filter(|&&p| p < index.levels.len())
         .map(|&p| {
-            let clusters: Vec<u32> = index.ids[..n].iter().map(|id| id.get(p).copied().unwrap_or(u32::MAX)).collect();
-            let sizes = clusters.iter().fold(HashMap::<u32, u64>::new(), |mut m, &c| {
-                *m.entry(c).or_default() += 1;
-                m
-            });
+            let clusters: Vec<u32> = index.ids[..n]
+                .iter()
+                .map(|id| id.get(p).copied().unwrap_or(u32::MAX))
+                .collect();
+            let sizes = clusters
+                .iter()
+                .fold(HashMap::<u32, u64>::new(), |mut m, &c| {
+                    *m.entry(c).or_default() += 1;
+                    m
+                });
             let within: u64 = sizes.values().map(|&c| c * c.saturating_sub(1) / 2).sum();
             let hits = cooc
                 .iter()

@@ -2,7 +2,7 @@
 //! gives every position's hidden state, logits only where asked, a batched KV cache and
 //! LoRA hooks (DESIGN "Backbone"; paper Eq. 2 uses its hidden states, 3.4 trains it).
 
-use candle_core::{DType, Device, IndexOp, Result, Tensor, D};
+use candle_core::{DType, Device, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::cache::KvCache;
@@ -457,10 +457,5 @@ impl Llama {
         let h = self.forward_hidden(ids, None, None, None, mode)?;
         let (b, t, d) = h.dims3()?;
         self.logits(&h.reshape((b * t, d))?)?.reshape((b, t, ()))
-    }
-
-    /// The first row of `x` (small helper for single-sequence callers).
-    pub fn first(x: &Tensor) -> Result<Tensor> {
-        x.i(0)
     }
 }

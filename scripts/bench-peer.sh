@@ -100,15 +100,25 @@ run_peer() {
 }
 
 # ---------------------------------------------------------------- our side
-# >>> run_ours: our Rust binary. `llmbs bench llm ... --json` is being written by
-# another engineer; it prints one JSON line per workload in the same shape as
-# peer_bench.py (workload, tokens_per_s, items_per_s | users_per_s, median_s).
+# >>> run_ours: our Rust binary, the same workloads and sizes, one JSON line each.
 run_ours() {
-  local w
+  local w extra bb
   for w in "${WORKLOADS[@]}"; do
     log "ours: workload=$w"
-    "$BIN" bench llm --model "$GGUF" --workload "$w" --batch "$BATCH" --seq "$SEQ" \
-      --runs "$RUNS" --threads "$THREADS" --json | { grep '^{' || true; } | tee -a "$OURS_JSON" \
+    case "$w" in
+      embed) extra=(--items "$ITEMS" --embed-batch 32 --data "$DATA_DIR") ;;
+      *) extra=() ;;
+    esac
+    if [ "$w" = beam ]; then
+      for bb in 1 8; do
+        "$BIN" bench llm --model "$GGUF" --workload beam --beam-users "$BEAM_USERS" --beam-batch "$bb" \
+          --runs "$RUNS" --threads "$THREADS" --device cpu --json | { grep '^{' || true; } | tee -a "$OURS_JSON" \
+          || log "ours: workload $w failed (exit ${PIPESTATUS[0]})"
+      done
+      continue
+    fi
+    "$BIN" bench llm --model "$GGUF" --workload "$w" --batch "$BATCH" --seq "$SEQ" "${extra[@]}" \
+      --runs "$RUNS" --threads "$THREADS" --device cpu --json | { grep '^{' || true; } | tee -a "$OURS_JSON" \
       || log "ours: workload $w failed (exit ${PIPESTATUS[0]})"
   done
 }

@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 
 /// The temporary sibling a file is written to before it is renamed into place.
 fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(format!(".tmp{}", std::process::id()));
     path.with_file_name(name)
 }
@@ -38,8 +41,8 @@ where
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use anyhow::Context;
     atomic_write_with(path, |tmp| {
-        let mut f = std::fs::File::create(tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?;
+        let mut f =
+            std::fs::File::create(tmp).with_context(|| format!("creating {}", tmp.display()))?;
         f.write_all(bytes)
             .with_context(|| format!("writing {}", tmp.display()))?;
         f.sync_all()

@@ -25,7 +25,9 @@ fn catalogue(n: usize) -> Vec<Vec<u32>> {
 }
 
 fn model(seed: u64) -> Llama {
-    random_model(&LlamaConfig::tiny(64), seed, DType::F32, &Device::Cpu).unwrap().1
+    random_model(&LlamaConfig::tiny(64), seed, DType::F32, &Device::Cpu)
+        .unwrap()
+        .1
 }
 
 #[test]
@@ -35,7 +37,9 @@ fn full_beam_equals_teacher_forced_ranking() {
     let trie = Trie::new(&ids).unwrap();
     for prompt in [vec![1u32, 5, 9, 2], vec![7u32, 7, 3, 12, 30, 18]] {
         let exact = score_all_items(&m, &prompt, &ids).unwrap();
-        let got = beam_search(&m, std::slice::from_ref(&prompt), &trie, ids.len()).unwrap().remove(0);
+        let got = beam_search(&m, std::slice::from_ref(&prompt), &trie, ids.len())
+            .unwrap()
+            .remove(0);
         assert_eq!(got.len(), ids.len());
         let gi: Vec<u32> = got.iter().map(|x| x.0).collect();
         let ei: Vec<u32> = exact.iter().map(|x| x.0).collect();
@@ -68,15 +72,30 @@ fn batched_equals_one_user_at_a_time() {
     let m = model(13);
     let ids = catalogue(40);
     let trie = Trie::new(&ids).unwrap();
-    let prompts: Vec<Vec<u32>> = vec![vec![1, 2, 3], vec![9, 8, 7, 6, 5, 4, 3], vec![30], vec![11, 12, 13, 14]];
-    let batched = beam_search(&m, &prompts, &trie, 8).unwrap();
-    for (p, b) in prompts.iter().zip(&batched) {
-        let single = beam_search(&m, std::slice::from_ref(p), &trie, 8).unwrap().remove(0);
-        let bi: Vec<u32> = b.iter().map(|x| x.0).collect();
-        let si: Vec<u32> = single.iter().map(|x| x.0).collect();
-        assert_eq!(bi, si);
-        for (x, y) in b.iter().zip(&single) {
-            assert!((x.1 - y.1).abs() < 1e-4);
+    let no_shared: Vec<Vec<u32>> = vec![
+        vec![1, 2, 3],
+        vec![9, 8, 7, 6, 5, 4, 3],
+        vec![30],
+        vec![11, 12, 13, 14],
+    ];
+    // Prompts sharing an instruction prefix (prefilled once and shared), one of them entirely.
+    let shared: Vec<Vec<u32>> = vec![
+        vec![5, 6, 7, 8, 1, 2],
+        vec![5, 6, 7, 8, 9, 10, 11],
+        vec![5, 6, 7, 8],
+    ];
+    for prompts in [no_shared, shared] {
+        let batched = beam_search(&m, &prompts, &trie, 8).unwrap();
+        for (p, b) in prompts.iter().zip(&batched) {
+            let single = beam_search(&m, std::slice::from_ref(p), &trie, 8)
+                .unwrap()
+                .remove(0);
+            let bi: Vec<u32> = b.iter().map(|x| x.0).collect();
+            let si: Vec<u32> = single.iter().map(|x| x.0).collect();
+            assert_eq!(bi, si);
+            for (x, y) in b.iter().zip(&single) {
+                assert!((x.1 - y.1).abs() < 1e-4);
+            }
         }
     }
 }
@@ -87,24 +106,41 @@ fn target_ranked_first_scores_one() {
     let m = model(14);
     let ids = catalogue(20);
     let items = llmbs::eval::ItemIds {
-        tokens: ids.iter().map(|v| v.iter().map(|t| t.to_string()).collect()).collect(),
+        tokens: ids
+            .iter()
+            .map(|v| v.iter().map(|t| t.to_string()).collect())
+            .collect(),
         ids: ids.clone(),
         trie: Trie::new(&ids).unwrap(),
     };
     let prompts: Vec<Vec<u32>> = vec![vec![1, 2, 3], vec![4, 5]];
     // The target of each sample is whatever the model ranks first.
-    let tops: Vec<u32> = beam_search(&m, &prompts, &items.trie, 4).unwrap().iter().map(|r| r[0].0).collect();
+    let tops: Vec<u32> = beam_search(&m, &prompts, &items.trie, 4)
+        .unwrap()
+        .iter()
+        .map(|r| r[0].0)
+        .collect();
     let samples: Vec<Sample> = tops
         .iter()
         .enumerate()
-        .map(|(u, &t)| Sample { user: u as u32, history: vec![], target: t })
+        .map(|(u, &t)| Sample {
+            user: u as u32,
+            history: vec![],
+            target: t,
+        })
         .collect();
     let out = evaluate(&m, &prompts, &samples, &items, 4, 2, |_| {}).unwrap();
     assert_eq!(out.metrics.users, 2);
     assert_eq!(out.metrics.recall[&1], 1.0);
     assert_eq!(out.metrics.ndcg[&5], 1.0);
     // And a target outside the catalogue's top-4 for both users scores zero.
-    let miss: Vec<Sample> = samples.iter().map(|s| Sample { target: 10_000, ..s.clone() }).collect();
+    let miss: Vec<Sample> = samples
+        .iter()
+        .map(|s| Sample {
+            target: 10_000,
+            ..s.clone()
+        })
+        .collect();
     let out = evaluate(&m, &prompts, &miss, &items, 4, 2, |_| {}).unwrap();
     assert_eq!(out.metrics.recall[&10], 0.0);
 }

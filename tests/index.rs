@@ -506,3 +506,56 @@ fn letter_index_has_13_collisions() {
         Err(IndexError::Collisions { collisions: 13, .. })
     ));
 }
+
+#[test]
+fn command_writes_index_and_stats() {
+    use llmbs::commands::index::{run, IndexArgs};
+    let dir = tempfile::tempdir().unwrap();
+    let ds = tiny_dataset(dir.path());
+    let table = candle_core::Tensor::from_vec(
+        (0..20).map(|v| ((v * 7) % 5) as f32).collect::<Vec<f32>>(),
+        (5, 4),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let emb = dir.path().join("emb.safetensors");
+    llmbs::embed::save_table(&emb, &table).unwrap();
+    let out = dir.path().join("index/Tiny.index.json");
+    let args = IndexArgs {
+        semantic: Some(emb.clone()),
+        behavior: Some(emb),
+        out: out.clone(),
+        stats: None,
+        data: Some(dir.path().to_path_buf()),
+        k: 2,
+        levels_semantic: 2,
+        levels_behavior: 1,
+        mode: Mode::Unit,
+        seed: 1,
+        no_normalize: false,
+        center: false,
+        unbalanced: true,
+        max_iters: 25,
+        threads: 1,
+        external: None,
+        strict: false,
+        synthetic: None,
+        dim: 64,
+        json: false,
+    };
+    run(args).unwrap();
+    let (index, report) = index::load_external_with(&out, &ds, true).unwrap();
+    // Written IDs reload as they were: levels s1 s2 b1, plus "d" where items were disambiguated.
+    assert_eq!(index.levels[..3], ["s1", "s2", "b1"]);
+    assert_eq!(report.disambiguation.collisions, 0);
+    let stats: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("index/stats.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(stats["items"], 5);
+    assert_eq!(stats["distinct_ids_after"], 5);
+    assert_eq!(stats["config"]["mode"], "unit");
+    assert_eq!(stats["coherence"].as_array().unwrap().len(), 2);
+    assert_eq!(stats["levels"][0]["level"], "s1");
+    assert_eq!(stats["levels"][2]["level"], "b1");
+}

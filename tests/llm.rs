@@ -5,7 +5,9 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, IndexOp, Tensor, D};
 use candle_nn::{VarBuilder, VarMap};
-use llmbs::llm::{gguf, tokenizer, KvCache, Llama, LlamaConfig, Loaded, ModelSource, Mode, Positions};
+use llmbs::llm::{
+    gguf, tokenizer, KvCache, Llama, LlamaConfig, Loaded, Mode, ModelSource, Positions,
+};
 
 fn tiny(seed: u64) -> (LlamaConfig, VarMap, Llama) {
     let cfg = LlamaConfig::tiny(64);
@@ -20,7 +22,16 @@ fn ids(rows: &[&[u32]]) -> Tensor {
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
 }
 
 const SEQ: [u32; 10] = [3, 17, 9, 42, 5, 61, 8, 8, 30, 2];
@@ -30,10 +41,20 @@ fn kv_cache_decoding_equals_full_forward() {
     let (_, _, m) = tiny(1);
     let full = m.forward_logits(&ids(&[&SEQ]), Mode::Infer).unwrap(); // [1, 10, V]
     let mut cache = m.new_cache();
-    let h = m.forward_hidden(&ids(&[&SEQ[..6]]), None, None, Some(&mut cache), Mode::Infer).unwrap();
+    let h = m
+        .forward_hidden(
+            &ids(&[&SEQ[..6]]),
+            None,
+            None,
+            Some(&mut cache),
+            Mode::Infer,
+        )
+        .unwrap();
     let mut steps = vec![m.logits(&h.i(0).unwrap()).unwrap()];
     for &tok in &SEQ[6..] {
-        let h = m.forward_hidden(&ids(&[&[tok]]), None, None, Some(&mut cache), Mode::Infer).unwrap();
+        let h = m
+            .forward_hidden(&ids(&[&[tok]]), None, None, Some(&mut cache), Mode::Infer)
+            .unwrap();
         steps.push(m.logits(&h.i(0).unwrap()).unwrap());
     }
     let inc = Tensor::cat(&steps, 0).unwrap();
@@ -47,11 +68,17 @@ fn right_padding_does_not_change_real_positions() {
     let short = [7u32, 1, 33, 4, 12, 50];
     let mut padded = short.to_vec();
     padded.extend([0, 0, 0, 0]);
-    let batch = m.forward_hidden(&ids(&[&SEQ, &padded]), None, None, None, Mode::Infer).unwrap();
-    let alone = m.forward_hidden(&ids(&[&short]), None, None, None, Mode::Infer).unwrap();
+    let batch = m
+        .forward_hidden(&ids(&[&SEQ, &padded]), None, None, None, Mode::Infer)
+        .unwrap();
+    let alone = m
+        .forward_hidden(&ids(&[&short]), None, None, None, Mode::Infer)
+        .unwrap();
     let real = batch.i((1, 0..6)).unwrap();
     assert!(max_diff(&real, &alone.i(0).unwrap()) < 1e-5);
-    let long = m.forward_hidden(&ids(&[&SEQ]), None, None, None, Mode::Infer).unwrap();
+    let long = m
+        .forward_hidden(&ids(&[&SEQ]), None, None, None, Mode::Infer)
+        .unwrap();
     assert!(max_diff(&batch.i(0).unwrap(), &long.i(0).unwrap()) < 1e-5);
 }
 
@@ -64,10 +91,21 @@ fn padded_batch_decoding_matches_single_rows() {
     let b = [40u32, 2, 19];
     let next = [[8u32, 13], [22, 6]];
     let padded_b = [40u32, 2, 19, 0, 0, 0];
-    let valid = Tensor::from_vec(vec![1u8, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], (2, 6), &Device::Cpu).unwrap();
+    let valid = Tensor::from_vec(
+        vec![1u8, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+        (2, 6),
+        &Device::Cpu,
+    )
+    .unwrap();
     let mut cache = m.new_cache();
     let h = m
-        .forward_hidden(&ids(&[&a, &padded_b]), None, Some(&valid), Some(&mut cache), Mode::Infer)
+        .forward_hidden(
+            &ids(&[&a, &padded_b]),
+            None,
+            Some(&valid),
+            Some(&mut cache),
+            Mode::Infer,
+        )
         .unwrap();
     let mut got = vec![m.last_logits(&h, &[6, 3]).unwrap()];
     let mut lens = [6u32, 3];
@@ -86,13 +124,23 @@ fn padded_batch_decoding_matches_single_rows() {
         lens[0] += 1;
         lens[1] += 1;
     }
-    for (row, (prompt, nx)) in [(&a[..], next[0]), (&b[..], next[1])].into_iter().enumerate() {
+    for (row, (prompt, nx)) in [(&a[..], next[0]), (&b[..], next[1])]
+        .into_iter()
+        .enumerate()
+    {
         let mut seq = prompt.to_vec();
         seq.extend(nx);
-        let full = m.forward_logits(&ids(&[&seq]), Mode::Infer).unwrap().i(0).unwrap();
+        let full = m
+            .forward_logits(&ids(&[&seq]), Mode::Infer)
+            .unwrap()
+            .i(0)
+            .unwrap();
         for (step, g) in got.iter().enumerate() {
             let want = full.i(prompt.len() - 1 + step).unwrap();
-            assert!(max_diff(&g.i(row).unwrap(), &want) < 1e-4, "row {row} step {step}");
+            assert!(
+                max_diff(&g.i(row).unwrap(), &want) < 1e-4,
+                "row {row} step {step}"
+            );
         }
     }
 }
@@ -103,13 +151,30 @@ fn cache_reorder_selects_rows() {
     let a = [5u32, 9, 14];
     let b = [40u32, 2, 19];
     let mut cache = m.new_cache();
-    m.forward_hidden(&ids(&[&a, &b]), None, None, Some(&mut cache), Mode::Infer).unwrap();
+    m.forward_hidden(&ids(&[&a, &b]), None, None, Some(&mut cache), Mode::Infer)
+        .unwrap();
     let idx = Tensor::new(&[1u32, 0, 1], &Device::Cpu).unwrap();
     cache.reorder(&idx).unwrap();
-    let h = m.forward_hidden(&ids(&[&[7], &[7], &[7]]), None, None, Some(&mut cache), Mode::Infer).unwrap();
+    let h = m
+        .forward_hidden(
+            &ids(&[&[7], &[7], &[7]]),
+            None,
+            None,
+            Some(&mut cache),
+            Mode::Infer,
+        )
+        .unwrap();
     let got = m.last_logits(&h, &[1, 1, 1]).unwrap();
-    let fa = m.forward_logits(&ids(&[&[5, 9, 14, 7]]), Mode::Infer).unwrap().i((0, 3)).unwrap();
-    let fb = m.forward_logits(&ids(&[&[40, 2, 19, 7]]), Mode::Infer).unwrap().i((0, 3)).unwrap();
+    let fa = m
+        .forward_logits(&ids(&[&[5, 9, 14, 7]]), Mode::Infer)
+        .unwrap()
+        .i((0, 3))
+        .unwrap();
+    let fb = m
+        .forward_logits(&ids(&[&[40, 2, 19, 7]]), Mode::Infer)
+        .unwrap()
+        .i((0, 3))
+        .unwrap();
     assert!(max_diff(&got.i(0).unwrap(), &fb) < 1e-4);
     assert!(max_diff(&got.i(1).unwrap(), &fa) < 1e-4);
     assert!(max_diff(&got.i(2).unwrap(), &fb) < 1e-4);
@@ -131,7 +196,9 @@ fn differentiable_path_equals_fused_path_and_grads_reach_every_weight() {
     let data = vm.data().lock().unwrap();
     assert_eq!(data.len(), 2 * 9 + 2);
     for (name, var) in data.iter() {
-        let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for {name}"));
         let norm: f32 = g.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
         assert!(norm > 0.0, "zero gradient for {name}");
     }
@@ -181,7 +248,10 @@ fn hf_directory_and_gguf_load_identically() {
         } else {
             v.clone()
         };
-        qts.push((gguf::gguf_name(k).unwrap(), QTensor::quantize(&v, GgmlDType::F32).unwrap()));
+        qts.push((
+            gguf::gguf_name(k).unwrap(),
+            QTensor::quantize(&v, GgmlDType::F32).unwrap(),
+        ));
     }
     use gguf_file::Value;
     let md: Vec<(&str, Value)> = vec![
@@ -196,9 +266,15 @@ fn hf_directory_and_gguf_load_identically() {
         ("llama.rope.freq_base", Value::F32(10000.0)),
         ("llama.context_length", Value::U32(512)),
         ("tokenizer.ggml.model", Value::String("gpt2".into())),
-        ("tokenizer.ggml.tokens", Value::Array(tokens.into_iter().map(Value::String).collect())),
+        (
+            "tokenizer.ggml.tokens",
+            Value::Array(tokens.into_iter().map(Value::String).collect()),
+        ),
         ("tokenizer.ggml.merges", Value::Array(vec![])),
-        ("tokenizer.ggml.token_type", Value::Array(types.into_iter().map(Value::I32).collect())),
+        (
+            "tokenizer.ggml.token_type",
+            Value::Array(types.into_iter().map(Value::I32).collect()),
+        ),
     ];
     let gguf_path = dir.path().join("tiny.gguf");
     let mut f = std::fs::File::create(&gguf_path).unwrap();
@@ -209,16 +285,32 @@ fn hf_directory_and_gguf_load_identically() {
 
     let x = ids(&[&SEQ]);
     let want = m.forward_logits(&x, Mode::Infer).unwrap();
-    for src in [ModelSource::HfDir(hf.clone()), ModelSource::Gguf(gguf_path.clone())] {
+    for src in [
+        ModelSource::HfDir(hf.clone()),
+        ModelSource::Gguf(gguf_path.clone()),
+    ] {
         let loaded = Loaded::load(&src, &Device::Cpu, DType::F32).unwrap();
         assert_eq!(loaded.cfg.vocab_size, 64);
         assert_eq!(loaded.tokenizer.get_vocab_size(true), 64);
-        let got = loaded.build(&Device::Cpu).unwrap().forward_logits(&x, Mode::Infer).unwrap();
+        let got = loaded
+            .build(&Device::Cpu)
+            .unwrap()
+            .forward_logits(&x, Mode::Infer)
+            .unwrap();
         assert!(max_diff(&want, &got) < 1e-6, "{src:?}");
     }
-    assert_eq!(ModelSource::parse(gguf_path.to_str().unwrap()).unwrap(), ModelSource::Gguf(gguf_path));
-    assert_eq!(ModelSource::parse(hf.to_str().unwrap()).unwrap(), ModelSource::HfDir(hf));
-    assert_eq!(ModelSource::parse("org/name").unwrap(), ModelSource::Hub("org/name".into()));
+    assert_eq!(
+        ModelSource::parse(gguf_path.to_str().unwrap()).unwrap(),
+        ModelSource::Gguf(gguf_path)
+    );
+    assert_eq!(
+        ModelSource::parse(hf.to_str().unwrap()).unwrap(),
+        ModelSource::HfDir(hf)
+    );
+    assert_eq!(
+        ModelSource::parse("org/name").unwrap(),
+        ModelSource::Hub("org/name".into())
+    );
     assert!(ModelSource::parse("/no/such/file.gguf").is_err());
 }
 
@@ -230,7 +322,11 @@ fn lora_zero_init_is_identity_and_switchable() {
     let base = m.forward_logits(&x, Mode::Infer).unwrap();
     let lvm = VarMap::new();
     let lcfg = llmbs::llm::LoraConfig::default();
-    m.attach_lora(&lcfg, VarBuilder::from_varmap(&lvm, DType::F32, &Device::Cpu)).unwrap();
+    m.attach_lora(
+        &lcfg,
+        VarBuilder::from_varmap(&lvm, DType::F32, &Device::Cpu),
+    )
+    .unwrap();
     assert_eq!(lvm.all_vars().len(), 2 * 7 * 2);
     let with = m.forward_logits(&x, Mode::Infer).unwrap();
     assert!(max_diff(&base, &with) < 1e-6);
@@ -252,7 +348,11 @@ fn lora_zero_init_is_identity_and_switchable() {
 
 fn real_model_path() -> std::path::PathBuf {
     let p = llmbs::llm::load::default_model_path();
-    assert!(p.is_file(), "{} missing: run scripts/fetch-model.sh", p.display());
+    assert!(
+        p.is_file(),
+        "{} missing: run scripts/fetch-model.sh",
+        p.display()
+    );
     p
 }
 
@@ -264,9 +364,15 @@ fn smollm2_tokenizer_matches_transformers() {
         ("Hello world", &[19556, 905]),
         (
             "OPI Nail Lacquer, Simmer and Shimmer, 0.5-Fluid Ounce",
-            &[7627, 57, 442, 636, 31648, 17772, 28, 3106, 763, 284, 1541, 20311, 28, 216, 32, 30, 37, 29, 29422, 311, 492, 419, 319],
+            &[
+                7627, 57, 442, 636, 31648, 17772, 28, 3106, 763, 284, 1541, 20311, 28, 216, 32, 30,
+                37, 29, 29422, 311, 492, 419, 319,
+            ],
         ),
-        ("Toys & Games 12345", &[2068, 672, 1456, 13561, 216, 33, 34, 35, 36, 37]),
+        (
+            "Toys & Games 12345",
+            &[2068, 672, 1456, 13561, 216, 33, 34, 35, 36, 37],
+        ),
         ("<|im_start|>user\nhi<|im_end|>", &[1, 4093, 198, 6004, 2]),
     ];
     for (text, want) in cases {
@@ -293,13 +399,17 @@ fn smollm2_parity_with_quantized_llama() {
     let mut f = std::fs::File::open(&path).unwrap();
     let ct = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap();
     let mut reference =
-        candle_transformers::models::quantized_llama::ModelWeights::from_gguf(ct, &mut f, &dev).unwrap();
+        candle_transformers::models::quantized_llama::ModelWeights::from_gguf(ct, &mut f, &dev)
+            .unwrap();
     for prompt in [
         "<|im_start|>user\nRecommend a nail polish.<|im_end|>\n<|im_start|>assistant\n",
         "OPI Nail Lacquer, Simmer and Shimmer, 0.5-Fluid Ounce. Categories: Beauty,Makeup,Nails",
     ] {
         let toks = tokenizer::encode(&loaded.tokenizer, prompt).unwrap();
-        let x = Tensor::new(toks.as_slice(), &dev).unwrap().unsqueeze(0).unwrap();
+        let x = Tensor::new(toks.as_slice(), &dev)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
         let mine = ours.forward_logits(&x, Mode::Infer).unwrap().i(0).unwrap();
         reference.clear_kv_cache();
         for (pos, &t) in toks.iter().enumerate() {
@@ -310,7 +420,10 @@ fn smollm2_parity_with_quantized_llama() {
             assert_eq!(top(&m), top(&r), "{prompt:?} position {pos}");
             let diff = max_diff(&m, &r);
             let scale: f32 = r.abs().unwrap().max(0).unwrap().to_scalar().unwrap();
-            assert!(diff < 1e-3 * scale.max(1.0), "{prompt:?} position {pos}: max |diff| {diff}");
+            assert!(
+                diff < 1e-3 * scale.max(1.0),
+                "{prompt:?} position {pos}: max |diff| {diff}"
+            );
         }
     }
 }

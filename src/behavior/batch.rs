@@ -145,7 +145,8 @@ pub fn sasrec_batches(windows: &[Window], batch_size: usize, rng: &mut StdRng) -
             for (r, &i) in rows.iter().enumerate() {
                 let w = &windows[i];
                 b.ids[r * t..r * t + w.inputs.len()].copy_from_slice(&w.inputs);
-                b.positions.extend((0..w.inputs.len()).map(|j| (r * t + j) as u32));
+                b.positions
+                    .extend((0..w.inputs.len()).map(|j| (r * t + j) as u32));
                 b.targets.extend_from_slice(&w.targets);
             }
             b

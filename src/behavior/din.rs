@@ -39,7 +39,8 @@ pub struct Din {
 
 /// PReLU with a learned slope per unit: `relu(x) - alpha * relu(-x)` (differentiable).
 fn prelu(x: &Tensor, alpha: &Tensor) -> candle_core::Result<Tensor> {
-    x.relu()?.broadcast_sub(&x.neg()?.relu()?.broadcast_mul(alpha)?)
+    x.relu()?
+        .broadcast_sub(&x.neg()?.relu()?.broadcast_mul(alpha)?)
 }
 
 impl Din {
@@ -81,18 +82,35 @@ impl Din {
 
     /// Scores of candidate items given histories.
     /// `hist` [b, t] u32, `mask` [b, t] f32 (1 real, 0 padding), `cands` [b, c] u32 → [b, c].
-    pub fn forward(&self, hist: &Tensor, mask: &Tensor, cands: &Tensor) -> candle_core::Result<Tensor> {
+    pub fn forward(
+        &self,
+        hist: &Tensor,
+        mask: &Tensor,
+        cands: &Tensor,
+    ) -> candle_core::Result<Tensor> {
         let (b, t) = hist.dims2()?;
         let c = cands.dim(1)?;
         let (d, nh) = (self.cfg.dim, self.cfg.att_hidden);
         let h = self.emb.forward(hist)?; // [b, t, d]
         let e = self.emb.forward(cands)?; // [b, c, d]
         let (wh, wt, wd) = self.split_w1()?;
-        let q = h.reshape((b * t, d))?.matmul(&wh.t()?)?.reshape((b, 1, t, nh))?;
-        let p = e.reshape((b * c, d))?.matmul(&wt.t()?)?.reshape((b, c, 1, nh))?;
+        let q = h
+            .reshape((b * t, d))?
+            .matmul(&wh.t()?)?
+            .reshape((b, 1, t, nh))?;
+        let p = e
+            .reshape((b * c, d))?
+            .matmul(&wt.t()?)?
+            .reshape((b, c, 1, nh))?;
         let he = e.unsqueeze(2)?.broadcast_mul(&h.unsqueeze(1)?)?; // [b, c, t, d]
-        let bil = he.reshape((b * c * t, d))?.matmul(&wd.t()?)?.reshape((b, c, t, nh))?;
-        let pre = bil.broadcast_add(&q)?.broadcast_add(&p)?.broadcast_add(&self.b1)?;
+        let bil = he
+            .reshape((b * c * t, d))?
+            .matmul(&wd.t()?)?
+            .reshape((b, c, t, nh))?;
+        let pre = bil
+            .broadcast_add(&q)?
+            .broadcast_add(&p)?
+            .broadcast_add(&self.b1)?;
         let act = prelu(&pre, &self.alpha)?; // [b, c, t, nh]
         let w = act
             .reshape((b * c * t, nh))?
@@ -118,7 +136,11 @@ impl Din {
 
     /// Scores users a group at a time (each group under [`EVAL_ROWS`] bilinear rows) and hands
     /// each group's `[users][n_items]` scores to `f`, so memory stays bounded.
-    fn for_each_group(&self, histories: &[&[u32]], mut f: impl FnMut(Vec<Vec<f32>>)) -> candle_core::Result<()> {
+    fn for_each_group(
+        &self,
+        histories: &[&[u32]],
+        mut f: impl FnMut(Vec<Vec<f32>>),
+    ) -> candle_core::Result<()> {
         let weights = EvalWeights::new(self)?;
         let rows_of = |h: &[u32]| h.len().max(1) * self.cfg.att_hidden;
         let mut start = 0;
@@ -158,7 +180,10 @@ struct EvalWeights {
 }
 
 fn cpu_vec(t: &Tensor) -> candle_core::Result<Vec<f32>> {
-    t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()
+    t.to_device(&Device::Cpu)?
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1()
 }
 
 impl EvalWeights {
@@ -250,10 +275,17 @@ impl ChunkJob<'_> {
             offsets.push(acc);
             acc += h.len();
         }
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(histories.len()).max(1);
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(histories.len())
+            .max(1);
         let per = histories.len().div_ceil(threads);
         std::thread::scope(|sc| {
-            for ((hs, offs), out) in histories.chunks(per).zip(offsets.chunks(per)).zip(scores.chunks_mut(per)) {
+            for ((hs, offs), out) in histories
+                .chunks(per)
+                .zip(offsets.chunks(per))
+                .zip(scores.chunks_mut(per))
+            {
                 sc.spawn(move || {
                     for ((h, &off), row) in hs.iter().zip(offs).zip(out.iter_mut()) {
                         self.user(h.len(), off, &mut row[self.start..self.start + self.len]);

@@ -53,7 +53,11 @@ pub fn evaluate(model: &dyn Ranker, samples: &[Sample]) -> candle_core::Result<M
 }
 
 /// The model's top-`k` items for each history.
-pub fn top_k(model: &dyn Ranker, histories: &[&[u32]], k: usize) -> candle_core::Result<Vec<Vec<u32>>> {
+pub fn top_k(
+    model: &dyn Ranker,
+    histories: &[&[u32]],
+    k: usize,
+) -> candle_core::Result<Vec<Vec<u32>>> {
     model.top_k(histories, k)
 }
 
@@ -76,7 +80,11 @@ pub struct Cooccurrence {
 
 /// For each item, its `k` nearest neighbours by cosine in `table`, and how often they share a
 /// training sequence (`train`: each user's training part) with it, against random pairs.
-pub fn cooccurrence_check(table: &Tensor, train: &[Vec<u32>], k: usize) -> candle_core::Result<Cooccurrence> {
+pub fn cooccurrence_check(
+    table: &Tensor,
+    train: &[Vec<u32>],
+    k: usize,
+) -> candle_core::Result<Cooccurrence> {
     let n = table.dim(0)?;
     let adj = cooccurring(train, n);
     let nb = knn(table, k)?;
@@ -90,11 +98,18 @@ pub fn cooccurrence_check(table: &Tensor, train: &[Vec<u32>], k: usize) -> candl
         }
     }
     let random_rate = if n > 1 {
-        adj.iter().map(|a| a.len() as f64 / (n - 1) as f64).sum::<f64>() / n as f64
+        adj.iter()
+            .map(|a| a.len() as f64 / (n - 1) as f64)
+            .sum::<f64>()
+            / n as f64
     } else {
         0.0
     };
-    let neighbor_rate = if total == 0 { 0.0 } else { hits as f64 / total as f64 };
+    let neighbor_rate = if total == 0 {
+        0.0
+    } else {
+        hits as f64 / total as f64
+    };
     let mut seen = vec![false; n];
     for seq in train {
         for &i in seq {
@@ -108,7 +123,11 @@ pub fn cooccurrence_check(table: &Tensor, train: &[Vec<u32>], k: usize) -> candl
         items: n,
         neighbor_rate,
         random_rate,
-        lift: if random_rate > 0.0 { neighbor_rate / random_rate } else { 0.0 },
+        lift: if random_rate > 0.0 {
+            neighbor_rate / random_rate
+        } else {
+            0.0
+        },
         items_in_training: seen.iter().filter(|&&s| s).count(),
     })
 }
@@ -117,7 +136,11 @@ pub fn cooccurrence_check(table: &Tensor, train: &[Vec<u32>], k: usize) -> candl
 pub fn cooccurring(seqs: &[Vec<u32>], n_items: usize) -> Vec<Vec<u32>> {
     let mut adj: Vec<Vec<u32>> = vec![Vec::new(); n_items];
     for seq in seqs {
-        let mut items: Vec<u32> = seq.iter().copied().filter(|&i| (i as usize) < n_items).collect();
+        let mut items: Vec<u32> = seq
+            .iter()
+            .copied()
+            .filter(|&i| (i as usize) < n_items)
+            .collect();
         items.sort_unstable();
         items.dedup();
         for &a in &items {

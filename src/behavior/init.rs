@@ -19,7 +19,11 @@ pub enum Init {
 
 /// Sets every variable of `vm` from a seeded RNG, in name order, as `rule(name, dims)` says.
 /// The same seed and names give the same weights.
-pub fn seeded_init(vm: &VarMap, seed: u64, rule: impl Fn(&str, &[usize]) -> Init) -> candle_core::Result<()> {
+pub fn seeded_init(
+    vm: &VarMap,
+    seed: u64,
+    rule: impl Fn(&str, &[usize]) -> Init,
+) -> candle_core::Result<()> {
     let mut rng = StdRng::seed_from_u64(seed);
     let data = vm
         .data()

@@ -136,7 +136,10 @@ impl BehaviorConfig {
             }
             EncoderKind::Sasrec => {
                 if self.heads == 0 || self.dim % self.heads != 0 {
-                    return bad(format!("{} heads do not divide dim {}", self.heads, self.dim));
+                    return bad(format!(
+                        "{} heads do not divide dim {}",
+                        self.heads, self.dim
+                    ));
                 }
                 if !(0.0..1.0).contains(&self.dropout) {
                     return bad(format!("dropout {} must be in [0, 1)", self.dropout));

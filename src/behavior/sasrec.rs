@@ -9,6 +9,7 @@ use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
 use super::batch::{pad_right, SeqBatch};
+use super::ce::full_cross_entropy_sum;
 use super::eval::TopK;
 use super::init::dropout;
 use super::Ranker;
@@ -30,6 +31,8 @@ pub struct SasRecConfig {
 /// Histories per forward when ranking.
 const EVAL_BATCH: usize = 512;
 const LN_EPS: f32 = 1e-6;
+/// Rows of logits per cross-entropy chunk (256 x 12,101 items is 12 MB).
+const CE_ROWS: usize = 256;
 
 /// Layer norm through differentiable ops (candle's fused one has no backward).
 struct LayerNorm {
@@ -85,23 +88,34 @@ impl Block {
     }
 
     /// `x` [b, t, d], `mask` [t, t] additive causal mask → [b, t, d].
-    fn forward(&self, x: &Tensor, mask: &Tensor, heads: usize, p: f32, mut rng: Option<&mut StdRng>) -> candle_core::Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        heads: usize,
+        p: f32,
+        mut rng: Option<&mut StdRng>,
+    ) -> candle_core::Result<Tensor> {
         let (b, t, d) = x.dims3()?;
         let dh = d / heads;
-        let y = self.ln1.forward(x)?;
+        let x = x.reshape((b * t, d))?; // rows: one matmul per linear layer
+        let y = self.ln1.forward(&x)?;
         let split = |l: &Linear| -> candle_core::Result<Tensor> {
-            l.forward(&y)?.reshape((b, t, heads, dh))?.transpose(1, 2)?.contiguous() // [b, h, t, dh]
+            l.forward(&y)?
+                .reshape((b, t, heads, dh))?
+                .transpose(1, 2)?
+                .contiguous() // [b, h, t, dh]
         };
         let (q, k, v) = (split(&self.q)?, split(&self.k)?, split(&self.v)?);
         let att = (q.matmul(&k.t()?)? / (dh as f64).sqrt())?.broadcast_add(mask)?; // [b, h, t, t]
         let att = candle_nn::ops::softmax(&att, D::Minus1)?;
         let att = drop(&att, p, rng.as_deref_mut())?;
-        let ctx = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?; // [b, t, d]
+        let ctx = att.matmul(&v)?.transpose(1, 2)?.reshape((b * t, d))?; // [b t, d]
         let x = (x + drop(&self.o.forward(&ctx)?, p, rng.as_deref_mut())?)?;
         let y = self.ln2.forward(&x)?;
         let f = drop(&self.ff1.forward(&y)?.relu()?, p, rng.as_deref_mut())?;
         let f = self.ff2.forward(&f)?;
-        x + drop(&f, p, rng)?
+        (x + drop(&f, p, rng)?)?.reshape((b, t, d))
     }
 }
 
@@ -139,10 +153,17 @@ impl SasRec {
     /// Hidden states of right-padded sequences: `ids` [b, t] u32 → [b, t, d]. Position j sees
     /// inputs 0..=j only, so padding after a sequence never reaches its real positions.
     /// Dropout is on when `rng` is given (training).
-    pub fn forward(&self, ids: &Tensor, mut rng: Option<&mut StdRng>) -> candle_core::Result<Tensor> {
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        mut rng: Option<&mut StdRng>,
+    ) -> candle_core::Result<Tensor> {
         let (_, t) = ids.dims2()?;
         if t > self.cfg.max_len {
-            candle_core::bail!("sequence of {t} items, the model has {} positions", self.cfg.max_len);
+            candle_core::bail!(
+                "sequence of {t} items, the model has {} positions",
+                self.cfg.max_len
+            );
         }
         let p = self.cfg.dropout;
         let scale = (self.cfg.dim as f64).sqrt();
@@ -160,15 +181,36 @@ impl SasRec {
         h.matmul(&self.emb.embeddings().t()?)
     }
 
-    /// Mean full cross-entropy over the batch's real positions.
+    /// Mean full cross-entropy over the batch's real positions. Logits are built
+    /// [`CE_ROWS`] rows at a time so no catalogue-sized temporary grows with the batch.
     pub fn loss(&self, batch: &SeqBatch, rng: Option<&mut StdRng>) -> candle_core::Result<Tensor> {
         let dev = self.emb.embeddings().device();
         let ids = Tensor::from_slice(&batch.ids, (batch.size, batch.t), dev)?;
-        let h = self.forward(&ids, rng)?.reshape((batch.size * batch.t, self.cfg.dim))?;
-        let pos = Tensor::from_slice(&batch.positions, batch.positions.len(), dev)?;
-        let h = h.index_select(&pos, 0)?; // [m, d]
-        let targets = Tensor::from_slice(&batch.targets, batch.targets.len(), dev)?;
-        super::ce::full_cross_entropy(&self.logits(&h)?, &targets)
+        let h = self
+            .forward(&ids, rng)?
+            .reshape((batch.size * batch.t, self.cfg.dim))?;
+        let m = batch.positions.len();
+        if m == 0 {
+            candle_core::bail!("a batch without targets");
+        }
+        let mut total: Option<Tensor> = None;
+        for (pos, tgt) in batch
+            .positions
+            .chunks(CE_ROWS)
+            .zip(batch.targets.chunks(CE_ROWS))
+        {
+            let rows = h.index_select(&Tensor::from_slice(pos, pos.len(), dev)?, 0)?; // [r, d]
+            let tgt = Tensor::from_slice(tgt, tgt.len(), dev)?;
+            let l = full_cross_entropy_sum(&self.logits(&rows)?, &tgt)?;
+            total = Some(match total {
+                Some(t) => (t + l)?,
+                None => l,
+            });
+        }
+        match total {
+            Some(t) => t / m as f64,
+            None => candle_core::bail!("a batch without targets"),
+        }
     }
 
     /// The user representation after each history: the last real position's hidden state,
@@ -181,8 +223,12 @@ impl SasRec {
             .collect();
         let (ids, t) = pad_right(&hs);
         let ids = Tensor::from_vec(ids, (hs.len(), t), dev)?;
-        let h = self.forward(&ids, None)?.reshape((hs.len() * t, self.cfg.dim))?;
-        let last: Vec<u32> = (0..hs.len()).map(|r| (r * t + hs[r].len().max(1) - 1) as u32).collect();
+        let h = self
+            .forward(&ids, None)?
+            .reshape((hs.len() * t, self.cfg.dim))?;
+        let last: Vec<u32> = (0..hs.len())
+            .map(|r| (r * t + hs[r].len().max(1) - 1) as u32)
+            .collect();
         h.index_select(&Tensor::from_vec(last, hs.len(), dev)?, 0)
     }
 }

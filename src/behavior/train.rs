@@ -14,7 +14,10 @@ use serde::{Deserialize, Serialize};
 use super::batch::{din_batches, din_samples, sasrec_batches, sasrec_windows, DinBatch, Window};
 use super::eval::evaluate;
 use super::init::{restore, seeded_init, snapshot, Init};
-use super::{BehaviorConfig, BehaviorError, Din, DinConfig, DinLoss, EncoderKind, Ranker, SasRec, SasRecConfig};
+use super::{
+    BehaviorConfig, BehaviorError, Din, DinConfig, DinLoss, EncoderKind, Ranker, SasRec,
+    SasRecConfig,
+};
 use crate::data::{Sample, Split};
 use crate::metrics::Metrics;
 
@@ -86,7 +89,11 @@ enum Batches {
 }
 
 /// Builds the model named by `cfg` with seeded weights.
-fn build(cfg: &BehaviorConfig, n_items: usize, device: &Device) -> Result<(VarMap, Model), BehaviorError> {
+fn build(
+    cfg: &BehaviorConfig,
+    n_items: usize,
+    device: &Device,
+) -> Result<(VarMap, Model), BehaviorError> {
     let vm = VarMap::new();
     let vb = VarBuilder::from_varmap(&vm, DType::F32, device);
     let model = match cfg.encoder {
@@ -117,9 +124,7 @@ fn build(cfg: &BehaviorConfig, n_items: usize, device: &Device) -> Result<(VarMa
 /// How each variable starts: norms 1, biases 0, PReLU slopes 0.25, DIN's attention output bias
 /// 1 (so an untrained DIN sum-pools the history), matrices and tables Xavier-uniform.
 pub fn init_rule(name: &str, _dims: &[usize]) -> Init {
-    if name.ends_with("gamma") {
-        Init::Const(1.0)
-    } else if name == "att.b2" {
+    if name.ends_with("gamma") || name == "att.b2" {
         Init::Const(1.0)
     } else if name.ends_with("prelu") {
         Init::Const(0.25)
@@ -133,14 +138,22 @@ pub fn init_rule(name: &str, _dims: &[usize]) -> Init {
 /// Mean BCE-with-logits, stable form `relu(x) - x y + log(1 + exp(-|x|))`; `y` is 1 in column 0.
 fn bce_first_positive(scores: &Tensor) -> candle_core::Result<Tensor> {
     let (b, c) = scores.dims2()?;
-    let y: Vec<f32> = (0..b * c).map(|i| if i % c == 0 { 1.0 } else { 0.0 }).collect();
+    let y: Vec<f32> = (0..b * c)
+        .map(|i| if i % c == 0 { 1.0 } else { 0.0 })
+        .collect();
     let y = Tensor::from_vec(y, (b, c), scores.device())?;
     let soft = ((scores.abs()?.neg()?.exp()? + 1.0)?).log()?;
     ((scores.relu()? - (scores * y)?)? + soft)?.mean_all()
 }
 
 /// One batch's loss (a scalar tensor).
-fn batch_loss(model: &Model, cfg: &BehaviorConfig, batches: &Batches, i: usize, rng: &mut StdRng) -> candle_core::Result<(Tensor, usize)> {
+fn batch_loss(
+    model: &Model,
+    cfg: &BehaviorConfig,
+    batches: &Batches,
+    i: usize,
+    rng: &mut StdRng,
+) -> candle_core::Result<(Tensor, usize)> {
     match (model, batches) {
         (Model::Din(m), Batches::Din(bs)) => {
             let b = &bs[i];
@@ -182,7 +195,9 @@ impl Examples {
 
     fn batches(&self, cfg: &BehaviorConfig, n_items: usize, rng: &mut StdRng) -> Batches {
         match self {
-            Examples::Din(s) => Batches::Din(din_batches(s, n_items, cfg.negatives, cfg.batch_size, rng)),
+            Examples::Din(s) => {
+                Batches::Din(din_batches(s, n_items, cfg.negatives, cfg.batch_size, rng))
+            }
             Examples::Sasrec(w) => Batches::Sasrec(sasrec_batches(w, cfg.batch_size, rng)),
         }
     }
@@ -203,7 +218,7 @@ fn valid_subset(valid: &[Sample], n: usize, seed: u64) -> Vec<Sample> {
         return valid.to_vec();
     }
     let mut idx: Vec<usize> = (0..valid.len()).collect();
-    idx.shuffle(&mut StdRng::seed_from_u64(seed ^ 0x5eed_0f_7a11d));
+    idx.shuffle(&mut StdRng::seed_from_u64(seed ^ 0x05ee_d0f7_a11d));
     idx.truncate(n);
     idx.sort_unstable();
     idx.into_iter().map(|i| valid[i].clone()).collect()
@@ -212,10 +227,18 @@ fn valid_subset(valid: &[Sample], n: usize, seed: u64) -> Vec<Sample> {
 /// Trains the encoder `cfg.encoder` on `split.train` (never on validation or test targets),
 /// selects the epoch by validation NDCG@10, and reports full-ranking validation and test
 /// metrics of the kept weights. Deterministic for a seed on CPU.
-pub fn train(split: &Split, n_items: usize, cfg: &BehaviorConfig, device: &Device, obs: &mut dyn Observer) -> Result<TrainOutcome, BehaviorError> {
+pub fn train(
+    split: &Split,
+    n_items: usize,
+    cfg: &BehaviorConfig,
+    device: &Device,
+    obs: &mut dyn Observer,
+) -> Result<TrainOutcome, BehaviorError> {
     cfg.validate()?;
     if n_items < 2 {
-        return Err(BehaviorError::Config(format!("{n_items} items: ranking needs at least 2")));
+        return Err(BehaviorError::Config(format!(
+            "{n_items} items: ranking needs at least 2"
+        )));
     }
     let examples = match cfg.encoder {
         EncoderKind::Din => Examples::Din(din_samples(split, cfg.max_history)),
@@ -271,7 +294,10 @@ pub fn train(split: &Split, n_items: usize, cfg: &BehaviorConfig, device: &Devic
         };
         let mut stop_now = false;
         if cfg.eval_every > 0 && (epoch % cfg.eval_every == 0 || epoch == cfg.epochs) {
-            obs.note(&format!("epoch {epoch}: validating on {} users", valid_sub.len()));
+            obs.note(&format!(
+                "epoch {epoch}: validating on {} users",
+                valid_sub.len()
+            ));
             let tv = Instant::now();
             let m = evaluate(model.ranker(), &valid_sub)?;
             entry.valid_seconds = Some(tv.elapsed().as_secs_f64());
@@ -285,7 +311,10 @@ pub fn train(split: &Split, n_items: usize, cfg: &BehaviorConfig, device: &Devic
             } else {
                 since_best += 1;
                 if since_best >= cfg.patience {
-                    stop = format!("no better validation NDCG@10 in {since_best} validations (patience {})", cfg.patience);
+                    stop = format!(
+                        "no better validation NDCG@10 in {since_best} validations (patience {})",
+                        cfg.patience
+                    );
                     stop_now = true;
                 }
             }
@@ -308,7 +337,9 @@ pub fn train(split: &Split, n_items: usize, cfg: &BehaviorConfig, device: &Devic
     if let Some(w) = &best_weights {
         restore(&vm, w)?;
     }
-    obs.note(&format!("best epoch {best_epoch}; full validation and test ranking"));
+    obs.note(&format!(
+        "best epoch {best_epoch}; full validation and test ranking"
+    ));
     let t1 = Instant::now();
     let valid = evaluate(model.ranker(), &split.valid)?;
     let test = evaluate(model.ranker(), &split.test)?;

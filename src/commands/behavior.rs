@@ -8,7 +8,9 @@ use anyhow::Context;
 use candle_core::DType;
 use serde::Serialize;
 
-use crate::behavior::{self, BehaviorConfig, Cooccurrence, DinLoss, EncoderKind, EpochLog, Observer};
+use crate::behavior::{
+    self, BehaviorConfig, Cooccurrence, DinLoss, EncoderKind, EpochLog, Observer,
+};
 use crate::data::{Dataset, SplitConfig, DEFAULT_MAX_HISTORY};
 use crate::device::{device_name, DeviceArgs};
 use crate::metrics::Metrics;
@@ -251,7 +253,10 @@ pub fn run(args: BehaviorArgs) -> anyhow::Result<()> {
     let total = Instant::now();
     let (device, dtype) = args.dev.resolve()?;
     if dtype != DType::F32 {
-        anyhow::bail!("--dtype {}: the behavior encoders train in f32", args.dev.dtype);
+        anyhow::bail!(
+            "--dtype {}: the behavior encoders train in f32",
+            args.dev.dtype
+        );
     }
     let cfg = args.config();
     cfg.validate()?;
@@ -278,7 +283,10 @@ pub fn run(args: BehaviorArgs) -> anyhow::Result<()> {
     };
     let out = behavior::train(&split, n_items, &cfg, &device, &mut bars)
         .with_context(|| format!("training {} on {}", cfg.encoder.name(), args.data.display()))?;
-    eprintln!("co-occurrence check of the item table ({} neighbours)", args.neighbors);
+    eprintln!(
+        "co-occurrence check of the item table ({} neighbours)",
+        args.neighbors
+    );
     let co = behavior::cooccurrence_check(&out.table, &split.train, args.neighbors)?;
     crate::embed::save_table(&args.out, &out.table)
         .with_context(|| format!("writing the item table {}", args.out.display()))?;
@@ -311,17 +319,20 @@ pub fn run(args: BehaviorArgs) -> anyhow::Result<()> {
         llmbs_version: env!("CARGO_PKG_VERSION"),
     };
     let sidecar = args.out.with_extension("json");
-    write_json(&sidecar, &serde_json::json!({
-        "kind": "behavior",
-        "encoder": cfg.encoder,
-        "n_items": n_items,
-        "dim": report.dim,
-        "data": report.data,
-        "seed": cfg.seed,
-        "best_epoch": out.best_epoch,
-        "report": args.report_dir().join("report.json").display().to_string(),
-        "llmbs_version": report.llmbs_version,
-    }))
+    write_json(
+        &sidecar,
+        &serde_json::json!({
+            "kind": "behavior",
+            "encoder": cfg.encoder,
+            "n_items": n_items,
+            "dim": report.dim,
+            "data": report.data,
+            "seed": cfg.seed,
+            "best_epoch": out.best_epoch,
+            "report": args.report_dir().join("report.json").display().to_string(),
+            "llmbs_version": report.llmbs_version,
+        }),
+    )
     .with_context(|| format!("writing {}", sidecar.display()))?;
     let dir = args.report_dir();
     let json_path = dir.join("report.json");
@@ -361,7 +372,9 @@ pub fn markdown(r: &BehaviorReport) -> String {
     s += &format!("Protocol: {}.\n\n", r.protocol);
     s += "| rows | R@1 | R@5 | R@10 | N@5 | N@10 |\n| --- | --- | --- | --- | --- | --- |\n";
     let row = |name: &str, m: &Metrics| {
-        let g = |map: &std::collections::BTreeMap<usize, f64>, k| map.get(&k).map_or("-".into(), |v| format!("{v:.4}"));
+        let g = |map: &std::collections::BTreeMap<usize, f64>, k| {
+            map.get(&k).map_or("-".into(), |v| format!("{v:.4}"))
+        };
         format!(
             "| {name} | {} | {} | {} | {} | {} |\n",
             g(&m.recall, 1),
@@ -371,8 +384,14 @@ pub fn markdown(r: &BehaviorReport) -> String {
             g(&m.ndcg, 10)
         )
     };
-    s += &row(&format!("{} validation ({} users)", r.encoder.name(), r.valid.users), &r.valid);
-    s += &row(&format!("{} test ({} users)", r.encoder.name(), r.test.users), &r.test);
+    s += &row(
+        &format!("{} validation ({} users)", r.encoder.name(), r.valid.users),
+        &r.valid,
+    );
+    s += &row(
+        &format!("{} test ({} users)", r.encoder.name(), r.test.users),
+        &r.test,
+    );
     for p in &r.references {
         s += &format!(
             "| {} | - | {:.4} | {:.4} | {:.4} | {:.4} |\n",

@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 use crate::data::Dataset;
 use crate::device::{device_name, DeviceArgs};
 use crate::embed;
-use crate::llm::{Llama, LlamaConfig, Loaded, ModelSource, Mode};
+use crate::llm::{Llama, LlamaConfig, Loaded, Mode, ModelSource};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum BenchCommand {
@@ -83,7 +83,11 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 /// Times `f` once for warm-up and then `runs` times.
-fn time_runs(runs: usize, dev: &Device, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<Vec<f64>> {
+fn time_runs(
+    runs: usize,
+    dev: &Device,
+    mut f: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<f64>> {
     f()?;
     dev.synchronize()?;
     let mut out = Vec::with_capacity(runs);
@@ -97,12 +101,22 @@ fn time_runs(runs: usize, dev: &Device, mut f: impl FnMut() -> anyhow::Result<()
 }
 
 /// A trainable copy of the weights: every tensor becomes a `Var` in a `VarMap`.
-fn trainable(weights: &std::collections::HashMap<String, Tensor>, dtype: DType, dev: &Device) -> anyhow::Result<VarMap> {
+fn trainable(
+    weights: &std::collections::HashMap<String, Tensor>,
+    dtype: DType,
+    dev: &Device,
+) -> anyhow::Result<VarMap> {
     let vm = VarMap::new();
     {
-        let mut data = vm.data().lock().map_err(|_| anyhow::anyhow!("VarMap lock poisoned"))?;
+        let mut data = vm
+            .data()
+            .lock()
+            .map_err(|_| anyhow::anyhow!("VarMap lock poisoned"))?;
         for (k, v) in weights {
-            data.insert(k.clone(), candle_core::Var::from_tensor(&v.to_dtype(dtype)?.to_device(dev)?)?);
+            data.insert(
+                k.clone(),
+                candle_core::Var::from_tensor(&v.to_dtype(dtype)?.to_device(dev)?)?,
+            );
         }
     }
     Ok(vm)
@@ -126,13 +140,20 @@ fn run_llm(a: LlmBenchArgs) -> anyhow::Result<()> {
     let model = Llama::new(&cfg, VarBuilder::from_varmap(&vm, dtype, &dev))?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let (b, t) = (a.batch, a.seq);
-    let ids: Vec<u32> = (0..b * t).map(|_| rng.random_range(0..cfg.vocab_size as u32)).collect();
+    let ids: Vec<u32> = (0..b * t)
+        .map(|_| rng.random_range(0..cfg.vocab_size as u32))
+        .collect();
     let ids = Tensor::from_vec(ids, (b, t), &dev)?;
     let base = serde_json::json!({
         "device": device_name(&dev), "dtype": format!("{dtype:?}").to_lowercase(),
         "model": source, "threads": candle_core::utils::get_num_threads(),
     });
-    for w in a.workload.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+    for w in a
+        .workload
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
         let mut line = base.clone();
         line["workload"] = w.into();
         match w {
@@ -151,7 +172,11 @@ fn run_llm(a: LlmBenchArgs) -> anyhow::Result<()> {
             "backward" | "train" => {
                 let mut opt = candle_nn::AdamW::new(
                     vm.all_vars(),
-                    candle_nn::ParamsAdamW { lr: 5e-5, weight_decay: 0.01, ..Default::default() },
+                    candle_nn::ParamsAdamW {
+                        lr: 5e-5,
+                        weight_decay: 0.01,
+                        ..Default::default()
+                    },
                 )?;
                 let inputs = ids.narrow(1, 0, t - 1)?;
                 let targets = ids.narrow(1, 1, t - 1)?.flatten_all()?;
@@ -175,7 +200,9 @@ fn run_llm(a: LlmBenchArgs) -> anyhow::Result<()> {
             "embed" => {
                 let tok = &loaded
                     .as_ref()
-                    .context("the embed workload needs a real model's tokenizer (drop --random-weights)")?
+                    .context(
+                        "the embed workload needs a real model's tokenizer (drop --random-weights)",
+                    )?
                     .tokenizer;
                 let ds = Dataset::load_lcrec(&a.data)?;
                 let n = a.items.min(ds.items.len());
@@ -195,9 +222,9 @@ fn run_llm(a: LlmBenchArgs) -> anyhow::Result<()> {
                 line["batch"] = a.embed_batch.into();
             }
             "beam" => {
-                let l = loaded
-                    .as_ref()
-                    .context("the beam workload needs a real model's tokenizer (drop --random-weights)")?;
+                let l = loaded.as_ref().context(
+                    "the beam workload needs a real model's tokenizer (drop --random-weights)",
+                )?;
                 let (users, mut runs, prompt_tokens) = bench_beam(l, &a, &dev)?;
                 line["runs"] = serde_json::json!(runs.clone());
                 let m = median(&mut runs);
@@ -209,7 +236,9 @@ fn run_llm(a: LlmBenchArgs) -> anyhow::Result<()> {
                 line["prompt_tokens_mean"] = prompt_tokens.into();
                 line["trie_items"] = 12_000.into();
             }
-            other => anyhow::bail!("--workload {other}: expected forward, backward, train, embed or beam"),
+            other => anyhow::bail!(
+                "--workload {other}: expected forward, backward, train, embed or beam"
+            ),
         }
         if a.json {
             println!("{line}");
@@ -217,7 +246,10 @@ fn run_llm(a: LlmBenchArgs) -> anyhow::Result<()> {
             println!(
                 "{:<9} {:>10.1} tokens/s  median {:.3}s  ({} runs, {} {:?})",
                 w,
-                line["tokens_per_s"].as_f64().or(line["users_per_s"].as_f64()).unwrap_or(0.0),
+                line["tokens_per_s"]
+                    .as_f64()
+                    .or(line["users_per_s"].as_f64())
+                    .unwrap_or(0.0),
                 line["median_s"].as_f64().unwrap_or(0.0),
                 a.runs,
                 device_name(&dev),
@@ -231,7 +263,11 @@ fn run_llm(a: LlmBenchArgs) -> anyhow::Result<()> {
 /// The LC-Rec-style beam workload the peer script runs: 4 x 256 new ID tokens, a trie of
 /// 12,000 random 4-token items, prompts with 20-item histories (~114 tokens), beam 20.
 /// Returns (users, run times, mean prompt tokens).
-fn bench_beam(l: &Loaded, a: &LlmBenchArgs, dev: &Device) -> anyhow::Result<(usize, Vec<f64>, f64)> {
+fn bench_beam(
+    l: &Loaded,
+    a: &LlmBenchArgs,
+    dev: &Device,
+) -> anyhow::Result<(usize, Vec<f64>, f64)> {
     use crate::eval::{beam_search, Trie};
     let mut l = Loaded {
         cfg: l.cfg.clone(),
@@ -257,12 +293,21 @@ fn bench_beam(l: &Loaded, a: &LlmBenchArgs, dev: &Device) -> anyhow::Result<(usi
         .collect();
     let trie = Trie::new(&ids)?;
     let code_str = |c: &[usize; 4]| -> String {
-        "abcd".chars().zip(c.iter()).map(|(p, i)| format!("<{p}_{i}>")).collect()
+        "abcd"
+            .chars()
+            .zip(c.iter())
+            .map(|(p, i)| format!("<{p}_{i}>"))
+            .collect()
     };
     let mut prompts = Vec::new();
     for _ in 0..a.beam_users.max(1) {
-        let hist: Vec<String> = (0..20).map(|_| code_str(&codes[rng.random_range(0..codes.len())])).collect();
-        let text = format!("The user has purchased: {}. Predict the next item.\nResponse:", hist.join(","));
+        let hist: Vec<String> = (0..20)
+            .map(|_| code_str(&codes[rng.random_range(0..codes.len())]))
+            .collect();
+        let text = format!(
+            "The user has purchased: {}. Predict the next item.\nResponse:",
+            hist.join(",")
+        );
         prompts.push(crate::llm::tokenizer::encode(&l.tokenizer, &text)?);
     }
     let mean = prompts.iter().map(|p| p.len()).sum::<usize>() as f64 / prompts.len() as f64;

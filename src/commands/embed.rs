@@ -62,7 +62,11 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
     let n = args.limit.unwrap_or(ds.items.len()).min(ds.items.len());
     let texts: Vec<String> = ds.items[..n].iter().map(|it| it.text.clone()).collect();
     let src = ModelSource::parse(&args.model)?;
-    eprintln!("loading {} on {} ({dtype:?})", src.describe(), device_name(&device));
+    eprintln!(
+        "loading {} on {} ({dtype:?})",
+        src.describe(),
+        device_name(&device)
+    );
     let loaded = Loaded::load(&src, &device, dtype)?;
     let model = loaded.build(&device)?;
     let cfg = EmbedConfig {

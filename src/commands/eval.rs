@@ -65,7 +65,10 @@ fn find_index(run: &Path) -> anyhow::Result<PathBuf> {
     found.sort();
     match found.len() {
         1 => Ok(found.remove(0)),
-        0 => anyhow::bail!("{}: no *.index.json (run `llmbs index` or pass --index)", dir.display()),
+        0 => anyhow::bail!(
+            "{}: no *.index.json (run `llmbs index` or pass --index)",
+            dir.display()
+        ),
         _ => anyhow::bail!("{}: several *.index.json, pass --index", dir.display()),
     }
 }
@@ -97,7 +100,11 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     let model = loaded.build(&device)?;
     let items = ItemIds::new(tokens, &loaded.tokenizer)?;
 
-    let mut samples: Vec<Sample> = if a.split == "test" { split.test.clone() } else { split.valid.clone() };
+    let mut samples: Vec<Sample> = if a.split == "test" {
+        split.test.clone()
+    } else {
+        split.valid.clone()
+    };
     if let Some(n) = a.limit {
         let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
         samples.shuffle(&mut rng);
@@ -105,7 +112,8 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         samples.sort_by_key(|s| s.user);
     }
     let prompt_ids = eval::prompt_ids(&samples, &items, &prompts, 0, &loaded.tokenizer)?;
-    let mean_prompt = prompt_ids.iter().map(|p| p.len()).sum::<usize>() as f64 / prompt_ids.len().max(1) as f64;
+    let mean_prompt =
+        prompt_ids.iter().map(|p| p.len()).sum::<usize>() as f64 / prompt_ids.len().max(1) as f64;
     eprintln!(
         "evaluating {} {} users, beam {}, batch {}, {} on {} (mean prompt {mean_prompt:.0} tokens)",
         samples.len(),
@@ -116,10 +124,22 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         device_name(&device)
     );
     let pb = progress_bar(samples.len() as u64, "users");
-    let out = eval::evaluate(&model, &prompt_ids, &samples, &items, a.beam, a.batch, |k| pb.inc(k as u64))?;
+    let out = eval::evaluate(
+        &model,
+        &prompt_ids,
+        &samples,
+        &items,
+        a.beam,
+        a.batch,
+        |k| pb.inc(k as u64),
+    )?;
     pb.finish_and_clear();
 
-    let suffix = if a.split == "test" { String::new() } else { format!("-{}", a.split) };
+    let suffix = if a.split == "test" {
+        String::new()
+    } else {
+        format!("-{}", a.split)
+    };
     let eval_dir = a.run.join("eval");
     let preds_path = eval_dir.join(format!("predictions{suffix}.jsonl"));
     atomic_write_with(&preds_path, |tmp| {
@@ -130,17 +150,26 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
                 user: ds.users[s.user as usize].clone(),
                 target: ds.items[s.target as usize].id.clone(),
                 rank: rank_of(&list, s.target, list.len()),
-                top: r.iter().map(|&(i, sc)| (ds.items[i as usize].id.clone(), sc)).collect(),
+                top: r
+                    .iter()
+                    .map(|&(i, sc)| (ds.items[i as usize].id.clone(), sc))
+                    .collect(),
             };
             let mut v = serde_json::to_value(&p)?;
-            v["top_titles"] = r.iter().map(|&(i, _)| ds.items[i as usize].title.clone()).collect();
+            v["top_titles"] = r
+                .iter()
+                .map(|&(i, _)| ds.items[i as usize].title.clone())
+                .collect();
             writeln!(f, "{v}")?;
         }
         f.flush()?;
         Ok(())
     })?;
     let users_per_s = samples.len() as f64 / out.seconds;
-    let paper = PAPER_ROWS.iter().find(|(n, _)| *n == ds.name).map(|(_, r)| *r);
+    let paper = PAPER_ROWS
+        .iter()
+        .find(|(n, _)| *n == ds.name)
+        .map(|(_, r)| *r);
     let report = serde_json::json!({
         "split": a.split, "users": samples.len(), "all_users": a.limit.is_none(),
         "metrics": out.metrics, "seconds": out.seconds, "users_per_s": users_per_s,
@@ -158,7 +187,11 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         ds.name,
         a.split,
         samples.len(),
-        if a.limit.is_some() { format!(", seeded sample, seed {}", a.seed) } else { String::new() },
+        if a.limit.is_some() {
+            format!(", seeded sample, seed {}", a.seed)
+        } else {
+            String::new()
+        },
         m.markdown_header(),
         m.to_markdown_row()
     );

@@ -48,6 +48,9 @@ pub struct IndexArgs {
     /// Cluster the raw rows instead of L2-normalised ones
     #[arg(long)]
     pub no_normalize: bool,
+    /// Subtract each table's column means before normalising
+    #[arg(long)]
+    pub center: bool,
     /// Plain k-means, without the cap of ceil(n / k) items per cluster
     #[arg(long)]
     pub unbalanced: bool,
@@ -122,6 +125,7 @@ pub fn run(args: IndexArgs) -> anyhow::Result<()> {
             levels_semantic: args.levels_semantic,
             levels_behavior: args.levels_behavior,
             seed: args.seed,
+            center: args.center,
             normalize: !args.no_normalize,
             kmeans: KMeansConfig {
                 max_iters: args.max_iters,

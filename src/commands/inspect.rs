@@ -33,10 +33,19 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
 }
 
 /// Prints example neighbour lists and the full-category-path agreement@k against random.
-pub fn report(ds: &Dataset, table: &Tensor, k: usize, show: usize, json: bool) -> anyhow::Result<()> {
+pub fn report(
+    ds: &Dataset,
+    table: &Tensor,
+    k: usize,
+    show: usize,
+    json: bool,
+) -> anyhow::Result<()> {
     let n = table.dim(0)?;
     let nb = neighbors::knn(table, k)?;
-    let labels: Vec<&str> = ds.items[..n].iter().map(|it| it.categories.as_str()).collect();
+    let labels: Vec<&str> = ds.items[..n]
+        .iter()
+        .map(|it| it.categories.as_str())
+        .collect();
     let (observed, random) = neighbors::label_agreement(&nb, &labels);
     if json {
         let v = serde_json::json!({
@@ -52,7 +61,10 @@ pub fn report(ds: &Dataset, table: &Tensor, k: usize, show: usize, json: bool) -
     for i in (0..n).step_by(step).take(show) {
         println!("item {} : {}", ds.items[i].id, ds.items[i].title);
         for &(j, s) in nb[i].iter().take(5) {
-            println!("    {s:.3}  {} : {}", ds.items[j as usize].id, ds.items[j as usize].title);
+            println!(
+                "    {s:.3}  {} : {}",
+                ds.items[j as usize].id, ds.items[j as usize].title
+            );
         }
     }
     println!(

@@ -33,7 +33,11 @@ impl Default for EmbedConfig {
 }
 
 /// Tokenizes every text (no special tokens), truncated to `max_tokens`.
-pub fn tokenize_all(tok: &Tokenizer, texts: &[String], max_tokens: usize) -> Result<Vec<Vec<u32>>, LlmError> {
+pub fn tokenize_all(
+    tok: &Tokenizer,
+    texts: &[String],
+    max_tokens: usize,
+) -> Result<Vec<Vec<u32>>, LlmError> {
     texts
         .iter()
         .enumerate()
@@ -69,7 +73,9 @@ pub fn mean_pool(
         let mut mask = vec![0f32; b * t];
         for (r, &i) in chunk.iter().enumerate() {
             ids[r * t..r * t + seqs[i].len()].copy_from_slice(&seqs[i]);
-            mask[r * t..r * t + seqs[i].len()].iter_mut().for_each(|m| *m = 1.0);
+            mask[r * t..r * t + seqs[i].len()]
+                .iter_mut()
+                .for_each(|m| *m = 1.0);
         }
         let ids = Tensor::from_vec(ids, (b, t), &dev)?;
         let mask = Tensor::from_vec(mask, (b, t, 1), &dev)?;
@@ -94,7 +100,8 @@ pub fn save_table(path: &Path, table: &Tensor) -> anyhow::Result<()> {
     let table = table.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
     crate::util::atomic_write_with(path, |tmp| {
         let map: HashMap<String, Tensor> = [(TENSOR_NAME.to_string(), table)].into_iter().collect();
-        candle_core::safetensors::save(&map, tmp).with_context(|| format!("writing {}", tmp.display()))
+        candle_core::safetensors::save(&map, tmp)
+            .with_context(|| format!("writing {}", tmp.display()))
     })
 }
 
@@ -111,7 +118,10 @@ pub fn load_table(path: &Path, expect_rows: Option<usize>) -> anyhow::Result<Ten
         .with_context(|| format!("{}: '{TENSOR_NAME}' is not a 2-D table", path.display()))?;
     if let Some(rows) = expect_rows {
         if n != rows {
-            anyhow::bail!("{}: {n} rows, but the dataset has {rows} items", path.display());
+            anyhow::bail!(
+                "{}: {n} rows, but the dataset has {rows} items",
+                path.display()
+            );
         }
     }
     Ok(t.to_dtype(DType::F32)?)

@@ -5,8 +5,14 @@ use candle_core::{Device, Tensor, D};
 
 /// For every row, the `k` most cosine-similar other rows (best first) with their similarity.
 pub fn knn(table: &Tensor, k: usize) -> candle_core::Result<Vec<Vec<(u32, f32)>>> {
-    let t = table.to_device(&Device::Cpu)?.to_dtype(candle_core::DType::F32)?;
-    let norm = t.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+    let t = table
+        .to_device(&Device::Cpu)?
+        .to_dtype(candle_core::DType::F32)?;
+    let norm = t
+        .sqr()?
+        .sum_keepdim(D::Minus1)?
+        .sqrt()?
+        .clamp(1e-12, f64::MAX)?;
     let t = t.broadcast_div(&norm)?;
     let n = t.dim(0)?;
     let mut out = Vec::with_capacity(n);
@@ -23,7 +29,8 @@ pub fn knn(table: &Tensor, k: usize) -> candle_core::Result<Vec<Vec<(u32, f32)>>
                 out.push(Vec::new());
                 continue;
             }
-            let cmp = |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
+            let cmp =
+                |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
             idx.select_nth_unstable_by(kk - 1, cmp);
             idx.truncate(kk);
             idx.sort_by(cmp);
@@ -55,7 +62,11 @@ pub fn label_agreement(neighbors: &[Vec<(u32, f32)>], labels: &[&str]) -> (f64, 
         .map(|&c| c as f64 * (c as f64 - 1.0))
         .sum::<f64>()
         / (n * (n - 1.0)).max(1.0);
-    let observed = if total == 0 { 0.0 } else { same as f64 / total as f64 };
+    let observed = if total == 0 {
+        0.0
+    } else {
+        same as f64 / total as f64
+    };
     (observed, random)
 }
 

@@ -23,7 +23,11 @@ struct Hyp {
 
 /// Row-wise log-softmax over the full vocabulary, of which only the token range `cols` (the
 /// ID tokens, contiguous at the end of the vocabulary) is copied to the host: [rows][cols.len()].
-fn log_probs(model: &Llama, hidden: &Tensor, cols: &std::ops::Range<u32>) -> candle_core::Result<Vec<Vec<f32>>> {
+fn log_probs(
+    model: &Llama,
+    hidden: &Tensor,
+    cols: &std::ops::Range<u32>,
+) -> candle_core::Result<Vec<Vec<f32>>> {
     let logits = model.logits(hidden)?; // [rows, vocab] f32
     let lp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
     let lp = lp.narrow(1, cols.start as usize, (cols.end - cols.start) as usize)?;
@@ -32,31 +36,59 @@ fn log_probs(model: &Llama, hidden: &Tensor, cols: &std::ops::Range<u32>) -> can
 
 /// Beam search for every prompt (token ids). Returns, per prompt, up to `beam` distinct items
 /// with their scores, best first.
-pub fn beam_search(model: &Llama, prompts: &[Vec<u32>], trie: &Trie, beam: usize) -> candle_core::Result<Vec<Ranked>> {
+pub fn beam_search(
+    model: &Llama,
+    prompts: &[Vec<u32>],
+    trie: &Trie,
+    beam: usize,
+) -> candle_core::Result<Vec<Ranked>> {
     let dev = model.device().clone();
     let u = prompts.len();
     if u == 0 {
         return Ok(Vec::new());
     }
-    let t = prompts.iter().map(|p| p.len()).max().unwrap_or(1).max(1);
     let lens: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
+    let mut cache = model.new_cache();
+    // Tokens every prompt of the batch starts with (the instruction text) are prefilled once
+    // and shared; each prompt keeps at least its last token for its own logits.
+    let shared =
+        common_prefix(prompts).min(lens.iter().copied().min().unwrap_or(1).saturating_sub(1));
+    if shared > 0 {
+        let prefix = Tensor::new(&prompts[0][..shared], &dev)?.unsqueeze(0)?;
+        model.forward_hidden(&prefix, None, None, Some(&mut cache), Mode::Infer)?;
+        cache.reorder(&Tensor::zeros(u, DType::U32, &dev)?)?;
+    }
+    let t = lens.iter().map(|l| l - shared).max().unwrap_or(1).max(1);
     let mut ids = vec![0u32; u * t];
     let mut valid = vec![0u8; u * t];
     for (r, p) in prompts.iter().enumerate() {
-        ids[r * t..r * t + p.len()].copy_from_slice(p);
-        valid[r * t..r * t + p.len()].iter_mut().for_each(|v| *v = 1);
+        let rest = &p[shared..];
+        ids[r * t..r * t + rest.len()].copy_from_slice(rest);
+        valid[r * t..r * t + rest.len()]
+            .iter_mut()
+            .for_each(|v| *v = 1);
     }
     let ids = Tensor::from_vec(ids, (u, t), &dev)?;
     let valid = Tensor::from_vec(valid, (u, t), &dev)?;
-    let mut cache = model.new_cache();
     // The prompt is prefilled once per user, not once per beam; only its last position pays
     // for the LM head.
     let hidden = model.forward_hidden(&ids, None, Some(&valid), Some(&mut cache), Mode::Infer)?;
-    let last: Vec<(usize, usize)> = lens.iter().enumerate().map(|(r, &l)| (r, l.max(1) - 1)).collect();
+    let last: Vec<(usize, usize)> = lens
+        .iter()
+        .enumerate()
+        .map(|(r, &l)| (r, (l - shared).max(1) - 1))
+        .collect();
     let cols = trie.token_range();
     let off = cols.start as usize;
     let mut lp = log_probs(model, &Llama::gather(&hidden, &last)?, &cols)?;
-    let mut live: Vec<Hyp> = (0..u).map(|user| Hyp { user, row: user, node: ROOT, score: 0.0 }).collect();
+    let mut live: Vec<Hyp> = (0..u)
+        .map(|user| Hyp {
+            user,
+            row: user,
+            node: ROOT,
+            score: 0.0,
+        })
+        .collect();
     let mut finished: Vec<Ranked> = vec![Vec::new(); u];
     let mut step = 0usize;
     loop {
@@ -64,7 +96,12 @@ pub fn beam_search(model: &Llama, prompts: &[Vec<u32>], trie: &Trie, beam: usize
         let mut per_user: Vec<Vec<(f32, usize, u32, u32)>> = vec![Vec::new(); u]; // (score, hyp, token, child)
         for (h, hyp) in live.iter().enumerate() {
             for &(tok, child) in trie.children(hyp.node) {
-                per_user[hyp.user].push((hyp.score + lp[hyp.row][tok as usize - off], h, tok, child));
+                per_user[hyp.user].push((
+                    hyp.score + lp[hyp.row][tok as usize - off],
+                    h,
+                    tok,
+                    child,
+                ));
             }
         }
         let mut next: Vec<(Hyp, u32)> = Vec::new(); // (new hypothesis with parent row, token)
@@ -75,7 +112,15 @@ pub fn beam_search(model: &Llama, prompts: &[Vec<u32>], trie: &Trie, beam: usize
             for (score, h, tok, child) in cands {
                 match trie.item(child) {
                     Some(item) => finished[user].push((item, score)),
-                    None => next.push((Hyp { user, row: live[h].row, node: child, score }, tok)),
+                    None => next.push((
+                        Hyp {
+                            user,
+                            row: live[h].row,
+                            node: child,
+                            score,
+                        },
+                        tok,
+                    )),
                 }
             }
         }
@@ -86,11 +131,20 @@ pub fn beam_search(model: &Llama, prompts: &[Vec<u32>], trie: &Trie, beam: usize
         let parents: Vec<u32> = next.iter().map(|(h, _)| h.row as u32).collect();
         cache.reorder(&Tensor::from_vec(parents, next.len(), &dev)?)?;
         let toks: Vec<u32> = next.iter().map(|(_, tok)| *tok).collect();
-        let pos: Vec<u32> = next.iter().map(|(h, _)| (lens[h.user] + step - 1) as u32).collect();
+        let pos: Vec<u32> = next
+            .iter()
+            .map(|(h, _)| (lens[h.user] + step - 1) as u32)
+            .collect();
         let n = next.len();
         let toks = Tensor::from_vec(toks, (n, 1), &dev)?;
         let pos = Tensor::from_vec(pos, (n, 1), &dev)?;
-        let h = model.forward_hidden(&toks, Some(Positions::PerRow(pos)), None, Some(&mut cache), Mode::Infer)?;
+        let h = model.forward_hidden(
+            &toks,
+            Some(Positions::PerRow(pos)),
+            None,
+            Some(&mut cache),
+            Mode::Infer,
+        )?;
         lp = log_probs(model, &h.squeeze(1)?, &cols)?;
         live = next
             .into_iter()
@@ -105,19 +159,37 @@ pub fn beam_search(model: &Llama, prompts: &[Vec<u32>], trie: &Trie, beam: usize
     Ok(finished)
 }
 
+/// Length of the token prefix all prompts share.
+fn common_prefix(prompts: &[Vec<u32>]) -> usize {
+    let first = &prompts[0];
+    prompts[1..].iter().fold(first.len(), |n, p| {
+        n.min(first.iter().zip(p).take_while(|(a, b)| a == b).count())
+    })
+}
+
 /// Teacher-forced log-likelihood of every item's full ID after `prompt` (the exact ranking that
 /// beam search approximates; used by tests and for small catalogues). Returns all items, best first.
-pub fn score_all_items(model: &Llama, prompt: &[u32], ids: &[Vec<u32>]) -> candle_core::Result<Ranked> {
+pub fn score_all_items(
+    model: &Llama,
+    prompt: &[u32],
+    ids: &[Vec<u32>],
+) -> candle_core::Result<Ranked> {
     let dev = model.device().clone();
     let mut out = Vec::with_capacity(ids.len());
     for (item, id) in ids.iter().enumerate() {
         let mut seq = prompt.to_vec();
         seq.extend_from_slice(id);
         let x = Tensor::new(seq.as_slice(), &dev)?.unsqueeze(0)?;
-        let h = model.forward_hidden(&x, None, None, None, Mode::Infer)?.squeeze(0)?;
+        let h = model
+            .forward_hidden(&x, None, None, None, Mode::Infer)?
+            .squeeze(0)?;
         let rows = h.narrow(0, prompt.len() - 1, id.len())?;
         let lp = log_probs(model, &rows, &(0..model.config().vocab_size as u32))?;
-        let score: f32 = id.iter().enumerate().map(|(k, &tok)| lp[k][tok as usize]).sum();
+        let score: f32 = id
+            .iter()
+            .enumerate()
+            .map(|(k, &tok)| lp[k][tok as usize])
+            .sum();
         out.push((item as u32, score));
     }
     out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));

@@ -34,7 +34,9 @@ impl ItemIds {
         for (i, id) in tokens.iter().enumerate() {
             let mut v = Vec::with_capacity(id.len());
             for t in id {
-                v.push(*vocab.get(t).with_context(|| format!("item #{i}: ID token {t} is not in the vocabulary"))?);
+                v.push(*vocab.get(t).with_context(|| {
+                    format!("item #{i}: ID token {t} is not in the vocabulary")
+                })?);
             }
             ids.push(v);
         }
@@ -70,7 +72,11 @@ pub fn prompt_ids(
     samples
         .iter()
         .map(|s| {
-            let hist: Vec<&[String]> = s.history.iter().map(|&i| items.tokens[i as usize].as_slice()).collect();
+            let hist: Vec<&[String]> = s
+                .history
+                .iter()
+                .map(|&i| items.tokens[i as usize].as_slice())
+                .collect();
             let text = prompts.srt_prompt(template, &hist);
             Ok(encode(tok, &text)?)
         })

@@ -88,7 +88,9 @@ impl Trie {
     /// The child reached from `node` by `token`, or None when `token` is not allowed there.
     pub fn step(&self, node: u32, token: u32) -> Option<u32> {
         let c = &self.nodes[node as usize].children;
-        c.binary_search_by_key(&token, |&(t, _)| t).ok().map(|i| c[i].1)
+        c.binary_search_by_key(&token, |&(t, _)| t)
+            .ok()
+            .map(|i| c[i].1)
     }
 
     /// The node a whole token sequence leads to (None when any token is not allowed).
@@ -98,7 +100,10 @@ impl Trie {
 
     /// The smallest token range holding every token of the trie.
     pub fn token_range(&self) -> std::ops::Range<u32> {
-        let toks = self.nodes.iter().flat_map(|n| n.children.iter().map(|c| c.0));
+        let toks = self
+            .nodes
+            .iter()
+            .flat_map(|n| n.children.iter().map(|c| c.0));
         let (lo, hi) = toks.fold((u32::MAX, 0u32), |(lo, hi), t| (lo.min(t), hi.max(t)));
         if lo > hi {
             0..0
@@ -137,9 +142,15 @@ mod tests {
     #[test]
     fn prefixes_leaves_unequal_lengths_and_unknown_tokens() {
         let t = Trie::new(&[vec![1, 2, 3], vec![1, 2, 4], vec![5, 6], vec![1, 7, 8, 9]]).unwrap();
-        assert_eq!(t.children(ROOT).iter().map(|c| c.0).collect::<Vec<_>>(), vec![1, 5]);
+        assert_eq!(
+            t.children(ROOT).iter().map(|c| c.0).collect::<Vec<_>>(),
+            vec![1, 5]
+        );
         let n12 = t.walk(&[1, 2]).unwrap();
-        assert_eq!(t.children(n12).iter().map(|c| c.0).collect::<Vec<_>>(), vec![3, 4]);
+        assert_eq!(
+            t.children(n12).iter().map(|c| c.0).collect::<Vec<_>>(),
+            vec![3, 4]
+        );
         assert_eq!(t.item(t.walk(&[1, 2, 4]).unwrap()), Some(1));
         assert_eq!(t.item(t.walk(&[5, 6]).unwrap()), Some(2));
         assert_eq!(t.item(t.walk(&[1, 7, 8, 9]).unwrap()), Some(3));
@@ -151,9 +162,18 @@ mod tests {
 
     #[test]
     fn rejects_bad_id_sets() {
-        assert_eq!(Trie::new(&[vec![1, 2], vec![1, 2]]).unwrap_err(), TrieError::Duplicate(0, 1));
-        assert_eq!(Trie::new(&[vec![1, 2], vec![1, 2, 3]]).unwrap_err(), TrieError::Prefix(0, 1));
-        assert_eq!(Trie::new(&[vec![1, 2, 3], vec![1, 2]]).unwrap_err(), TrieError::Prefix(1, 0));
+        assert_eq!(
+            Trie::new(&[vec![1, 2], vec![1, 2]]).unwrap_err(),
+            TrieError::Duplicate(0, 1)
+        );
+        assert_eq!(
+            Trie::new(&[vec![1, 2], vec![1, 2, 3]]).unwrap_err(),
+            TrieError::Prefix(0, 1)
+        );
+        assert_eq!(
+            Trie::new(&[vec![1, 2, 3], vec![1, 2]]).unwrap_err(),
+            TrieError::Prefix(1, 0)
+        );
         assert_eq!(Trie::new(&[vec![]]).unwrap_err(), TrieError::Empty(0));
     }
 }

@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use super::kmeans::{kmeans, mix_seed, KMeansConfig};
 
-/// Nodes at least this large are clustered one at a time with every thread on their
-/// assignment steps; smaller ones are spread over the threads, one node per thread.
+/// Nodes at least this large (and every node of a level with fewer nodes than threads) are
+/// clustered one at a time with every thread on their assignment steps; the others are
+/// spread over the threads, one node per thread.
 const BIG_NODE: usize = 16_384;
 
 /// A node's child label per item, and the Lloyd iterations it took.
@@ -108,7 +109,7 @@ pub fn hierarchical_kmeans(
         let kk = |g: usize| children(nodes[g].len(), k, levels - level);
         let mut labels: Vec<NodeResult> = vec![(Vec::new(), 0); nodes.len()];
         let (big, small): (Vec<usize>, Vec<usize>) =
-            (0..nodes.len()).partition(|&g| nodes[g].len() >= BIG_NODE);
+            (0..nodes.len()).partition(|&g| nodes.len() < threads || nodes[g].len() >= BIG_NODE);
         for g in big {
             labels[g] = cluster_node(data, dim, &nodes[g], kk(g), cfg, node_seed(g), threads);
             progress(nodes[g].len() as u64);

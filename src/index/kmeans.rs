@@ -86,6 +86,22 @@ pub fn row_norms(data: &[f32], dim: usize) -> Vec<f32> {
     data.chunks_exact(dim).map(|r| dot(r, r)).collect()
 }
 
+/// Subtracts the column means from every row in place.
+pub fn center_columns(data: &mut [f32], dim: usize) {
+    let rows = data.len() / dim.max(1);
+    if rows == 0 {
+        return;
+    }
+    let mut mean = vec![0f64; dim];
+    for row in data.chunks_exact(dim) {
+        mean.iter_mut().zip(row).for_each(|(m, &v)| *m += v as f64);
+    }
+    let mean: Vec<f32> = mean.iter().map(|m| (m / rows as f64) as f32).collect();
+    for row in data.chunks_exact_mut(dim) {
+        row.iter_mut().zip(&mean).for_each(|(v, m)| *v -= m);
+    }
+}
+
 /// Scales every row to unit L2 norm in place (all-zero rows stay zero).
 pub fn normalize_rows(data: &mut [f32], dim: usize) {
     for row in data.chunks_exact_mut(dim) {

@@ -107,6 +107,8 @@ pub struct IndexConfig {
     pub levels_semantic: usize,
     pub levels_behavior: usize,
     pub seed: u64,
+    /// Subtract the column means first (before any normalisation).
+    pub center: bool,
     /// L2-normalise every embedding row first.
     pub normalize: bool,
     pub kmeans: KMeansConfig,
@@ -122,6 +124,7 @@ impl Default for IndexConfig {
             levels_semantic: 2,
             levels_behavior: 2,
             seed: 42,
+            center: false,
             normalize: true,
             kmeans: KMeansConfig::default(),
             threads: 0,
@@ -290,6 +293,9 @@ pub fn build(
                     IndexError::Config(format!("mode {} needs the {what}", cfg.mode.name()))
                 })?;
                 table.check(what, n)?;
+                if cfg.center {
+                    kmeans::center_columns(&mut table.data, table.dim);
+                }
                 if cfg.normalize {
                     kmeans::normalize_rows(&mut table.data, table.dim);
                 }

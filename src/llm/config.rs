@@ -93,7 +93,11 @@ impl LlamaConfig {
         let attn = d * hd * self.num_attention_heads * 2 + d * hd * self.num_kv_heads() * 2;
         let mlp = 3 * d * self.intermediate_size;
         let layer = attn + mlp + 2 * d;
-        let head = if self.tie_word_embeddings { 0 } else { self.vocab_size * d };
+        let head = if self.tie_word_embeddings {
+            0
+        } else {
+            self.vocab_size * d
+        };
         self.vocab_size * d + self.num_hidden_layers * layer + d + head
     }
 }

@@ -33,7 +33,8 @@ fn md_f64(ct: &Content, key: &str, src: &str) -> Result<f64, LlmError> {
 }
 
 fn md_strings(ct: &Content, key: &str, src: &str) -> Result<Vec<String>, LlmError> {
-    let err = |e: candle_core::Error| LlmError::Format(format!("{src}: GGUF metadata '{key}': {e}"));
+    let err =
+        |e: candle_core::Error| LlmError::Format(format!("{src}: GGUF metadata '{key}': {e}"));
     md(ct, key, src)?
         .to_vec()
         .map_err(err)?
@@ -72,7 +73,8 @@ pub fn load_gguf(
     let src = path.display().to_string();
     let io = |e: std::io::Error| LlmError::Io(format!("{src}: {e}"));
     let mut file = std::fs::File::open(path).map_err(io)?;
-    let ct = Content::read(&mut file).map_err(|e| LlmError::Format(format!("{src}: not a GGUF file: {e}")))?;
+    let ct = Content::read(&mut file)
+        .map_err(|e| LlmError::Format(format!("{src}: not a GGUF file: {e}")))?;
     let arch = md(&ct, "general.architecture", &src)?
         .to_string()
         .map_err(|e| LlmError::Format(format!("{src}: {e}")))?

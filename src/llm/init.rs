@@ -22,7 +22,9 @@ pub fn reseed(vm: &VarMap, seed: u64) -> candle_core::Result<()> {
         let shape = var.shape().clone();
         let n = shape.elem_count();
         let vals: Vec<f32> = if shape.rank() == 1 {
-            (0..n).map(|_| 1.0 + rng.random_range(-0.1f32..0.1)).collect()
+            (0..n)
+                .map(|_| 1.0 + rng.random_range(-0.1f32..0.1))
+                .collect()
         } else {
             let fan_in = *shape.dims().last().unwrap_or(&1) as f32;
             let a = 1.0 / fan_in.sqrt();
@@ -37,7 +39,12 @@ pub fn reseed(vm: &VarMap, seed: u64) -> candle_core::Result<()> {
 }
 
 /// A model of shape `cfg` with seeded random weights, and the `VarMap` holding them.
-pub fn random_model(cfg: &LlamaConfig, seed: u64, dtype: DType, dev: &Device) -> candle_core::Result<(VarMap, Llama)> {
+pub fn random_model(
+    cfg: &LlamaConfig,
+    seed: u64,
+    dtype: DType,
+    dev: &Device,
+) -> candle_core::Result<(VarMap, Llama)> {
     let vm = VarMap::new();
     let model = Llama::new(cfg, VarBuilder::from_varmap(&vm, dtype, dev))?;
     reseed(&vm, seed)?;

@@ -27,7 +27,9 @@ pub fn cache_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("LLMBS_CACHE") {
         return PathBuf::from(d);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache").join("llmbs")
 }
 
@@ -96,7 +98,12 @@ impl Loaded {
             ModelSource::Gguf(p) => {
                 let (cfg, weights, vocab) = gguf::load_gguf(p, device, dtype)?;
                 let tokenizer = tokenizer::from_gguf_vocab(vocab, &p.display().to_string())?;
-                Ok(Self { cfg, weights, tokenizer, source: src.clone() })
+                Ok(Self {
+                    cfg,
+                    weights,
+                    tokenizer,
+                    source: src.clone(),
+                })
             }
             ModelSource::HfDir(d) => {
                 let files = HfFiles::in_dir(d)?;
@@ -109,7 +116,12 @@ impl Loaded {
         }
     }
 
-    fn from_files(f: &HfFiles, device: &Device, dtype: DType, src: &ModelSource) -> Result<Self, LlmError> {
+    fn from_files(
+        f: &HfFiles,
+        device: &Device,
+        dtype: DType,
+        src: &ModelSource,
+    ) -> Result<Self, LlmError> {
         let text = std::fs::read_to_string(&f.config)
             .map_err(|e| LlmError::Io(format!("{}: {e}", f.config.display())))?;
         let cfg: LlamaConfig = serde_json::from_str(&text)
@@ -127,7 +139,12 @@ impl Loaded {
                 weights.insert(k, v);
             }
         }
-        Ok(Self { cfg, weights, tokenizer, source: src.clone() })
+        Ok(Self {
+            cfg,
+            weights,
+            tokenizer,
+            source: src.clone(),
+        })
     }
 
     /// Builds the decoder from the weights (a `VarBuilder` over the tensor map).
@@ -150,14 +167,18 @@ struct HfFiles {
 }
 
 fn shard_names(index: &Path) -> Result<Vec<String>, LlmError> {
-    let text = std::fs::read_to_string(index).map_err(|e| LlmError::Io(format!("{}: {e}", index.display())))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| LlmError::Format(format!("{}: {e}", index.display())))?;
+    let text = std::fs::read_to_string(index)
+        .map_err(|e| LlmError::Io(format!("{}: {e}", index.display())))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| LlmError::Format(format!("{}: {e}", index.display())))?;
     let map = v
         .get("weight_map")
         .and_then(|m| m.as_object())
         .ok_or_else(|| LlmError::Format(format!("{}: no 'weight_map' object", index.display())))?;
-    let mut names: Vec<String> = map.values().filter_map(|x| x.as_str().map(String::from)).collect();
+    let mut names: Vec<String> = map
+        .values()
+        .filter_map(|x| x.as_str().map(String::from))
+        .collect();
     names.sort();
     names.dedup();
     Ok(names)
@@ -180,14 +201,21 @@ impl HfFiles {
         let weights = if single.is_file() {
             vec![single]
         } else if index.is_file() {
-            shard_names(&index)?.into_iter().map(|n| d.join(n)).collect()
+            shard_names(&index)?
+                .into_iter()
+                .map(|n| d.join(n))
+                .collect()
         } else {
             return Err(LlmError::Io(format!(
                 "{}: neither model.safetensors nor model.safetensors.index.json",
                 d.display()
             )));
         };
-        Ok(Self { config, tokenizer, weights })
+        Ok(Self {
+            config,
+            tokenizer,
+            weights,
+        })
     }
 
     fn from_hub(id: &str) -> Result<Self, LlmError> {
@@ -211,6 +239,10 @@ impl HfFiles {
                 v
             }
         };
-        Ok(Self { config, tokenizer, weights })
+        Ok(Self {
+            config,
+            tokenizer,
+            weights,
+        })
     }
 }

@@ -19,10 +19,18 @@ impl Default for LoraConfig {
             r: 8,
             lora_alpha: 32.0,
             lora_dropout: 0.05,
-            target_modules: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            target_modules: [
+                "q_proj",
+                "k_proj",
+                "v_proj",
+                "o_proj",
+                "gate_proj",
+                "up_proj",
+                "down_proj",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
         }
     }
 }
@@ -67,9 +75,16 @@ impl Proj {
         let a = vb.get_with_hints(
             (cfg.r, in_dim),
             "lora_A.weight",
-            candle_nn::Init::Uniform { lo: -bound, up: bound },
+            candle_nn::Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
         )?;
-        let b = vb.get_with_hints((out_dim, cfg.r), "lora_B.weight", candle_nn::Init::Const(0.))?;
+        let b = vb.get_with_hints(
+            (out_dim, cfg.r),
+            "lora_B.weight",
+            candle_nn::Init::Const(0.),
+        )?;
         self.lora = Some(LoraPair {
             a,
             b,

@@ -66,7 +66,9 @@ impl Rope {
     /// cos/sin for the given positions: `[t, hd/2]` for a shared offset, `[b, t, hd/2]` per row.
     fn tables(&self, pos: &Positions) -> Result<(Tensor, Tensor)> {
         match pos {
-            Positions::Offset(o, t) => Ok((self.cos.narrow(0, *o, *t)?, self.sin.narrow(0, *o, *t)?)),
+            Positions::Offset(o, t) => {
+                Ok((self.cos.narrow(0, *o, *t)?, self.sin.narrow(0, *o, *t)?))
+            }
             Positions::PerRow(p) => {
                 let (b, t) = p.dims2()?;
                 let flat = p.flatten_all()?;
@@ -86,7 +88,10 @@ impl Rope {
                 let cos = Tensor::cat(&[cos, cos], D::Minus1)?;
                 let sin = Tensor::cat(&[sin, sin], D::Minus1)?;
                 let (cos, sin) = if cos.rank() == 2 {
-                    (cos.unsqueeze(0)?.unsqueeze(0)?, sin.unsqueeze(0)?.unsqueeze(0)?)
+                    (
+                        cos.unsqueeze(0)?.unsqueeze(0)?,
+                        sin.unsqueeze(0)?.unsqueeze(0)?,
+                    )
                 } else {
                     (cos.unsqueeze(1)?, sin.unsqueeze(1)?)
                 };
@@ -256,7 +261,9 @@ pub struct Llama {
 impl Llama {
     pub fn new(cfg: &LlamaConfig, vb: VarBuilder) -> Result<Self> {
         let d = cfg.hidden_size;
-        let embed_tokens = vb.pp("model.embed_tokens").get((cfg.vocab_size, d), "weight")?;
+        let embed_tokens = vb
+            .pp("model.embed_tokens")
+            .get((cfg.vocab_size, d), "weight")?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         let vbl = vb.pp("model.layers");
         for i in 0..cfg.num_hidden_layers {
@@ -399,7 +406,13 @@ impl Llama {
 
     /// Additive mask `[b|1, 1, t, past + t]`: causal within the chunk, all of the past visible,
     /// invalid keys hidden. `None` when nothing needs masking (a single new token, no padding).
-    fn mask(&self, b: usize, t: usize, past: usize, valid: Option<&Tensor>) -> Result<Option<Tensor>> {
+    fn mask(
+        &self,
+        b: usize,
+        t: usize,
+        past: usize,
+        valid: Option<&Tensor>,
+    ) -> Result<Option<Tensor>> {
         let dev = self.device();
         let kv = past + t;
         let neg = f32::NEG_INFINITY;

@@ -25,7 +25,10 @@ pub struct GgufVocab {
 
 /// Pre-tokenizer families (llama.cpp's `tokenizer.ggml.pre`) whose regex isolates each digit.
 fn splits_digits(pre: &str) -> bool {
-    matches!(pre, "smollm" | "starcoder" | "refact" | "command-r" | "olmo" | "smaug-bpe")
+    matches!(
+        pre,
+        "smollm" | "starcoder" | "refact" | "command-r" | "olmo" | "smaug-bpe"
+    )
 }
 
 /// Builds a byte-level BPE tokenizer equivalent to the one the GGUF was converted from.
@@ -46,7 +49,9 @@ pub fn from_gguf_vocab(v: GgufVocab, source: &str) -> Result<Tokenizer, LlmError
     let mut merges = Vec::with_capacity(v.merges.len());
     for (i, m) in v.merges.iter().enumerate() {
         let (a, b) = m.split_once(' ').ok_or_else(|| {
-            LlmError::Format(format!("{source}: tokenizer.ggml.merges[{i}] = {m:?} is not 'a b'"))
+            LlmError::Format(format!(
+                "{source}: tokenizer.ggml.merges[{i}] = {m:?} is not 'a b'"
+            ))
         })?;
         merges.push((a.to_string(), b.to_string()));
     }

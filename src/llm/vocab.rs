@@ -6,7 +6,7 @@ use rand::SeedableRng;
 use rand_distr_normal::Normal;
 use tokenizers::AddedToken;
 
-use super::{Loaded, LlmError};
+use super::{LlmError, Loaded};
 
 /// The GCT summary token (paper Eq. 4).
 pub const CON_TOKEN: &str = "[CON]";
@@ -31,7 +31,11 @@ mod rand_distr_normal {
 /// `model.embed_tokens.weight` (and an untied `lm_head.weight`) by one row each, initialised to
 /// the mean of the existing rows plus N(0, 0.02^2) noise from `seed`. Returns the ids of all
 /// `tokens`, in order.
-pub fn extend_vocab(loaded: &mut Loaded, tokens: &[String], seed: u64) -> Result<Vec<u32>, LlmError> {
+pub fn extend_vocab(
+    loaded: &mut Loaded,
+    tokens: &[String],
+    seed: u64,
+) -> Result<Vec<u32>, LlmError> {
     let fresh: Vec<String> = {
         let vocab = loaded.tokenizer.get_vocab(true);
         let mut seen = std::collections::HashSet::new();
@@ -43,14 +47,19 @@ pub fn extend_vocab(loaded: &mut Loaded, tokens: &[String], seed: u64) -> Result
     };
     let old_rows = loaded.cfg.vocab_size;
     if !fresh.is_empty() {
-        let added: Vec<AddedToken> = fresh.iter().map(|t| AddedToken::from(t.clone(), true)).collect();
+        let added: Vec<AddedToken> = fresh
+            .iter()
+            .map(|t| AddedToken::from(t.clone(), true))
+            .collect();
         loaded
             .tokenizer
             .add_special_tokens(added)
             .map_err(|e| LlmError::Tokenizer(format!("adding ID tokens: {e}")))?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         for key in ["model.embed_tokens.weight", "lm_head.weight"] {
-            let Some(w) = loaded.weights.get(key) else { continue };
+            let Some(w) = loaded.weights.get(key) else {
+                continue;
+            };
             let grown = grow_rows(w, fresh.len(), &mut rng)?;
             loaded.weights.insert(key.to_string(), grown);
         }
@@ -82,7 +91,11 @@ fn grow_rows(w: &Tensor, n: usize, rng: &mut rand::rngs::StdRng) -> candle_core:
     let mean: Vec<f32> = mean.to_vec1()?;
     let normal = Normal(NEW_ROW_NOISE);
     let vals: Vec<f32> = (0..n)
-        .flat_map(|_| mean.iter().map(|&m| m + normal.sample(rng) as f32).collect::<Vec<_>>())
+        .flat_map(|_| {
+            mean.iter()
+                .map(|&m| m + normal.sample(rng) as f32)
+                .collect::<Vec<_>>()
+        })
         .collect();
     let extra = Tensor::from_vec(vals, (n, d), &Device::Cpu)?
         .to_dtype(w.dtype())?

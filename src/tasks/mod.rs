@@ -24,12 +24,14 @@ impl Prompts {
     }
 
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         Self::parse(&text, &path.display().to_string())
     }
 
     fn parse(text: &str, name: &str) -> anyhow::Result<Self> {
-        let p: Prompts = serde_json::from_str(text).with_context(|| format!("parsing prompts {name}"))?;
+        let p: Prompts =
+            serde_json::from_str(text).with_context(|| format!("parsing prompts {name}"))?;
         if !p.wrapper.contains("{instruction}") {
             anyhow::bail!("{name}: 'wrapper' lacks {{instruction}}");
         }
@@ -47,7 +49,8 @@ impl Prompts {
     /// The full SRT prompt for a history of item IDs (each a list of ID tokens), oldest first.
     pub fn srt_prompt(&self, template: usize, history: &[&[String]]) -> String {
         let hist: Vec<String> = history.iter().map(|id| id.concat()).collect();
-        let instruction = self.srt[template % self.srt.len()].replace("{history}", &hist.join(&self.history_separator));
+        let instruction = self.srt[template % self.srt.len()]
+            .replace("{history}", &hist.join(&self.history_separator));
         self.wrapper.replace("{instruction}", &instruction)
     }
 }

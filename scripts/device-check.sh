@@ -15,7 +15,7 @@ RESULTS="${2:-}"
 mkdir -p "$OUT" ${RESULTS:+"$RESULTS"}
 CARRY="${CARRY:-dev-carry}"
 BIN="$CARRY/llmbs"
-STAGE="${STAGE:-full}"     # smoke: binary + GPU visible only; full: everything
+STAGE="${STAGE:-full}"     # smoke: binary + GPU visible only; eval: only the full test-set eval; full: everything
 log() { echo "[device-check $(date +%H:%M:%S)] $*" | tee -a "$OUT/log.txt" >&2; }
 
 [ -x "$BIN" ] || { gunzip -c "$CARRY/p1/llmbs-cuda.gz" > "$BIN" && chmod +x "$BIN"; }
@@ -88,6 +88,7 @@ PY
 return 0
 }
 
+if [ "$STAGE" != eval ]; then
 # 1. embed parity, GPU vs CPU, 256 Beauty items.
 for cfg in "cpu f32" "cuda f32" "cuda bf16"; do
   set -- $cfg
@@ -138,8 +139,9 @@ for bu in "1 16" "64 256"; do
     --device cuda --dtype f32 --json >> "$OUT/bench.jsonl" 2>> "$OUT/bench.err"
   log "bench beam batch $bb rc=$?"
 done
-timeout "${EVAL_TIMEOUT:-240}" "$BIN" eval --run "$OUT/eval-run" --data "$CARRY/p2/beauty" --model "$GGUF" \
-  --index "$CARRY/p2/beauty/Beauty.letter-index.json" --split test --batch 64 --device cuda --dtype f32 \
+fi
+timeout "${EVAL_TIMEOUT:-400}" "$BIN" eval --run "$OUT/eval-run" --data "$CARRY/p2/beauty" --model "$GGUF" \
+  --index "${EVAL_INDEX:-$CARRY/p2/beauty/Beauty.letter-index.json}" --split test --batch "${EVAL_BATCH:-128}" --device cuda --dtype f32 \
   > "$OUT/eval.log" 2>&1
 log "eval rc=$? $(grep -m1 'users/s' "$OUT/eval.log")"
 summarize

@@ -5,6 +5,7 @@ pub mod cache;
 pub mod config;
 pub mod gguf;
 pub mod init;
+pub mod kernels;
 pub mod load;
 pub mod lora;
 pub mod model;

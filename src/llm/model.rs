@@ -7,6 +7,7 @@ use candle_nn::VarBuilder;
 
 use super::cache::KvCache;
 use super::config::LlamaConfig;
+use super::kernels;
 use super::lora::{LoraConfig, Proj};
 
 /// Which kernels a forward uses: `Train` composes differentiable ops (candle's fused softmax,
@@ -157,7 +158,7 @@ impl Attention {
         x: &Tensor,
         rope: &Rope,
         cs: &(Tensor, Tensor),
-        mask: Option<&Tensor>,
+        mask: &AttnMask,
         cache: Option<(&mut KvCache, usize)>,
         st: &State,
     ) -> Result<Tensor> {
@@ -181,17 +182,23 @@ impl Attention {
         let n_rep = h / kv;
         let q = q.reshape((b, kv, n_rep * t, hd))?;
         let scale = 1.0 / (hd as f64).sqrt();
-        let att = (q.matmul(&k.t()?)? * scale)?; // [b, kv, n_rep*t, kv_len]
-        let att = match mask {
-            Some(m) => att
-                .reshape((b, kv, n_rep, t, kv_len))?
-                .broadcast_add(&m.unsqueeze(1)?)?
-                .reshape((b, kv, n_rep * t, kv_len))?,
-            None => att,
-        };
-        let att = match st.mode {
-            Mode::Infer => candle_nn::ops::softmax_last_dim(&att)?,
-            Mode::Train => candle_nn::ops::softmax(&att, D::Minus1)?,
+        let att = q.matmul(&k.t()?)?; // [b, kv, n_rep*t, kv_len]
+        let att = match kernels::causal_softmax(&att, scale, t, mask.past, &mask.valid)? {
+            Some(p) => p,
+            None => {
+                let att = (att * scale)?;
+                let att = match &mask.additive {
+                    Some(m) => att
+                        .reshape((b, kv, n_rep, t, kv_len))?
+                        .broadcast_add(&m.unsqueeze(1)?)?
+                        .reshape((b, kv, n_rep * t, kv_len))?,
+                    None => att,
+                };
+                match st.mode {
+                    Mode::Infer => candle_nn::ops::softmax_last_dim(&att)?,
+                    Mode::Train => candle_nn::ops::softmax(&att, D::Minus1)?,
+                }
+            }
         };
         let y = att.matmul(&v)?; // [b, kv, n_rep*t, hd]
         let y = y
@@ -222,7 +229,7 @@ impl Mlp {
     fn forward(&self, x: &Tensor, st: &State) -> Result<Tensor> {
         let g = self.gate_proj.forward_with(x, st.adapter, st.train())?;
         let u = self.up_proj.forward_with(x, st.adapter, st.train())?;
-        let y = (candle_nn::ops::silu(&g)? * u)?;
+        let y = kernels::silu_mul(&g, &u)?;
         self.down_proj.forward_with(&y, st.adapter, st.train())
     }
 }
@@ -238,6 +245,15 @@ struct Block {
 struct State {
     mode: Mode,
     adapter: bool,
+}
+
+/// What a chunk's attention may see: `past` cached positions then `t` new ones (causal), keys
+/// marked in `valid` ([b, past + t], u8); `additive` is the same as a `[b|1, 1, t, kv]` bias for
+/// devices without the fused kernel.
+struct AttnMask {
+    additive: Option<Tensor>,
+    valid: Tensor,
+    past: usize,
 }
 
 impl State {
@@ -381,7 +397,19 @@ impl Llama {
             }
             (None, v) => v.map(|v| v.to_dtype(DType::U8)).transpose()?,
         };
-        let mask = self.mask(b, t, past, key_valid.as_ref())?;
+        let fused = self.device().is_cpu() && self.dtype() == DType::F32 && kernels::fused_enabled();
+        let mask = AttnMask {
+            additive: if fused {
+                None
+            } else {
+                self.mask(b, t, past, key_valid.as_ref())?
+            },
+            valid: match key_valid {
+                Some(v) => v,
+                None => Tensor::ones((b, past + t), DType::U8, ids.device())?,
+            },
+            past,
+        };
         let st = State {
             mode,
             adapter: self.adapter_enabled,
@@ -395,11 +423,11 @@ impl Llama {
             let c = cache.as_deref_mut().map(|c| (c, i));
             let h = layer
                 .self_attn
-                .forward(&h, &self.rope, &cs, mask.as_ref(), c, &st)?;
-            x = (x + h)?;
+                .forward(&h, &self.rope, &cs, &mask, c, &st)?;
+            x = kernels::add(&x, &h)?;
             let h = layer.post_attention_layernorm.forward(&x, mode)?;
             let h = layer.mlp.forward(&h, &st)?;
-            x = (x + h)?;
+            x = kernels::add(&x, &h)?;
         }
         self.norm.forward(&x, mode)
     }

@@ -65,14 +65,14 @@ log "model sha256 $(sha256sum "$GGUF" | cut -c1-16)"
 
 summarize() {
 python3 - "$OUT" > "$OUT/device-check.json" 2>> "$OUT/log.txt" <<'PY'
-import json, sys
+import json, os, sys
 out = sys.argv[1]
 rows = [json.loads(l) for l in open(f"{out}/bench.jsonl") if l.strip().startswith("{")]
 doc = {
     "gpu": open(f"{out}/nvidia-smi.txt").read().strip(),
     "binary": open(f"{out}/version.txt").read().strip(),
     "cpu_cores": open(f"{out}/cpu-cores.txt").read().strip(),
-    "parity": json.load(open(f"{out}/parity.json")),
+    "parity": json.load(open(f"{out}/parity.json")) if os.path.exists(f"{out}/parity.json") else None,
     "bench": rows,
 }
 cpu = {r["workload"]: r["tokens_per_s"] for r in rows if r["device"] == "cpu" and "tokens_per_s" in r}

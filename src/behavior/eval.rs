@@ -39,17 +39,40 @@ impl TopK {
     }
 }
 
-/// Ranks the whole catalogue for each sample's history and scores the target's rank.
-pub fn evaluate(model: &dyn Ranker, samples: &[Sample]) -> candle_core::Result<Metrics> {
+/// Full-ranking metrics of one split, under the primary protocol and with history excluded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    /// The primary figures: every catalogue item ranked, history items included.
+    pub all_items: Metrics,
+    /// The same ranking with the user's history items removed first (the S3-Rec-style
+    /// full-sort protocol), for comparison with published rows measured that way.
+    pub history_excluded: Metrics,
+}
+
+/// Ranks the whole catalogue for each sample's history and scores the target's rank, with and
+/// without the history's items in the ranking.
+pub fn evaluate(model: &dyn Ranker, samples: &[Sample]) -> candle_core::Result<Evaluation> {
     let histories: Vec<&[u32]> = samples.iter().map(|s| s.history.as_slice()).collect();
-    let mut acc = MetricAccumulator::new(&RECALL_KS, &NDCG_KS);
-    // Chunks keep memory bounded and let the caller's progress (if any) move.
+    let mut all = MetricAccumulator::new(&RECALL_KS, &NDCG_KS);
+    let mut excl = MetricAccumulator::new(&RECALL_KS, &NDCG_KS);
+    // Enough candidates that MAX_K remain after dropping the longest history.
+    let k = MAX_K + histories.iter().map(|h| h.len()).max().unwrap_or(0);
     for (hs, ss) in histories.chunks(4096).zip(samples.chunks(4096)) {
-        for (ranked, s) in top_k(model, hs, MAX_K)?.iter().zip(ss) {
-            acc.add(ranked, s.target);
+        for (ranked, s) in top_k(model, hs, k)?.iter().zip(ss) {
+            all.add(&ranked[..MAX_K.min(ranked.len())], s.target);
+            let kept: Vec<u32> = ranked
+                .iter()
+                .copied()
+                .filter(|i| !s.history.contains(i))
+                .take(MAX_K)
+                .collect();
+            excl.add(&kept, s.target);
         }
     }
-    Ok(acc.finish())
+    Ok(Evaluation {
+        all_items: all.finish(),
+        history_excluded: excl.finish(),
+    })
 }
 
 /// The model's top-`k` items for each history.

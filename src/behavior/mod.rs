@@ -20,7 +20,7 @@ pub mod train;
 use serde::{Deserialize, Serialize};
 
 pub use din::{Din, DinConfig};
-pub use eval::{cooccurrence_check, evaluate, top_k, Cooccurrence};
+pub use eval::{cooccurrence_check, evaluate, top_k, Cooccurrence, Evaluation};
 pub use sasrec::{SasRec, SasRecConfig};
 pub use train::{train, EpochLog, Observer, Silent, TrainOutcome};
 

@@ -12,7 +12,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::batch::{din_batches, din_samples, sasrec_batches, sasrec_windows, DinBatch, Window};
-use super::eval::evaluate;
+use super::eval::{evaluate, Evaluation};
 use super::init::{restore, seeded_init, snapshot, Init};
 use super::{
     BehaviorConfig, BehaviorError, Din, DinConfig, DinLoss, EncoderKind, Ranker, SasRec,
@@ -32,7 +32,8 @@ pub struct EpochLog {
     pub examples: usize,
     pub seconds: f64,
     pub examples_per_s: f64,
-    /// Validation on the (sub)set of users chosen by `valid_users`, when validated.
+    /// Validation on the (sub)set of users chosen by `valid_users`, when validated (primary
+    /// protocol: history items ranked too).
     pub valid: Option<Metrics>,
     pub valid_seconds: Option<f64>,
 }
@@ -61,8 +62,8 @@ pub struct TrainOutcome {
     pub stop: String,
     pub train_seconds: f64,
     /// All users, with the kept weights.
-    pub valid: Metrics,
-    pub test: Metrics,
+    pub valid: Evaluation,
+    pub test: Evaluation,
     pub final_eval_seconds: f64,
     pub train_examples: usize,
     pub parameters: usize,
@@ -299,7 +300,7 @@ pub fn train(
                 valid_sub.len()
             ));
             let tv = Instant::now();
-            let m = evaluate(model.ranker(), &valid_sub)?;
+            let m = evaluate(model.ranker(), &valid_sub)?.all_items;
             entry.valid_seconds = Some(tv.elapsed().as_secs_f64());
             let score = m.ndcg.get(&10).copied().unwrap_or(0.0);
             entry.valid = Some(m);

@@ -163,8 +163,10 @@ pub const REFERENCES: [Reference; 2] = [
 
 /// How the figures were measured, written into every report.
 pub const PROTOCOL: &str = "leave-one-out (test = last item, validation = second to last); \
-full ranking over all catalogue items; history items are NOT excluded from the ranking; \
-ties go to the lower item index; one target per user; Recall@K and NDCG@K of llmbs::metrics";
+full ranking over all catalogue items; primary figures do NOT exclude history items from the \
+ranking (the 'history excluded' rows drop them first, as S3-Rec-style full-sort evaluation \
+does); ties go to the lower item index; one target per user; Recall@K and NDCG@K of \
+llmbs::metrics";
 
 /// `report.json`.
 #[derive(Debug, Serialize)]
@@ -189,8 +191,12 @@ pub struct BehaviorReport {
     pub train_seconds: f64,
     pub final_eval_seconds: f64,
     pub total_seconds: f64,
+    /// Primary protocol (history items ranked too).
     pub valid: Metrics,
     pub test: Metrics,
+    /// The same rankings with each user's history items removed first.
+    pub valid_history_excluded: Metrics,
+    pub test_history_excluded: Metrics,
     pub cooccurrence: Cooccurrence,
     pub references: Vec<Reference>,
     pub epochs: Vec<EpochLog>,
@@ -311,8 +317,10 @@ pub fn run(args: BehaviorArgs) -> anyhow::Result<()> {
         train_seconds: out.train_seconds,
         final_eval_seconds: out.final_eval_seconds,
         total_seconds: total.elapsed().as_secs_f64(),
-        valid: out.valid.clone(),
-        test: out.test.clone(),
+        valid: out.valid.all_items.clone(),
+        test: out.test.all_items.clone(),
+        valid_history_excluded: out.valid.history_excluded.clone(),
+        test_history_excluded: out.test.history_excluded.clone(),
         cooccurrence: co,
         references: REFERENCES.to_vec(),
         epochs: out.log.clone(),

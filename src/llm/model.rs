@@ -397,7 +397,8 @@ impl Llama {
             }
             (None, v) => v.map(|v| v.to_dtype(DType::U8)).transpose()?,
         };
-        let fused = self.device().is_cpu() && self.dtype() == DType::F32 && kernels::fused_enabled();
+        let fused =
+            self.device().is_cpu() && self.dtype() == DType::F32 && kernels::fused_enabled();
         let mask = AttnMask {
             additive: if fused {
                 None

@@ -400,6 +400,14 @@ pub fn markdown(r: &BehaviorReport) -> String {
         &format!("{} test ({} users)", r.encoder.name(), r.test.users),
         &r.test,
     );
+    s += &row(
+        &format!("{} validation, history excluded", r.encoder.name()),
+        &r.valid_history_excluded,
+    );
+    s += &row(
+        &format!("{} test, history excluded", r.encoder.name()),
+        &r.test_history_excluded,
+    );
     for p in &r.references {
         s += &format!(
             "| {} | - | {:.4} | {:.4} | {:.4} | {:.4} |\n",

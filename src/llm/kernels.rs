@@ -24,6 +24,27 @@ fn slice<'a>(s: &'a CpuStorage, l: &Layout, name: &str) -> Result<&'a [f32]> {
     }
 }
 
+/// `f(a[i], b[i])` over two same-sized contiguous f32 inputs, in parallel chunks.
+fn zip_map(
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: &CpuStorage,
+    l2: &Layout,
+    name: &str,
+    f: impl Fn(f32, f32) -> f32 + Sync,
+) -> Result<(CpuStorage, Shape)> {
+    let (a, b) = (slice(s1, l1, name)?, slice(s2, l2, name)?);
+    let mut out = vec![0f32; a.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(o, (a, b))| {
+            o.iter_mut()
+                .zip(a.iter().zip(b))
+                .for_each(|(o, (&a, &b))| *o = f(a, b))
+        });
+    Ok((CpuStorage::F32(out), l1.shape().clone()))
+}
+
 struct Add;
 
 impl CustomOp2 for Add {
@@ -38,16 +59,7 @@ impl CustomOp2 for Add {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (a, b) = (slice(s1, l1, "add")?, slice(s2, l2, "add")?);
-        let mut out = vec![0f32; a.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-            .for_each(|(o, (a, b))| {
-                o.iter_mut()
-                    .zip(a.iter().zip(b))
-                    .for_each(|(o, (a, b))| *o = a + b)
-            });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        zip_map(s1, l1, s2, l2, "add", |a, b| a + b)
     }
 
     fn bwd(
@@ -84,16 +96,9 @@ impl CustomOp2 for SiluMul {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (g, u) = (slice(s1, l1, "silu_mul")?, slice(s2, l2, "silu_mul")?);
-        let mut out = vec![0f32; g.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
-            .for_each(|(o, (g, u))| {
-                o.iter_mut()
-                    .zip(g.iter().zip(u))
-                    .for_each(|(o, (g, u))| *o = g / (1.0 + (-g).exp()) * u)
-            });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        zip_map(s1, l1, s2, l2, "silu_mul", |g, u| {
+            g / (1.0 + (-g).exp()) * u
+        })
     }
 
     fn bwd(

@@ -63,6 +63,7 @@ fn din_shapes_and_batched_scoring_match_forward() {
             n_items: n,
             dim: d,
             att_hidden: 5,
+            dropout: 0.0,
         },
         VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu),
     )
@@ -76,7 +77,7 @@ fn din_shapes_and_batched_scoring_match_forward() {
     )
     .unwrap();
     let cands = Tensor::new(&[[3u32, 0, 12], [1, 1, 2], [9, 10, 11]], &dev).unwrap();
-    let s = din.forward(&hist, &mask, &cands).unwrap();
+    let s = din.forward(&hist, &mask, &cands, None).unwrap();
     assert_eq!(s.dims(), [3, 3]);
     // Every item as a candidate through forward = the chunked full-catalogue scorer.
     let all: Vec<u32> = (0..n as u32).collect();
@@ -117,6 +118,7 @@ fn sasrec_shapes() {
         blocks: 2,
         heads: 2,
         dropout: 0.2,
+        history_bias: true,
     };
     let m = SasRec::new(cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
     seeded_init(&vm, 3, llmbs::behavior::train::init_rule).unwrap();

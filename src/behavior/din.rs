@@ -8,16 +8,20 @@ use candle_nn::{Embedding, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::eval::TopK;
+use super::init::dropout;
+use rand::rngs::StdRng;
 use super::Ranker;
 
 /// Sizes of a DIN model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct DinConfig {
     pub n_items: usize,
     /// Item embedding size d_b.
     pub dim: usize,
     /// Hidden units of the activation unit.
     pub att_hidden: usize,
+    /// Dropout on the looked-up embeddings while training.
+    pub dropout: f32,
 }
 
 /// Scoring all items: rows (user, history item, attention unit) per matmul, and items per chunk.
@@ -82,17 +86,23 @@ impl Din {
 
     /// Scores of candidate items given histories.
     /// `hist` [b, t] u32, `mask` [b, t] f32 (1 real, 0 padding), `cands` [b, c] u32 → [b, c].
+    /// Dropout on the embeddings is on when `rng` is given (training).
     pub fn forward(
         &self,
         hist: &Tensor,
         mask: &Tensor,
         cands: &Tensor,
+        rng: Option<&mut StdRng>,
     ) -> candle_core::Result<Tensor> {
         let (b, t) = hist.dims2()?;
         let c = cands.dim(1)?;
         let (d, nh) = (self.cfg.dim, self.cfg.att_hidden);
-        let h = self.emb.forward(hist)?; // [b, t, d]
-        let e = self.emb.forward(cands)?; // [b, c, d]
+        let mut h = self.emb.forward(hist)?; // [b, t, d]
+        let mut e = self.emb.forward(cands)?; // [b, c, d]
+        if let Some(rng) = rng {
+            h = dropout(&h, self.cfg.dropout, rng)?;
+            e = dropout(&e, self.cfg.dropout, rng)?;
+        }
         let (wh, wt, wd) = self.split_w1()?;
         let q = h
             .reshape((b * t, d))?

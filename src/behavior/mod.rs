@@ -87,7 +87,11 @@ pub struct BehaviorConfig {
     pub blocks: usize,
     /// SASRec: attention heads (must divide `dim`).
     pub heads: usize,
-    /// SASRec: dropout on embeddings, attention weights and sublayer outputs.
+    /// SASRec: learn one extra score for items already in the history (see
+    /// [`SasRecConfig::history_bias`]).
+    pub history_bias: bool,
+    /// Dropout: SASRec on embeddings, attention weights and sublayer outputs; DIN on the
+    /// looked-up embeddings.
     pub dropout: f32,
 }
 
@@ -116,6 +120,7 @@ impl BehaviorConfig {
             blocks: 2,
             heads: 1,
             dropout: 0.5,
+            history_bias: false,
         }
     }
 
@@ -141,10 +146,10 @@ impl BehaviorConfig {
                         self.heads, self.dim
                     ));
                 }
-                if !(0.0..1.0).contains(&self.dropout) {
-                    return bad(format!("dropout {} must be in [0, 1)", self.dropout));
-                }
             }
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad(format!("dropout {} must be in [0, 1)", self.dropout));
         }
         Ok(())
     }

@@ -26,6 +26,9 @@ pub struct SasRecConfig {
     pub heads: usize,
     /// On embeddings, attention weights and sublayer outputs.
     pub dropout: f32,
+    /// Add one learned scalar to the score of every item already in the history (a repeat
+    /// bias learned from the training sequences; the ranking still covers all items).
+    pub history_bias: bool,
 }
 
 /// Histories per forward when ranking.
@@ -127,6 +130,8 @@ pub struct SasRec {
     pos: Tensor,
     blocks: Vec<Block>,
     ln_f: LayerNorm,
+    /// `[1]` the repeat bias, when configured.
+    hist_bias: Option<Tensor>,
 }
 
 impl SasRec {
@@ -137,12 +142,18 @@ impl SasRec {
         let blocks = (0..cfg.blocks)
             .map(|i| Block::new(d, vb.pp(format!("blocks.{i}"))))
             .collect::<candle_core::Result<Vec<_>>>()?;
+        let hist_bias = if cfg.history_bias {
+            Some(vb.get(1, "history_bias")?)
+        } else {
+            None
+        };
         Ok(SasRec {
             cfg,
             emb,
             pos,
             blocks,
             ln_f: LayerNorm::new(d, vb.pp("ln_f"))?,
+            hist_bias,
         })
     }
 
@@ -201,7 +212,16 @@ impl SasRec {
         {
             let rows = h.index_select(&Tensor::from_slice(pos, pos.len(), dev)?, 0)?; // [r, d]
             let tgt = Tensor::from_slice(tgt, tgt.len(), dev)?;
-            let l = full_cross_entropy_sum(&self.logits(&rows)?, &tgt)?;
+            let mut logits = self.logits(&rows)?; // [r, n]
+            if let Some(beta) = &self.hist_bias {
+                // Position j of row r has seen inputs 0..=j of that row.
+                let seen = pos.iter().map(|&p| {
+                    let (r, j) = (p as usize / batch.t, p as usize % batch.t);
+                    &batch.ids[r * batch.t..r * batch.t + j + 1]
+                });
+                logits = add_history_bias(&logits, beta, seen)?;
+            }
+            let l = full_cross_entropy_sum(&logits, &tgt)?;
             total = Some(match total {
                 Some(t) => (t + l)?,
                 None => l,
@@ -233,6 +253,38 @@ impl SasRec {
     }
 }
 
+/// `logits` [r, n] plus `beta` at each row's history items (each distinct item once).
+fn add_history_bias<'a>(
+    logits: &Tensor,
+    beta: &Tensor,
+    histories: impl Iterator<Item = &'a [u32]>,
+) -> candle_core::Result<Tensor> {
+    let (r, n) = logits.dims2()?;
+    let mut idx: Vec<u32> = Vec::new();
+    for (row, h) in histories.enumerate() {
+        let start = idx.len();
+        idx.extend(h.iter().map(|&i| (row * n) as u32 + i));
+        idx[start..].sort_unstable();
+        let mut kept = start;
+        for k in start..idx.len() {
+            if k == start || idx[k] != idx[kept - 1] {
+                idx[kept] = idx[k];
+                kept += 1;
+            }
+        }
+        idx.truncate(kept);
+    }
+    if idx.is_empty() {
+        return Ok(logits.clone());
+    }
+    let k = idx.len();
+    let idx = Tensor::from_vec(idx, k, logits.device())?;
+    logits
+        .flatten_all()?
+        .index_add(&idx, &beta.broadcast_as(k)?.contiguous()?, 0)?
+        .reshape((r, n))
+}
+
 /// `[t, t]` additive mask: 0 where key j <= query i, a large negative number above.
 fn causal_mask(t: usize, dev: &Device) -> candle_core::Result<Tensor> {
     let m: Vec<f32> = (0..t)
@@ -245,7 +297,13 @@ impl Ranker for SasRec {
     fn top_k(&self, histories: &[&[u32]], k: usize) -> candle_core::Result<Vec<Vec<u32>>> {
         let mut out = Vec::with_capacity(histories.len());
         for chunk in histories.chunks(EVAL_BATCH) {
-            let scores: Vec<Vec<f32>> = self.logits(&self.user_states(chunk)?)?.to_vec2()?;
+            let mut logits = self.logits(&self.user_states(chunk)?)?;
+            if let Some(beta) = &self.hist_bias {
+                let max = self.cfg.max_len;
+                let seen = chunk.iter().map(|h| &h[h.len().saturating_sub(max)..]);
+                logits = add_history_bias(&logits, beta, seen)?;
+            }
+            let scores: Vec<Vec<f32>> = logits.to_vec2()?;
             out.extend(scores.iter().map(|s| TopK::of(s, k)));
         }
         Ok(out)

@@ -103,6 +103,7 @@ fn build(
                 n_items,
                 dim: cfg.dim,
                 att_hidden: cfg.att_hidden,
+                dropout: cfg.dropout,
             },
             vb,
         )?),
@@ -114,6 +115,7 @@ fn build(
                 blocks: cfg.blocks,
                 heads: cfg.heads,
                 dropout: cfg.dropout,
+                history_bias: cfg.history_bias,
             },
             vb,
         )?),
@@ -162,7 +164,7 @@ fn batch_loss(
             let hist = Tensor::from_slice(&b.hist, (b.size, b.t), dev)?;
             let mask = Tensor::from_slice(&b.mask, (b.size, b.t), dev)?;
             let cands = Tensor::from_slice(&b.cands, (b.size, b.c), dev)?;
-            let scores = m.forward(&hist, &mask, &cands)?; // [b, c]
+            let scores = m.forward(&hist, &mask, &cands, Some(rng))?; // [b, c]
             let loss = match cfg.din_loss {
                 DinLoss::Bce => bce_first_positive(&scores)?,
                 DinLoss::Softmax => candle_nn::ops::log_softmax(&scores, D::Minus1)?

@@ -76,6 +76,10 @@ pub struct BehaviorArgs {
     /// SASRec: dropout rate
     #[arg(long, default_value_t = 0.5)]
     pub dropout: f32,
+    /// SASRec: learn one extra score for items already in the user's history (a repeat bias;
+    /// all items are still ranked)
+    #[arg(long)]
+    pub history_bias: bool,
     /// Where report.json and report.md go (default: <run>/behavior/<encoder>/)
     #[arg(long)]
     pub report_dir: Option<PathBuf>,
@@ -102,6 +106,7 @@ impl BehaviorArgs {
         cfg.blocks = self.blocks;
         cfg.heads = self.heads;
         cfg.dropout = self.dropout;
+        cfg.history_bias = self.history_bias;
         if let Some(v) = self.epochs {
             cfg.epochs = v;
         }

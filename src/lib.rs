@@ -11,4 +11,5 @@ pub mod index;
 pub mod llm;
 pub mod metrics;
 pub mod tasks;
+pub mod train;
 pub mod util;

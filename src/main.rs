@@ -22,8 +22,18 @@ enum Command {
     Index(commands::index::IndexArgs),
     /// Behavior item embeddings Z^b (DIN) or the SASRec baseline, trained and ranked on the split.
     Behavior(commands::behavior::BehaviorArgs),
+    /// Train the recommender: `--stage initial` (tasks + GCT) or `--stage anneal` (adapter).
+    Train(commands::train::TrainArgs),
+    /// Every stage from data to eval into runs/<name>/, skipping stages that are up to date.
+    Pipeline(commands::pipeline::PipelineArgs),
+    /// The top-K next items for a user or a history, with titles and scores.
+    Recommend(commands::recommend::RecommendArgs),
     /// Trie-constrained beam search over all item IDs; Recall/NDCG reports and predictions.
     Eval(commands::eval::EvalArgs),
+    /// Fold a PEFT LoRA adapter into its base model and write a Hugging Face directory.
+    Merge(commands::merge::MergeArgs),
+    /// Perplexity of the held-out items' text, adapter on or off.
+    Ppl(commands::ppl::PplArgs),
     /// Throughput benchmarks (JSON lines with --json).
     #[command(subcommand)]
     Bench(commands::bench::BenchCommand),
@@ -37,7 +47,12 @@ fn main() -> anyhow::Result<()> {
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Index(args) => commands::index::run(args),
         Command::Behavior(args) => commands::behavior::run(args),
+        Command::Train(args) => commands::train::run(args),
+        Command::Pipeline(args) => commands::pipeline::run(args),
+        Command::Recommend(args) => commands::recommend::run(args),
         Command::Eval(args) => commands::eval::run(args),
+        Command::Merge(args) => commands::merge::run(args),
+        Command::Ppl(args) => commands::ppl::run(args),
         Command::Bench(cmd) => commands::bench::run(cmd),
     }
 }

@@ -88,7 +88,7 @@ fn din_shapes_and_batched_scoring_match_forward() {
         .repeat((3, 1))
         .unwrap();
     let want: Vec<Vec<f32>> = din
-        .forward(&hist, &mask, &cands_all)
+        .forward(&hist, &mask, &cands_all, None)
         .unwrap()
         .to_vec2()
         .unwrap();

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use super::eval::TopK;
 use super::init::dropout;
-use rand::rngs::StdRng;
 use super::Ranker;
+use rand::rngs::StdRng;
 
 /// Sizes of a DIN model.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -120,7 +120,7 @@ impl BehaviorConfig {
             blocks: 2,
             heads: 1,
             dropout: 0.5,
-            history_bias: false,
+            history_bias: !din,
         }
     }
 

@@ -77,8 +77,8 @@ pub struct BehaviorArgs {
     #[arg(long, default_value_t = 0.5)]
     pub dropout: f32,
     /// SASRec: learn one extra score for items already in the user's history (a repeat bias;
-    /// all items are still ranked)
-    #[arg(long)]
+    /// all items are still ranked); `--history-bias false` gives plain SASRec
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub history_bias: bool,
     /// Where report.json and report.md go (default: <run>/behavior/<encoder>/)
     #[arg(long)]
@@ -106,7 +106,7 @@ impl BehaviorArgs {
         cfg.blocks = self.blocks;
         cfg.heads = self.heads;
         cfg.dropout = self.dropout;
-        cfg.history_bias = self.history_bias;
+        cfg.history_bias = self.history_bias && self.encoder == EncoderKind::Sasrec;
         if let Some(v) = self.epochs {
             cfg.epochs = v;
         }

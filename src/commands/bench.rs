@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{Optimizer, VarBuilder, VarMap};
+use candle_nn::{VarBuilder, VarMap};
 use rand::{Rng, SeedableRng};
 
 use crate::data::Dataset;
@@ -170,23 +170,33 @@ fn run_llm(a: LlmBenchArgs) -> anyhow::Result<()> {
                 line["seq"] = t.into();
             }
             "backward" | "train" => {
-                let mut opt = candle_nn::AdamW::new(
-                    vm.all_vars(),
-                    candle_nn::ParamsAdamW {
-                        lr: 5e-5,
+                // The trainer's own optimizer step (llmbs train): AdamW without decay on norms,
+                // global-norm clipping.
+                let vars = crate::train::setup::varmap_vars(&vm, "");
+                let params = crate::train::setup::params(vec![vars]);
+                let mut opt = crate::train::optim::AdamW::new(
+                    crate::train::optim::AdamWConfig {
+                        beta1: 0.9,
+                        beta2: 0.999,
+                        eps: 1e-8,
                         weight_decay: 0.01,
-                        ..Default::default()
                     },
+                    &params,
                 )?;
                 let inputs = ids.narrow(1, 0, t - 1)?;
                 let targets = ids.narrow(1, 1, t - 1)?.flatten_all()?;
                 let mut runs = time_runs(a.runs, &dev, || {
                     let logits = model.forward_logits(&inputs, Mode::Train)?;
                     let loss = candle_nn::loss::cross_entropy(&logits.flatten_to(1)?, &targets)?;
+                    let g = loss.backward()?;
                     if w == "train" {
-                        opt.backward_step(&loss)?;
-                    } else {
-                        loss.backward()?;
+                        let mut grads: Vec<Option<Tensor>> = params
+                            .vars
+                            .iter()
+                            .map(|v| g.get(v.as_tensor()).cloned())
+                            .collect();
+                        crate::train::optim::clip_grad_norm(&mut grads, 1.0)?;
+                        opt.step(&params, &grads, 5e-5)?;
                     }
                     Ok(())
                 })?;

@@ -16,6 +16,8 @@ use crate::metrics::rank_of;
 use crate::tasks::Prompts;
 use crate::util::{atomic_write, atomic_write_with, progress_bar, write_json};
 
+use super::checkpoint;
+
 /// The paper's Table 2 rows (R@5, R@10, N@5, N@10) by dataset name.
 const PAPER_ROWS: &[(&str, [f64; 4])] = &[("Beauty", [0.0548, 0.0830, 0.0369, 0.0459])];
 
@@ -27,9 +29,13 @@ pub struct EvalArgs {
     /// Dataset directory (LC-Rec JSON format)
     #[arg(long)]
     pub data: PathBuf,
-    /// Backbone (untrained: its ID-token rows are freshly initialised)
-    #[arg(long, default_value = "default")]
-    pub model: String,
+    /// Backbone; default: RUN/checkpoints/initial when it has model.safetensors, else `default`
+    /// (untrained: its ID-token rows are freshly initialised)
+    #[arg(long)]
+    pub model: Option<String>,
+    /// off, on (RUN/checkpoints/anneal when it holds an adapter) or a PEFT adapter directory
+    #[arg(long, default_value = "on")]
+    pub adapter: String,
     /// Item index (LC-Rec format); default: the only RUN/index/*.index.json
     #[arg(long)]
     pub index: Option<PathBuf>,
@@ -55,7 +61,7 @@ pub struct EvalArgs {
     pub dev: DeviceArgs,
 }
 
-fn find_index(run: &Path) -> anyhow::Result<PathBuf> {
+pub fn find_index(run: &Path) -> anyhow::Result<PathBuf> {
     let dir = run.join("index");
     let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
         .with_context(|| format!("no --index given and {} is not readable", dir.display()))?
@@ -90,14 +96,27 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         Some(p) => Prompts::load(p)?,
         None => Prompts::embedded()?,
     };
-    let src = ModelSource::parse(&a.model)?;
+    let model_arg = checkpoint::resolve_model(a.model.as_deref(), Some(&a.run));
+    let adapter = checkpoint::resolve_adapter(&a.adapter, Some(&a.run))?;
+    let src = ModelSource::parse(&model_arg)?;
     let mut loaded = Loaded::load(&src, &device, dtype)?;
+    let rows_before = loaded.cfg.vocab_size;
     let mut new_tokens: Vec<String> = tokens.iter().flatten().cloned().collect();
     new_tokens.sort();
     new_tokens.dedup();
     new_tokens.push(vocab::CON_TOKEN.to_string());
     vocab::extend_vocab(&mut loaded, &new_tokens, a.vocab_seed)?;
-    let model = loaded.build(&device)?;
+    // A trained checkpoint already has every ID token: then nothing is added here.
+    let fresh_rows = loaded.cfg.vocab_size - rows_before;
+    let mut model = loaded.build(&device)?;
+    let bundled = checkpoint::merge_bundled_adapter(&mut model, &src)?;
+    if let Some(dir) = &adapter {
+        checkpoint::attach_adapter(&mut model, dir)?;
+    }
+    let mut loaded_desc = checkpoint::describe_with(&src, bundled, adapter.as_deref());
+    if fresh_rows > 0 {
+        loaded_desc.push_str(&format!(", {fresh_rows} fresh ID-token rows (untrained)"));
+    }
     let items = ItemIds::new(tokens, &loaded.tokenizer)?;
 
     let mut samples: Vec<Sample> = if a.split == "test" {
@@ -173,7 +192,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     let report = serde_json::json!({
         "split": a.split, "users": samples.len(), "all_users": a.limit.is_none(),
         "metrics": out.metrics, "seconds": out.seconds, "users_per_s": users_per_s,
-        "beam": a.beam, "batch": a.batch, "model": src.describe(), "checkpoint": "none (untrained backbone, fresh ID-token rows)",
+        "beam": a.beam, "batch": a.batch, "model": src.describe(), "checkpoint": loaded_desc,
         "index": index_path.display().to_string(), "prompt_template": "srt[0]",
         "prompt": prompts.srt[0], "mean_prompt_tokens": mean_prompt,
         "device": device_name(&device), "dtype": format!("{dtype:?}").to_lowercase(),
@@ -202,8 +221,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         ));
     }
     md.push_str(&format!(
-        "\nModel: {} (untrained, fresh ID rows). Index: {}. Prompt: srt[0]. Beam {}, batch {}, {} {:?}: {:.2} users/s ({:.0} s).\n",
-        src.describe(),
+        "\nLoaded: {loaded_desc}. Index: {}. Prompt: srt[0]. Beam {}, batch {}, {} {:?}: {:.2} users/s ({:.0} s).\n",
         index_path.display(),
         a.beam,
         a.batch,

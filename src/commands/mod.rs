@@ -2,8 +2,14 @@
 
 pub mod behavior;
 pub mod bench;
+pub mod checkpoint;
 pub mod data;
 pub mod embed;
 pub mod eval;
 pub mod index;
 pub mod inspect;
+pub mod merge;
+pub mod pipeline;
+pub mod ppl;
+pub mod recommend;
+pub mod train;

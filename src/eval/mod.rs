@@ -2,6 +2,7 @@
 //! Recall/NDCG over full rankings, predictions and reports.
 
 pub mod beam;
+pub mod ppl;
 pub mod trie;
 
 use std::time::Instant;
@@ -16,6 +17,7 @@ use crate::metrics::{MetricAccumulator, Metrics};
 use crate::tasks::Prompts;
 
 pub use beam::{beam_search, score_all_items, Ranked};
+pub use ppl::{perplexity, PplReport};
 pub use trie::Trie;
 
 /// Item IDs as token ids (dataset order) and the trie over them.

@@ -124,7 +124,18 @@ impl Loaded {
     ) -> Result<Self, LlmError> {
         let text = std::fs::read_to_string(&f.config)
             .map_err(|e| LlmError::Io(format!("{}: {e}", f.config.display())))?;
-        let cfg: LlamaConfig = serde_json::from_str(&text)
+        let mut raw: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| LlmError::Format(format!("{}: {e}", f.config.display())))?;
+        // transformers 5 writes `rope_parameters.rope_theta` instead of a top-level `rope_theta`;
+        // without this the default theta would be used silently.
+        let nested = raw
+            .get("rope_parameters")
+            .and_then(|p| p.get("rope_theta"))
+            .cloned();
+        if let (Some(theta), Some(obj)) = (nested, raw.as_object_mut()) {
+            obj.entry("rope_theta").or_insert(theta);
+        }
+        let cfg: LlamaConfig = serde_json::from_value(raw)
             .map_err(|e| LlmError::Format(format!("{}: {e}", f.config.display())))?;
         let tokenizer = Tokenizer::from_file(&f.tokenizer)
             .map_err(|e| LlmError::Format(format!("{}: {e}", f.tokenizer.display())))?;

@@ -1,6 +1,6 @@
 //! Linear projections with an optional LoRA adapter (paper 3.4.2, the Annealing Adapter).
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
@@ -100,6 +100,29 @@ impl Proj {
 
     pub fn has_lora(&self) -> bool {
         self.lora.is_some()
+    }
+
+    /// The adapter's `(lora_A, lora_B)` tensors, when one is attached.
+    pub fn lora_weights(&self) -> Option<(&Tensor, &Tensor)> {
+        self.lora.as_ref().map(|l| (&l.a, &l.b))
+    }
+
+    /// Folds the adapter into the weight (`W += scale * B A`) and drops it. The product is
+    /// taken in f32 so a bf16 model loses precision once, in the final cast, not in the GEMM.
+    pub fn merge(&mut self) -> Result<()> {
+        if let Some(l) = &self.lora {
+            let dtype = self.weight.dtype();
+            let (a, b) = (l.a.to_dtype(DType::F32)?, l.b.to_dtype(DType::F32)?);
+            let delta = (b.matmul(&a)? * l.scale)?;
+            // Assigned only once everything succeeded, so an error leaves the Proj as it was.
+            self.weight = self
+                .weight
+                .to_dtype(DType::F32)?
+                .add(&delta)?
+                .to_dtype(dtype)?;
+        }
+        self.lora = None;
+        Ok(())
     }
 
     /// `W + scale * B A`, the merged weight (or `W` without an adapter).

@@ -9,6 +9,8 @@ pub mod kernels;
 pub mod load;
 pub mod lora;
 pub mod model;
+pub mod peft;
+pub mod save;
 pub mod tokenizer;
 pub mod vocab;
 

@@ -2,6 +2,8 @@
 //! gives every position's hidden state, logits only where asked, a batched KV cache and
 //! LoRA hooks (DESIGN "Backbone"; paper Eq. 2 uses its hidden states, 3.4 trains it).
 
+mod weights;
+
 use candle_core::{DType, Device, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
@@ -140,15 +142,6 @@ impl Attention {
             n_kv: kv,
             head_dim: hd,
         })
-    }
-
-    fn projs_mut(&mut self) -> [(&'static str, &mut Proj); 4] {
-        [
-            ("q_proj", &mut self.q_proj),
-            ("k_proj", &mut self.k_proj),
-            ("v_proj", &mut self.v_proj),
-            ("o_proj", &mut self.o_proj),
-        ]
     }
 
     /// x: [b, t, d]; mask: additive `[b|1, 1, t, kv]`; returns [b, t, d].
@@ -335,18 +328,7 @@ impl Llama {
         let vbl = vb.pp("model.layers");
         for (i, layer) in self.layers.iter_mut().enumerate() {
             let vb = vbl.pp(i);
-            let [a, b, c, d] = layer.self_attn.projs_mut();
-            let mlp = &mut layer.mlp;
-            let projs: [(&str, &str, &mut Proj); 7] = [
-                ("self_attn", a.0, a.1),
-                ("self_attn", b.0, b.1),
-                ("self_attn", c.0, c.1),
-                ("self_attn", d.0, d.1),
-                ("mlp", "gate_proj", &mut mlp.gate_proj),
-                ("mlp", "up_proj", &mut mlp.up_proj),
-                ("mlp", "down_proj", &mut mlp.down_proj),
-            ];
-            for (group, name, proj) in projs {
+            for (group, name, proj) in layer.projs_mut() {
                 if cfg.target_modules.iter().any(|m| m == name) {
                     proj.attach_lora(cfg, vb.pp(group).pp(name))?;
                 }

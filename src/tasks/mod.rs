@@ -1,6 +1,9 @@
 //! Instruction prompts of the Comprehensive Interaction Modeling tasks (paper 3.3.2); the
 //! templates live in `configs/prompts.json` and are embedded as the defaults.
 
+pub mod build;
+pub mod heldout;
+
 use std::path::Path;
 
 use anyhow::Context;
@@ -14,8 +17,16 @@ pub const DEFAULT_PROMPTS: &str = include_str!("../../configs/prompts.json");
 pub struct Prompts {
     pub wrapper: String,
     pub history_separator: String,
-    /// Sequence recommendation (SRT): history IDs -> next item's ID.
+    /// Sequence recommendation (SRT): history IDs -> next item's ID; `{history}`.
     pub srt: Vec<String>,
+    /// Semantic reconstruction: an item's ID -> its title and categories; `{item}`.
+    pub id2text: Vec<String>,
+    /// Semantic reconstruction: an item's title and categories -> its ID; `{text}`.
+    pub text2id: Vec<String>,
+    /// Preference reconfiguration: the history as titles -> the next item's ID; `{history}`.
+    pub hist_text2id: Vec<String>,
+    /// Preference reconfiguration: the history as IDs -> the next item's title and categories.
+    pub hist_id2text: Vec<String>,
 }
 
 impl Prompts {
@@ -35,12 +46,21 @@ impl Prompts {
         if !p.wrapper.contains("{instruction}") {
             anyhow::bail!("{name}: 'wrapper' lacks {{instruction}}");
         }
-        if p.srt.is_empty() {
-            anyhow::bail!("{name}: 'srt' has no templates");
-        }
-        for (i, t) in p.srt.iter().enumerate() {
-            if !t.contains("{history}") {
-                anyhow::bail!("{name}: srt[{i}] lacks {{history}}");
+        let groups: [(&str, &Vec<String>, &str); 5] = [
+            ("srt", &p.srt, "{history}"),
+            ("id2text", &p.id2text, "{item}"),
+            ("text2id", &p.text2id, "{text}"),
+            ("hist_text2id", &p.hist_text2id, "{history}"),
+            ("hist_id2text", &p.hist_id2text, "{history}"),
+        ];
+        for (key, templates, slot) in groups {
+            if templates.is_empty() {
+                anyhow::bail!("{name}: '{key}' has no templates");
+            }
+            for (i, t) in templates.iter().enumerate() {
+                if !t.contains(slot) {
+                    anyhow::bail!("{name}: {key}[{i}] lacks {slot}");
+                }
             }
         }
         Ok(p)
@@ -52,6 +72,13 @@ impl Prompts {
         let instruction = self.srt[template % self.srt.len()]
             .replace("{history}", &hist.join(&self.history_separator));
         self.wrapper.replace("{instruction}", &instruction)
+    }
+
+    /// Fills `templates[template]`'s `slot` with `value` and wraps it as an instruction.
+    pub fn fill(&self, templates: &[String], template: usize, slot: &str, value: &str) -> String {
+        let t = &templates[template % templates.len().max(1)];
+        self.wrapper
+            .replace("{instruction}", &t.replace(slot, value))
     }
 }
 

@@ -1,0 +1,182 @@
+//! `llmbs recommend`: the top-K next items for a user of the dataset or for a given history,
+//! decoded by trie-constrained beam search with a run's trained model (paper 3.4.3).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::data::Dataset;
+use crate::device::DeviceArgs;
+use crate::eval::{beam_search, ItemIds};
+use crate::llm::{tokenizer::encode, vocab, Loaded, ModelSource};
+use crate::tasks::Prompts;
+
+use super::checkpoint;
+
+#[derive(clap::Args, Debug)]
+pub struct RecommendArgs {
+    /// Run directory (its index and checkpoints are used)
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Dataset directory; default: the `data` of RUN/config.json
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// A user of the dataset: their whole known sequence is the history
+    #[arg(long, conflicts_with = "history", required_unless_present = "history")]
+    pub user: Option<String>,
+    /// Item ids (the dataset's keys), oldest first, comma-separated
+    #[arg(long)]
+    pub history: Option<String>,
+    #[arg(long, default_value_t = 10)]
+    pub k: usize,
+    /// Beam width (at least k)
+    #[arg(long, default_value_t = 20)]
+    pub beam: usize,
+    /// Keep this many most recent history items
+    #[arg(long, default_value_t = crate::data::DEFAULT_MAX_HISTORY)]
+    pub max_history: usize,
+    /// Backbone; default: the run's best initial checkpoint
+    #[arg(long)]
+    pub model: Option<String>,
+    /// off, on (the run's anneal adapter) or a PEFT adapter directory
+    #[arg(long, default_value = "on")]
+    pub adapter: String,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub dev: DeviceArgs,
+}
+
+#[derive(Debug, Serialize)]
+struct Rec {
+    rank: usize,
+    item: String,
+    title: String,
+    /// Sum of the ID tokens' log-probabilities.
+    score: f32,
+}
+
+fn data_dir(a: &RecommendArgs) -> anyhow::Result<PathBuf> {
+    if let Some(d) = &a.data {
+        return Ok(d.clone());
+    }
+    let p = a.run.join("config.json");
+    let text = std::fs::read_to_string(&p)
+        .with_context(|| format!("no --data given and {} is not readable", p.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))?;
+    v["data"]
+        .as_str()
+        .map(PathBuf::from)
+        .with_context(|| format!("{}: no \"data\" key (pass --data)", p.display()))
+}
+
+/// The history as dense item indices, oldest first; unknown users or items are errors naming them.
+fn history(a: &RecommendArgs, ds: &Dataset) -> anyhow::Result<Vec<u32>> {
+    let mut h: Vec<u32> = match (&a.user, &a.history) {
+        (Some(u), _) => {
+            let i = ds
+                .users
+                .iter()
+                .position(|x| x == u)
+                .with_context(|| format!("--user {u}: no such user in {}", ds.name))?;
+            ds.sequences[i].clone()
+        }
+        (None, Some(h)) => h
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|id| {
+                ds.item_index(id)
+                    .with_context(|| format!("--history: unknown item id '{id}' in {}", ds.name))
+            })
+            .collect::<anyhow::Result<_>>()?,
+        (None, None) => anyhow::bail!("give --user or --history"),
+    };
+    if h.is_empty() {
+        anyhow::bail!("--history: no item ids");
+    }
+    let from = h.len().saturating_sub(a.max_history);
+    h.drain(..from);
+    Ok(h)
+}
+
+pub fn run(a: RecommendArgs) -> anyhow::Result<()> {
+    let (device, dtype) = a.dev.resolve()?;
+    let ds = Dataset::load_lcrec(&data_dir(&a)?)?;
+    let hist = history(&a, &ds)?;
+    let index_path = super::eval::find_index(&a.run)?;
+    let (index, _) = crate::index::load_external(&index_path, &ds)?;
+    let tokens: Vec<Vec<String>> = (0..index.len()).map(|i| index.id_strings(i)).collect();
+    let model_arg = checkpoint::resolve_model(a.model.as_deref(), Some(&a.run));
+    let adapter = checkpoint::resolve_adapter(&a.adapter, Some(&a.run))?;
+    let src = ModelSource::parse(&model_arg)?;
+    let mut loaded = Loaded::load(&src, &device, dtype)?;
+    let before = loaded.cfg.vocab_size;
+    let mut new_tokens: Vec<String> = tokens.iter().flatten().cloned().collect();
+    new_tokens.sort();
+    new_tokens.dedup();
+    new_tokens.push(vocab::CON_TOKEN.to_string());
+    vocab::extend_vocab(&mut loaded, &new_tokens, 0)?;
+    if loaded.cfg.vocab_size != before {
+        eprintln!(
+            "warning: {} has no trained ID tokens ({} added untrained): run `llmbs train` first",
+            src.describe(),
+            loaded.cfg.vocab_size - before
+        );
+    }
+    let mut model = loaded.build(&device)?;
+    checkpoint::merge_bundled_adapter(&mut model, &src)?;
+    if let Some(dir) = &adapter {
+        checkpoint::attach_adapter(&mut model, dir)?;
+    }
+    let items = ItemIds::new(tokens, &loaded.tokenizer)?;
+    let prompts = Prompts::embedded()?;
+    let h: Vec<&[String]> = hist
+        .iter()
+        .map(|&i| items.tokens[i as usize].as_slice())
+        .collect();
+    let prompt = encode(&loaded.tokenizer, &prompts.srt_prompt(0, &h))?;
+    let ranked = beam_search(&model, &[prompt], &items.trie, a.beam.max(a.k))?;
+    let recs: Vec<Rec> = ranked
+        .first()
+        .map(|r| r.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .take(a.k)
+        .enumerate()
+        .map(|(n, &(i, score))| Rec {
+            rank: n + 1,
+            item: ds.items[i as usize].id.clone(),
+            title: ds.items[i as usize].title.clone(),
+            score,
+        })
+        .collect();
+    if a.json {
+        let hist_ids: Vec<&str> = hist
+            .iter()
+            .map(|&i| ds.items[i as usize].id.as_str())
+            .collect();
+        let v = serde_json::json!({
+            "user": a.user, "history": hist_ids, "k": a.k,
+            "model": checkpoint::describe(&src, adapter.as_deref()), "recommendations": recs,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "history ({} items, most recent last): {}",
+            hist.len(),
+            hist.iter()
+                .map(|&i| ds.items[i as usize].id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        println!("| rank | item | score | title |\n|---:|---|---:|---|");
+        for r in &recs {
+            println!("| {} | {} | {:.3} | {} |", r.rank, r.item, r.score, r.title);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,344 @@
+//! Training samples of the Comprehensive Interaction Modeling tasks (paper 3.3.2) as token ids:
+//! which task, which source row and which template each sample uses comes from a seeded plan,
+//! so a resumed run sees exactly the samples an uninterrupted one would.
+
+use std::collections::HashSet;
+
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use tokenizers::Tokenizer;
+
+use super::Prompts;
+use crate::data::{Dataset, Sample};
+use crate::llm::tokenizer::encode;
+
+/// The tasks of paper 3.3.2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    /// Sequence recommendation: history IDs -> next ID (GCT applies here).
+    Srt,
+    /// Semantic reconstruction: ID -> title and categories.
+    Id2Text,
+    /// Semantic reconstruction: title and categories -> ID.
+    Text2Id,
+    /// Preference reconfiguration: history titles -> next ID.
+    HistText2Id,
+    /// Preference reconfiguration: history IDs -> next item's title and categories.
+    HistId2Text,
+}
+
+impl TaskKind {
+    pub const ALL: [TaskKind; 5] = [
+        TaskKind::Srt,
+        TaskKind::Id2Text,
+        TaskKind::Text2Id,
+        TaskKind::HistText2Id,
+        TaskKind::HistId2Text,
+    ];
+}
+
+/// Relative sampling weights of the tasks (0 switches a task off).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskMix {
+    pub srt: f64,
+    pub id2text: f64,
+    pub text2id: f64,
+    pub hist_text2id: f64,
+    pub hist_id2text: f64,
+}
+
+impl Default for TaskMix {
+    /// SRT dominates, as the recommendation task is what is evaluated; the auxiliary tasks
+    /// together take a third of the samples.
+    fn default() -> Self {
+        Self {
+            srt: 2.0,
+            id2text: 0.25,
+            text2id: 0.25,
+            hist_text2id: 0.25,
+            hist_id2text: 0.25,
+        }
+    }
+}
+
+impl TaskMix {
+    pub fn srt_only() -> Self {
+        Self {
+            srt: 1.0,
+            id2text: 0.0,
+            text2id: 0.0,
+            hist_text2id: 0.0,
+            hist_id2text: 0.0,
+        }
+    }
+
+    pub fn weight(&self, k: TaskKind) -> f64 {
+        match k {
+            TaskKind::Srt => self.srt,
+            TaskKind::Id2Text => self.id2text,
+            TaskKind::Text2Id => self.text2id,
+            TaskKind::HistText2Id => self.hist_text2id,
+            TaskKind::HistId2Text => self.hist_id2text,
+        }
+    }
+
+    /// Parses `srt=2,id2text=0.25,...` (unnamed tasks keep their weight).
+    pub fn parse_into(&mut self, s: &str) -> anyhow::Result<()> {
+        for part in s.split(',').filter(|p| !p.trim().is_empty()) {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("task mix '{part}': expected task=weight"))?;
+            let v: f64 = v
+                .trim()
+                .parse()
+                .map_err(|_| anyhow::anyhow!("task mix '{part}': '{v}' is not a number"))?;
+            if !(v >= 0.0 && v.is_finite()) {
+                anyhow::bail!("task mix '{part}': weights must be finite and >= 0");
+            }
+            match k.trim() {
+                "srt" => self.srt = v,
+                "id2text" => self.id2text = v,
+                "text2id" => self.text2id = v,
+                "hist_text2id" => self.hist_text2id = v,
+                "hist_id2text" => self.hist_id2text = v,
+                other => anyhow::bail!(
+                    "task mix: unknown task '{other}' (srt, id2text, text2id, hist_text2id, hist_id2text)"
+                ),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One planned sample: the task, its source row (a training sample or an item) and template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Planned {
+    pub kind: TaskKind,
+    pub row: usize,
+    pub template: usize,
+}
+
+/// One encoded sample: `input` = prompt ++ response (++ `[CON]`). Position `p` in
+/// `prompt_len - 1 .. prompt_len + response_len - 1` predicts `input[p + 1]`; only those carry
+/// loss. `gct_item` is the target whose Z^s / Z^b the `[CON]` state (the last token) contrasts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    pub kind: TaskKind,
+    pub input: Vec<u32>,
+    pub prompt_len: usize,
+    pub response_len: usize,
+    pub gct_item: Option<u32>,
+}
+
+/// Length limits of the text parts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextLimits {
+    /// Tokens of a text response (title and categories), before the end-of-sequence token.
+    pub response_tokens: usize,
+    /// Words of an item title inside a prompt.
+    pub title_words: usize,
+    /// Most recent items of a history written as titles.
+    pub text_history: usize,
+}
+
+impl Default for TextLimits {
+    fn default() -> Self {
+        Self {
+            response_tokens: 32,
+            title_words: 12,
+            text_history: 5,
+        }
+    }
+}
+
+/// Everything needed to turn a plan entry into tokens.
+#[derive(Clone)]
+pub struct TaskBuilder<'a> {
+    pub ds: &'a Dataset,
+    /// Per item: its ID tokens (strings) and their vocabulary ids.
+    pub id_tokens: &'a [Vec<String>],
+    pub id_ids: &'a [Vec<u32>],
+    pub prompts: &'a Prompts,
+    pub tok: &'a Tokenizer,
+    pub samples: &'a [Sample],
+    /// Items whose text never enters training (held out for the perplexity check).
+    pub text_items: Vec<u32>,
+    pub limits: TextLimits,
+    pub con_id: Option<u32>,
+    pub eos_id: Option<u32>,
+}
+
+impl TaskBuilder<'_> {
+    /// How many source rows a task has.
+    pub fn rows(&self, k: TaskKind) -> usize {
+        match k {
+            TaskKind::Srt | TaskKind::HistText2Id | TaskKind::HistId2Text => self.samples.len(),
+            TaskKind::Id2Text | TaskKind::Text2Id => self.text_items.len(),
+        }
+    }
+
+    /// `n` planned samples: task by weight, rows in a fresh seeded permutation per task and
+    /// pass (every training prefix is seen once before any repeats), template uniformly.
+    pub fn plan(&self, mix: &TaskMix, n: usize, seed: u64) -> anyhow::Result<Vec<Planned>> {
+        let kinds: Vec<(TaskKind, f64)> = TaskKind::ALL
+            .iter()
+            .map(|&k| {
+                (
+                    k,
+                    if self.rows(k) == 0 {
+                        0.0
+                    } else {
+                        mix.weight(k)
+                    },
+                )
+            })
+            .filter(|&(_, w)| w > 0.0)
+            .collect();
+        let total: f64 = kinds.iter().map(|k| k.1).sum();
+        if kinds.is_empty() || total <= 0.0 {
+            anyhow::bail!("task mix: every task with data has weight 0");
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut perms: Vec<(Vec<usize>, usize)> = kinds.iter().map(|_| (Vec::new(), 0)).collect();
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut u = rng.random_range(0.0..total);
+            let mut ki = kinds.len() - 1;
+            for (i, &(_, w)) in kinds.iter().enumerate() {
+                if u < w {
+                    ki = i;
+                    break;
+                }
+                u -= w;
+            }
+            let kind = kinds[ki].0;
+            let (perm, pos) = &mut perms[ki];
+            if *pos >= perm.len() {
+                *perm = (0..self.rows(kind)).collect();
+                perm.shuffle(&mut rng);
+                *pos = 0;
+            }
+            let row = perm[*pos];
+            *pos += 1;
+            let template = rng.random_range(0..self.templates(kind).len());
+            out.push(Planned {
+                kind,
+                row,
+                template,
+            });
+        }
+        Ok(out)
+    }
+
+    fn templates(&self, k: TaskKind) -> &[String] {
+        match k {
+            TaskKind::Srt => &self.prompts.srt,
+            TaskKind::Id2Text => &self.prompts.id2text,
+            TaskKind::Text2Id => &self.prompts.text2id,
+            TaskKind::HistText2Id => &self.prompts.hist_text2id,
+            TaskKind::HistId2Text => &self.prompts.hist_id2text,
+        }
+    }
+
+    fn id_string(&self, item: u32) -> String {
+        self.id_tokens[item as usize].concat()
+    }
+
+    fn item_description(&self, item: u32) -> String {
+        let it = &self.ds.items[item as usize];
+        format!("{}. Categories: {}", it.title, it.categories)
+    }
+
+    fn short_title(&self, item: u32) -> String {
+        let words: Vec<&str> = self.ds.items[item as usize]
+            .title
+            .split_whitespace()
+            .take(self.limits.title_words)
+            .collect();
+        words.join(" ")
+    }
+
+    fn history_ids(&self, s: &Sample) -> String {
+        let h: Vec<String> = s.history.iter().map(|&i| self.id_string(i)).collect();
+        h.join(&self.prompts.history_separator)
+    }
+
+    fn text_response(&self, item: u32) -> anyhow::Result<Vec<u32>> {
+        let mut r = encode(self.tok, &self.item_description(item))?;
+        r.truncate(self.limits.response_tokens);
+        r.extend(self.eos_id);
+        Ok(r)
+    }
+
+    /// Tokens of one planned sample.
+    pub fn encode(&self, p: &Planned) -> anyhow::Result<Encoded> {
+        let tpl = self.templates(p.kind);
+        let (prompt, response, gct_item) = match p.kind {
+            TaskKind::Srt => {
+                let s = &self.samples[p.row];
+                let prompt = self
+                    .prompts
+                    .fill(tpl, p.template, "{history}", &self.history_ids(s));
+                let resp = self.id_ids[s.target as usize].clone();
+                (prompt, resp, self.con_id.map(|_| s.target))
+            }
+            TaskKind::Id2Text => {
+                let item = self.text_items[p.row];
+                let prompt = self
+                    .prompts
+                    .fill(tpl, p.template, "{item}", &self.id_string(item));
+                (prompt, self.text_response(item)?, None)
+            }
+            TaskKind::Text2Id => {
+                let item = self.text_items[p.row];
+                let prompt =
+                    self.prompts
+                        .fill(tpl, p.template, "{text}", &self.item_description(item));
+                (prompt, self.id_ids[item as usize].clone(), None)
+            }
+            TaskKind::HistText2Id => {
+                let s = &self.samples[p.row];
+                let from = s.history.len().saturating_sub(self.limits.text_history);
+                let titles: Vec<String> = s.history[from..]
+                    .iter()
+                    .map(|&i| format!("\"{}\"", self.short_title(i)))
+                    .collect();
+                let prompt = self
+                    .prompts
+                    .fill(tpl, p.template, "{history}", &titles.join(", "));
+                (prompt, self.id_ids[s.target as usize].clone(), None)
+            }
+            TaskKind::HistId2Text => {
+                let s = &self.samples[p.row];
+                let prompt = self
+                    .prompts
+                    .fill(tpl, p.template, "{history}", &self.history_ids(s));
+                (prompt, self.text_response(s.target)?, None)
+            }
+        };
+        let mut input = encode(self.tok, &prompt)?;
+        let prompt_len = input.len();
+        let response_len = response.len();
+        input.extend(response);
+        if let (Some(_), Some(con)) = (gct_item, self.con_id) {
+            input.push(con);
+        }
+        Ok(Encoded {
+            kind: p.kind,
+            input,
+            prompt_len,
+            response_len,
+            gct_item,
+        })
+    }
+}
+
+/// Every item except the held-out ones, in order.
+pub fn text_items(n_items: usize, heldout: &[u32]) -> Vec<u32> {
+    let h: HashSet<u32> = heldout.iter().copied().collect();
+    (0..n_items as u32).filter(|i| !h.contains(i)).collect()
+}

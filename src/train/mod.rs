@@ -1,0 +1,182 @@
+//! Training (paper 3.4): the initial stage (multi-task instruction tuning with GCT, 3.4.1) and
+//! the anneal stage (the switchable LoRA Annealing Adapter on high-grade SRT data, 3.4.2).
+
+pub mod batch;
+pub mod checkpoint;
+pub mod loss;
+pub mod optim;
+pub mod plot;
+pub mod run;
+pub mod setup;
+pub mod step;
+
+use serde::{Deserialize, Serialize};
+
+use crate::llm::LoraConfig;
+use crate::tasks::build::{TaskMix, TextLimits};
+
+/// Which stage a run trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Initial,
+    Anneal,
+}
+
+impl Stage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Initial => "initial",
+            Stage::Anneal => "anneal",
+        }
+    }
+}
+
+/// What the initial stage updates: every weight, or LoRA adapters plus the (grown) embedding
+/// and head, as PEFT's `modules_to_save` does for new tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Tune {
+    Full,
+    Lora,
+}
+
+/// The anneal stage's high-grade subset (paper 3.4.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum AnnealSelect {
+    /// Each user's most recent training sample (the longest history).
+    LatestPerUser,
+    /// Every training sample whose history holds at least `anneal_min_history` items.
+    LongHistories,
+}
+
+/// Every setting of a training run; the resolved value is written to the run directory before
+/// step 0 and into each checkpoint's `state.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub stage: Stage,
+    pub tune: Tune,
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Samples per optimizer step (the effective batch; paper: 128).
+    pub batch_size: usize,
+    /// Samples per forward/backward pass; gradients accumulate to `batch_size`.
+    pub micro_batch: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub warmup_steps: usize,
+    /// The cosine ends at `lr * min_lr_ratio`.
+    pub min_lr_ratio: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Global gradient-norm clip (0: off).
+    pub clip_norm: f64,
+    /// GCT weights (paper Eq. 7); 0 and 0 switch GCT off (no `[CON]` in the inputs).
+    pub lambda_s: f64,
+    pub lambda_b: f64,
+    pub tau: f64,
+    /// Catalogue items sampled as extra GCT negatives per micro-batch.
+    pub gct_negatives: usize,
+    pub mix: TaskMix,
+    pub text: TextLimits,
+    /// History cap of SRT samples (paper: 20).
+    pub max_history: usize,
+    /// Share of items whose text never enters training (for the perplexity check).
+    pub heldout_fraction: f64,
+    /// Validate (and checkpoint) every N steps, and after the last one.
+    pub eval_every: usize,
+    /// Validation users (a fixed seeded sample) for beam-search Recall/NDCG; 0: loss only.
+    pub valid_users: usize,
+    pub valid_beam: usize,
+    pub valid_batch: usize,
+    /// Write the resumable checkpoint every N steps (besides validation points).
+    pub save_every: usize,
+    /// Stop (with a checkpoint) after the step that passes this many minutes.
+    pub max_minutes: Option<f64>,
+    pub lora: LoraConfig,
+    pub anneal_select: AnnealSelect,
+    pub anneal_min_history: usize,
+    pub seed: u64,
+}
+
+impl TrainConfig {
+    /// The paper's settings for a stage (4.1.3): AdamW 5e-5, wd 0.01, cosine with warmup,
+    /// effective batch 128, lambda 0.1 each. Anneal trains only the adapter, at a higher rate.
+    pub fn new(stage: Stage) -> Self {
+        let anneal = stage == Stage::Anneal;
+        Self {
+            stage,
+            tune: if anneal { Tune::Lora } else { Tune::Full },
+            steps: if anneal { 200 } else { 3000 },
+            batch_size: 128,
+            micro_batch: 8,
+            lr: if anneal { 2e-4 } else { 5e-5 },
+            weight_decay: 0.01,
+            warmup_steps: if anneal { 10 } else { 100 },
+            min_lr_ratio: 0.1,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            clip_norm: 1.0,
+            lambda_s: if anneal { 0.0 } else { 0.1 },
+            lambda_b: if anneal { 0.0 } else { 0.1 },
+            tau: 0.07,
+            gct_negatives: 64,
+            mix: if anneal {
+                TaskMix::srt_only()
+            } else {
+                TaskMix::default()
+            },
+            text: TextLimits::default(),
+            max_history: crate::data::DEFAULT_MAX_HISTORY,
+            heldout_fraction: 0.02,
+            eval_every: if anneal { 50 } else { 500 },
+            valid_users: 200,
+            valid_beam: 20,
+            valid_batch: 8,
+            save_every: 50,
+            max_minutes: None,
+            lora: LoraConfig::default(),
+            anneal_select: AnnealSelect::LatestPerUser,
+            anneal_min_history: 10,
+            seed: 0,
+        }
+    }
+
+    pub fn gct(&self) -> bool {
+        self.lambda_s > 0.0 || self.lambda_b > 0.0
+    }
+
+    /// Refuses settings that cannot train, naming the key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let bad = |k: &str, why: &str| Err(anyhow::anyhow!("train config: {k}: {why}"));
+        if self.steps == 0 {
+            return bad("steps", "must be > 0");
+        }
+        if self.batch_size == 0 || self.micro_batch == 0 {
+            return bad("batch_size/micro_batch", "must be > 0");
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad("lr", "must be a positive number");
+        }
+        if self.gct() && self.tau <= 0.0 {
+            return bad("tau", "must be > 0");
+        }
+        if !(0.0..1.0).contains(&self.heldout_fraction) {
+            return bad("heldout_fraction", "must be in [0, 1)");
+        }
+        if self.eval_every == 0 || self.save_every == 0 {
+            return bad("eval_every/save_every", "must be > 0");
+        }
+        if self.stage == Stage::Anneal && self.tune != Tune::Lora {
+            return bad("tune", "the anneal stage trains a LoRA adapter only");
+        }
+        if self.lora.r == 0 {
+            return bad("lora.r", "must be > 0");
+        }
+        Ok(())
+    }
+}

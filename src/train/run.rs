@@ -1,0 +1,260 @@
+//! The training loop shared by both stages: planned samples in, steps, JSONL log, progress bar,
+//! validation with best-model keeping, resumable checkpoints, Ctrl-C and time limits.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use super::plot::{svg, Series};
+use super::step::Trainer;
+use super::TrainConfig;
+use crate::tasks::build::{Encoded, Planned, TaskBuilder};
+
+/// One validation point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValidRecord {
+    pub step: usize,
+    pub valid_loss: f64,
+    /// Beam-search metrics on the validation sample (None when `valid_users` is 0).
+    pub recall10: Option<f64>,
+    pub ndcg10: Option<f64>,
+    pub users: usize,
+    pub seconds: f64,
+}
+
+impl ValidRecord {
+    /// Higher is better: NDCG@10, then Recall@10, then lower loss.
+    fn better_than(&self, other: &ValidRecord) -> bool {
+        let key = |r: &ValidRecord| {
+            (
+                r.ndcg10.unwrap_or(0.0),
+                r.recall10.unwrap_or(0.0),
+                -r.valid_loss,
+            )
+        };
+        key(self) > key(other)
+    }
+}
+
+/// `state.json` of a checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainState {
+    pub stage: String,
+    pub step: usize,
+    pub total_steps: usize,
+    pub best: Option<ValidRecord>,
+    pub validations: Vec<ValidRecord>,
+    pub seconds: f64,
+    pub config: TrainConfig,
+    pub model: String,
+    pub index: String,
+}
+
+/// Stage-specific work the loop calls back into.
+pub trait Hooks {
+    fn validate(&mut self, t: &Trainer) -> anyhow::Result<ValidRecord>;
+    /// Writes the resumable checkpoint (and, with `best`, the best model as well).
+    fn save(&mut self, t: &Trainer, state: &TrainState, best: bool) -> anyhow::Result<()>;
+}
+
+/// How a `fit` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    Finished,
+    Interrupted,
+    TimeLimit,
+}
+
+/// Encodes the samples of step `step` (0-based).
+pub fn step_samples(
+    plan: &[Planned],
+    builder: &TaskBuilder,
+    step: usize,
+    batch: usize,
+) -> anyhow::Result<Vec<Encoded>> {
+    plan.iter()
+        .skip(step * batch)
+        .take(batch)
+        .map(|p| builder.encode(p))
+        .collect()
+}
+
+/// Keeps the log lines up to `step` (a resumed run rewrites what came after its checkpoint).
+pub fn truncate_log(path: &Path, step: usize) -> anyhow::Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s as usize <= step)
+        })
+        .collect();
+    let mut body = kept.join("\n");
+    if !body.is_empty() {
+        body.push('\n');
+    }
+    crate::util::atomic_write(path, body.as_bytes())
+}
+
+/// Trains from `trainer.step` to `cfg.steps`.
+#[allow(clippy::too_many_arguments)]
+pub fn fit(
+    trainer: &mut Trainer,
+    plan: &[Planned],
+    builder: &TaskBuilder,
+    cfg: &TrainConfig,
+    state: &mut TrainState,
+    hooks: &mut dyn Hooks,
+    log_path: &Path,
+    stop: &AtomicBool,
+    quiet: bool,
+) -> anyhow::Result<Ended> {
+    let start = Instant::now();
+    let base_seconds = state.seconds;
+    if let Some(dir) = log_path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    truncate_log(log_path, trainer.step)?;
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let pb = if quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        crate::util::progress_bar(cfg.steps as u64, "steps")
+    };
+    pb.set_position(trainer.step as u64);
+    let mut ended = Ended::Finished;
+    while trainer.step < cfg.steps {
+        let samples = step_samples(plan, builder, trainer.step, cfg.batch_size)?;
+        let Some(stats) = trainer.train_step(&samples, stop)? else {
+            ended = Ended::Interrupted;
+            break;
+        };
+        writeln!(log, "{}", serde_json::to_string(&stats)?)
+            .with_context(|| format!("writing {}", log_path.display()))?;
+        pb.set_position(stats.step as u64);
+        pb.set_message(format!(
+            "loss {:.4} ce {:.4} {:.0} tok/s",
+            stats.loss,
+            stats.ce,
+            stats.tokens as f64 / stats.seconds.max(1e-9)
+        ));
+        state.step = trainer.step;
+        state.seconds = base_seconds + start.elapsed().as_secs_f64();
+        let last = trainer.step == cfg.steps;
+        let over_time = cfg
+            .max_minutes
+            .is_some_and(|m| start.elapsed().as_secs_f64() > m * 60.0);
+        if trainer.step % cfg.eval_every == 0 || last || over_time {
+            let rec = hooks.validate(trainer)?;
+            writeln!(log, "{}", serde_json::to_string(&rec)?)?;
+            pb.println(format!(
+                "step {}: valid loss {:.4}{}",
+                rec.step,
+                rec.valid_loss,
+                match (rec.recall10, rec.ndcg10) {
+                    (Some(r), Some(n)) =>
+                        format!(", R@10 {r:.4}, N@10 {n:.4} ({} users)", rec.users),
+                    _ => String::new(),
+                }
+            ));
+            let best = state.best.as_ref().map_or(true, |b| rec.better_than(b));
+            if best {
+                state.best = Some(rec.clone());
+            }
+            state.validations.push(rec);
+            hooks.save(trainer, state, best)?;
+        } else if trainer.step % cfg.save_every == 0 {
+            hooks.save(trainer, state, false)?;
+        }
+        if over_time && !last {
+            ended = Ended::TimeLimit;
+            break;
+        }
+    }
+    pb.finish_and_clear();
+    if ended == Ended::Interrupted {
+        // Parameters only change at step ends: the state after the last full step is saved.
+        state.seconds = base_seconds + start.elapsed().as_secs_f64();
+        hooks.save(trainer, state, false)?;
+    }
+    if stop.load(Ordering::SeqCst) {
+        ended = Ended::Interrupted;
+    }
+    Ok(ended)
+}
+
+/// The loss and validation curves of a JSONL log as an SVG.
+pub fn plot_log(log_path: &Path, out: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(log_path)
+        .with_context(|| format!("reading {}", log_path.display()))?;
+    let (mut loss, mut ce, mut vloss, mut r10, mut n10) = (vec![], vec![], vec![], vec![], vec![]);
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let step = v["step"].as_f64().unwrap_or(f64::NAN);
+        if let Some(l) = v["loss"].as_f64() {
+            loss.push((step, l));
+            ce.push((step, v["ce"].as_f64().unwrap_or(f64::NAN)));
+        }
+        if let Some(l) = v["valid_loss"].as_f64() {
+            vloss.push((step, l));
+        }
+        if let Some(r) = v["recall10"].as_f64() {
+            r10.push((step, r));
+        }
+        if let Some(n) = v["ndcg10"].as_f64() {
+            n10.push((step, n));
+        }
+    }
+    let body = svg(&[
+        (
+            "training loss",
+            vec![
+                Series {
+                    name: "loss (CE + GCT)",
+                    color: "#1f77b4",
+                    points: loss,
+                },
+                Series {
+                    name: "response CE",
+                    color: "#ff7f0e",
+                    points: ce,
+                },
+                Series {
+                    name: "validation CE",
+                    color: "#2ca02c",
+                    points: vloss,
+                },
+            ],
+        ),
+        (
+            "validation (beam search)",
+            vec![
+                Series {
+                    name: "Recall@10",
+                    color: "#d62728",
+                    points: r10,
+                },
+                Series {
+                    name: "NDCG@10",
+                    color: "#9467bd",
+                    points: n10,
+                },
+            ],
+        ),
+    ]);
+    crate::util::atomic_write(out, body.as_bytes())
+}

@@ -1,0 +1,249 @@
+//! End to end: `llmbs pipeline --config tiny` on a slice of the real Beauty with a tiny
+//! random-weight model (the real SmolLM2 tokenizer), then the skip and `--from` logic, then
+//! `llmbs recommend` on the trained run.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use candle_core::{DType, Device};
+use llmbs::llm::{gguf, init::random_model, tokenizer, LlamaConfig};
+
+const BEAUTY: &str = "../shared/data/beauty";
+
+/// The first `users` users of Beauty and every item they touch, in the LC-Rec layout.
+fn beauty_slice(dir: &Path, users: usize) {
+    let inter: serde_json::Map<String, serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(BEAUTY).join("Beauty.inter.json")).unwrap(),
+    )
+    .unwrap();
+    let items: serde_json::Map<String, serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(BEAUTY).join("Beauty.item.json")).unwrap(),
+    )
+    .unwrap();
+    let kept: serde_json::Map<String, serde_json::Value> = inter.into_iter().take(users).collect();
+    let mut used = std::collections::BTreeSet::new();
+    for seq in kept.values() {
+        for i in seq.as_array().unwrap() {
+            used.insert(i.to_string().trim_matches('"').to_string());
+        }
+    }
+    let kept_items: serde_json::Map<String, serde_json::Value> = items
+        .into_iter()
+        .filter(|(k, _)| used.contains(k))
+        .collect();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("Beauty.inter.json"),
+        serde_json::to_string(&kept).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("Beauty.item.json"),
+        serde_json::to_string(&kept_items).unwrap(),
+    )
+    .unwrap();
+}
+
+/// A 2-layer, hidden-32 random model with the real SmolLM2 tokenizer, as a HF directory.
+fn tiny_model(dir: &Path) {
+    let (_, _, vocab) = gguf::load_gguf(
+        &llmbs::llm::load::default_model_path(),
+        &Device::Cpu,
+        DType::F32,
+    )
+    .expect("the default model (scripts/fetch-model.sh)");
+    let tok = tokenizer::from_gguf_vocab(vocab, "smollm2").unwrap();
+    let cfg = LlamaConfig::tiny(tok.get_vocab_size(true));
+    let (_, model) = random_model(&cfg, 3, DType::F32, &Device::Cpu).unwrap();
+    llmbs::llm::save::save_hf_dir(dir, &cfg, &tok, &model.weights()).unwrap();
+}
+
+fn llmbs(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_llmbs"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn tiny_pipeline_end_to_end_then_skips_and_reruns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("beauty-slice");
+    let model = tmp.path().join("tiny-model");
+    let run: PathBuf = tmp.path().join("run");
+    beauty_slice(&data, 40);
+    tiny_model(&model);
+    let args = [
+        "pipeline",
+        "--config",
+        "tiny",
+        "--data",
+        s(&data),
+        "--model",
+        s(&model),
+        "--run",
+        s(&run),
+        "--device",
+        "cpu",
+    ];
+    let (ok, out, err) = llmbs(&args);
+    assert!(ok, "pipeline failed:\n{out}\n{err}");
+    for f in [
+        "config.json",
+        "data/stats.json",
+        "embeddings/semantic.safetensors",
+        "embeddings/behavior.safetensors",
+        "index/Beauty.index.json",
+        "checkpoints/initial/model.safetensors",
+        "checkpoints/initial/config.json",
+        "checkpoints/initial/tokenizer.json",
+        "checkpoints/initial/state.json",
+        "checkpoints/initial/optimizer.safetensors",
+        "checkpoints/initial/projectors.safetensors",
+        "checkpoints/initial-best/model.safetensors",
+        "checkpoints/anneal/adapter_model.safetensors",
+        "checkpoints/anneal/adapter_config.json",
+        "checkpoints/anneal/state.json",
+        "train/initial/config.json",
+        "train/initial/log.jsonl",
+        "train/initial/curves.svg",
+        "train/initial/report.md",
+        "train/anneal/report.json",
+        "eval/report.json",
+        "eval/predictions.jsonl",
+        "pipeline/report.md",
+        "pipeline/report.json",
+    ] {
+        assert!(run.join(f).is_file(), "missing {f}\n{err}");
+    }
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("checkpoints/initial/state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["step"], 3);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("eval/report.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["users"], 8);
+    assert!(
+        report["checkpoint"].as_str().unwrap().contains("anneal"),
+        "{report}"
+    );
+    let preds = std::fs::read_to_string(run.join("eval/predictions.jsonl")).unwrap();
+    assert_eq!(preds.lines().count(), 8);
+    let peft: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("checkpoints/anneal/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(peft["peft_type"], "LORA");
+
+    // Everything is up to date: every stage is skipped.
+    let (ok, _, err) = llmbs(&args);
+    assert!(ok, "{err}");
+    assert_eq!(err.matches("up to date (skipped)").count(), 7, "{err}");
+
+    // --from train_anneal reruns the last two stages only.
+    let mut from = args.to_vec();
+    from.extend(["--from", "train_anneal"]);
+    let (ok, _, err) = llmbs(&from);
+    assert!(ok, "{err}");
+    assert_eq!(err.matches("up to date (skipped)").count(), 5, "{err}");
+    assert!(
+        err.contains("pipeline: train_anneal (") && err.contains("pipeline: eval ("),
+        "{err}"
+    );
+
+    // recommend: a known user, a given history, and clear errors for unknown ids.
+    let inter: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(data.join("Beauty.inter.json")).unwrap())
+            .unwrap();
+    let (user, seq) = inter.iter().next().unwrap();
+    let (ok, out, err) = llmbs(&[
+        "recommend",
+        "--run",
+        s(&run),
+        "--user",
+        user,
+        "--k",
+        "5",
+        "--json",
+        "--device",
+        "cpu",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let recs = v["recommendations"].as_array().unwrap();
+    assert_eq!(recs.len(), 5);
+    let distinct: std::collections::HashSet<&str> =
+        recs.iter().map(|r| r["item"].as_str().unwrap()).collect();
+    assert_eq!(distinct.len(), 5);
+    assert!(recs
+        .iter()
+        .all(|r| !r["title"].as_str().unwrap().is_empty()));
+    let first = seq.as_array().unwrap()[0]
+        .to_string()
+        .trim_matches('"')
+        .to_string();
+    let (ok, out, err) = llmbs(&[
+        "recommend",
+        "--run",
+        s(&run),
+        "--history",
+        &first,
+        "--k",
+        "3",
+        "--device",
+        "cpu",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.starts_with("| ") && !l.starts_with("| rank"))
+            .count(),
+        3,
+        "{out}"
+    );
+    let (ok, _, err) = llmbs(&[
+        "recommend",
+        "--run",
+        s(&run),
+        "--history",
+        &format!("{first},no-such-item"),
+        "--device",
+        "cpu",
+    ]);
+    assert!(!ok && err.contains("no-such-item"), "{err}");
+    let (ok, _, err) = llmbs(&[
+        "recommend",
+        "--run",
+        s(&run),
+        "--user",
+        "nobody-42",
+        "--device",
+        "cpu",
+    ]);
+    assert!(!ok && err.contains("nobody-42"), "{err}");
+
+    // A config with an unknown key is refused, naming it.
+    let bad = tmp.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"name": "x", "data": "d", "model": "m", "train_anneal": null, "epochs": 3}"#,
+    )
+    .unwrap();
+    let (ok, _, err) = llmbs(&["pipeline", "--config", s(&bad)]);
+    assert!(
+        !ok && err.contains("epochs") && err.contains("bad.json"),
+        "{err}"
+    );
+}

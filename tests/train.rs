@@ -1,0 +1,512 @@
+//! The trainer on a tiny random model and a tiny synthetic catalogue: the loss goes down and
+//! the model then generates the memorised next ID; gradients reach the GCT projectors and the
+//! new token rows; a resumed run follows the uninterrupted loss curve; training samples never
+//! hold validation or test targets.
+
+use std::collections::HashSet;
+use std::sync::atomic::AtomicBool;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use llmbs::data::{Dataset, Item, SplitConfig};
+use llmbs::eval::{beam_search, Trie};
+use llmbs::llm::{init::random_model, LlamaConfig};
+use llmbs::tasks::build::{Encoded, TaskBuilder, TaskKind, TaskMix, TextLimits};
+use llmbs::tasks::Prompts;
+use llmbs::train::loss::Gct;
+use llmbs::train::optim::{AdamW, AdamWConfig};
+use llmbs::train::setup::{params, restore, seed_new_modules, varmap_vars};
+use llmbs::train::step::{StepConfig, Trainer};
+
+const VOCAB: usize = 48;
+const CON: u32 = 47;
+const N_ITEMS: usize = 6;
+
+/// Item i's ID: tokens 30 + i and 40 + (i % 3): two levels, unique.
+fn item_id(i: usize) -> Vec<u32> {
+    vec![30 + i as u32, 40 + (i % 3) as u32]
+}
+
+/// SRT samples of the cycle 0 -> 1 -> ... -> 5 -> 0: prompt [1, 2, hist ids.., 3], response the
+/// next item's ID, then [CON].
+fn cycle_samples(gct: bool) -> Vec<Encoded> {
+    (0..N_ITEMS)
+        .map(|i| {
+            let mut input = vec![1u32, 2];
+            for k in 0..3 {
+                input.extend(item_id((i + N_ITEMS - 2 + k) % N_ITEMS));
+            }
+            input.push(3);
+            let prompt_len = input.len();
+            let next = (i + 1) % N_ITEMS;
+            input.extend(item_id(next));
+            if gct {
+                input.push(CON);
+            }
+            Encoded {
+                kind: TaskKind::Srt,
+                input,
+                prompt_len,
+                response_len: 2,
+                gct_item: gct.then_some(next as u32),
+            }
+        })
+        .collect()
+}
+
+fn step_cfg(lr: f64, total: usize) -> StepConfig {
+    StepConfig {
+        lr,
+        warmup: 2,
+        total,
+        min_lr_ratio: 0.1,
+        clip_norm: 1.0,
+        lambda_s: 0.1,
+        lambda_b: 0.1,
+        micro_batch: 4,
+        seed: 5,
+    }
+}
+
+struct Parts {
+    trainer: Trainer,
+    model_vm: VarMap,
+    gct_vm: VarMap,
+}
+
+fn trainer(seed: u64, lr: f64, total: usize) -> Parts {
+    let dev = Device::Cpu;
+    let (model_vm, model) =
+        random_model(&LlamaConfig::tiny(VOCAB), seed, DType::F32, &dev).unwrap();
+    let gct_vm = VarMap::new();
+    // Fixed exogenous tables (as read from files in a real run).
+    let table = |d: usize| {
+        let v: Vec<f32> = (0..N_ITEMS * d)
+            .map(|i| ((i * 7919 % 23) as f32 - 11.0) / 11.0)
+            .collect();
+        Tensor::from_vec(v, (N_ITEMS, d), &dev).unwrap()
+    };
+    let (zs, zb) = (table(8), table(4));
+    let gct = Gct::new(
+        32,
+        zs,
+        zb,
+        0.5,
+        3,
+        VarBuilder::from_varmap(&gct_vm, DType::F32, &dev),
+    )
+    .unwrap();
+    seed_new_modules(&gct_vm, 9).unwrap();
+    let p = params(vec![
+        varmap_vars(&model_vm, ""),
+        varmap_vars(&gct_vm, "gct."),
+    ]);
+    let cfg = AdamWConfig {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.01,
+    };
+    let opt = AdamW::new(cfg, &p).unwrap();
+    Parts {
+        trainer: Trainer {
+            model,
+            params: p,
+            gct: Some(gct),
+            opt,
+            cfg: step_cfg(lr, total),
+            step: 0,
+        },
+        model_vm,
+        gct_vm,
+    }
+}
+
+#[test]
+fn loss_goes_down_and_the_memorised_next_id_is_generated() {
+    let mut parts = trainer(1, 1e-2, 80);
+    let t = &mut parts.trainer;
+    let samples = cycle_samples(true);
+    let stop = AtomicBool::new(false);
+    let mut losses = Vec::new();
+    for _ in 0..80 {
+        losses.push(t.train_step(&samples, &stop).unwrap().unwrap());
+    }
+    let (first, last) = (losses[0].ce, losses.last().unwrap().ce);
+    assert!(last < 0.1 * first, "ce {first} -> {last}");
+    assert!(
+        losses.last().unwrap().gct_s < losses[0].gct_s,
+        "GCT semantic term did not fall"
+    );
+    let ids: Vec<Vec<u32>> = (0..N_ITEMS).map(item_id).collect();
+    let trie = Trie::new(&ids).unwrap();
+    let prompts: Vec<Vec<u32>> = samples
+        .iter()
+        .map(|s| s.input[..s.prompt_len].to_vec())
+        .collect();
+    let out = beam_search(&t.model, &prompts, &trie, 4).unwrap();
+    for (i, r) in out.iter().enumerate() {
+        assert_eq!(r[0].0 as usize, (i + 1) % N_ITEMS, "user {i}: {r:?}");
+    }
+}
+
+#[test]
+fn gradients_reach_the_projectors_and_the_new_token_rows() {
+    let mut parts = trainer(2, 1e-3, 10);
+    let before_proj = varmap_vars(&parts.gct_vm, "")
+        .iter()
+        .map(|(n, v)| (n.clone(), v.as_tensor().copy().unwrap()))
+        .collect::<Vec<_>>();
+    let emb = |vm: &VarMap| {
+        varmap_vars(vm, "")
+            .into_iter()
+            .find(|(n, _)| n == "model.embed_tokens.weight")
+            .unwrap()
+            .1
+            .as_tensor()
+            .copy()
+            .unwrap()
+    };
+    let e0 = emb(&parts.model_vm);
+    let stop = AtomicBool::new(false);
+    parts
+        .trainer
+        .train_step(&cycle_samples(true), &stop)
+        .unwrap()
+        .unwrap();
+    for ((n, b), (_, v)) in before_proj.iter().zip(varmap_vars(&parts.gct_vm, "")) {
+        let d = (b - v.as_tensor())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d > 0.0, "projector {n} did not move");
+    }
+    let e1 = emb(&parts.model_vm);
+    let moved = |row: u32| {
+        let d = (e0.get(row as usize).unwrap() - e1.get(row as usize).unwrap()).unwrap();
+        d.abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    assert!(
+        moved(30) > 0.0 && moved(40) > 0.0,
+        "ID token rows did not move"
+    );
+    assert!(moved(CON) > 0.0, "[CON] row did not move");
+}
+
+#[test]
+fn a_resumed_run_follows_the_uninterrupted_loss_curve() {
+    let samples = cycle_samples(true);
+    let stop = AtomicBool::new(false);
+    let mut straight = trainer(3, 5e-3, 6);
+    let full: Vec<f64> = (0..6)
+        .map(|_| {
+            straight
+                .trainer
+                .train_step(&samples, &stop)
+                .unwrap()
+                .unwrap()
+                .loss
+        })
+        .collect();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = trainer(3, 5e-3, 6);
+    for _ in 0..3 {
+        first.trainer.train_step(&samples, &stop).unwrap().unwrap();
+    }
+    let model_path = dir.path().join("model.safetensors");
+    let proj_path = dir.path().join("projectors.safetensors");
+    let opt_path = dir.path().join("optimizer.safetensors");
+    first.model_vm.save(&model_path).unwrap();
+    first.gct_vm.save(&proj_path).unwrap();
+    first
+        .trainer
+        .opt
+        .save(&first.trainer.params, &opt_path)
+        .unwrap();
+
+    // A fresh process: other random weights, then everything restored from the files.
+    let mut resumed = trainer(99, 5e-3, 6);
+    restore(&varmap_vars(&resumed.model_vm, ""), &model_path, |n| {
+        n.to_string()
+    })
+    .unwrap();
+    restore(&varmap_vars(&resumed.gct_vm, ""), &proj_path, |n| {
+        n.to_string()
+    })
+    .unwrap();
+    resumed
+        .trainer
+        .opt
+        .load(&resumed.trainer.params, &opt_path)
+        .unwrap();
+    resumed.trainer.step = 3;
+    let rest: Vec<f64> = (0..3)
+        .map(|_| {
+            resumed
+                .trainer
+                .train_step(&samples, &stop)
+                .unwrap()
+                .unwrap()
+                .loss
+        })
+        .collect();
+    for (a, b) in full[3..].iter().zip(&rest) {
+        assert!(
+            (a - b).abs() < 1e-6,
+            "straight {:?} vs resumed {rest:?}",
+            &full[3..]
+        );
+    }
+}
+
+#[test]
+fn a_raised_stop_leaves_the_parameters_untouched() {
+    let mut parts = trainer(4, 1e-2, 5);
+    let before = varmap_vars(&parts.model_vm, "")[0]
+        .1
+        .as_tensor()
+        .copy()
+        .unwrap();
+    let stop = AtomicBool::new(true);
+    assert!(parts
+        .trainer
+        .train_step(&cycle_samples(true), &stop)
+        .unwrap()
+        .is_none());
+    let after = varmap_vars(&parts.model_vm, "")[0]
+        .1
+        .as_tensor()
+        .copy()
+        .unwrap();
+    let d: f32 = (before - after)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    assert_eq!(d, 0.0);
+    assert_eq!(parts.trainer.step, 0);
+}
+
+/// A word-level tokenizer over the synthetic item texts, the prompt words and the ID tokens.
+fn word_tokenizer(extra: &[String]) -> tokenizers::Tokenizer {
+    use tokenizers::models::wordlevel::WordLevel;
+    use tokenizers::pre_tokenizers::whitespace::Whitespace;
+    let mut vocab: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
+    vocab.insert("[UNK]".into(), 0);
+    let model = WordLevel::builder()
+        .vocab(vocab.into_iter().collect())
+        .unk_token("[UNK]".into())
+        .build()
+        .unwrap();
+    let mut tok = tokenizers::Tokenizer::new(model);
+    tok.with_pre_tokenizer(Some(Whitespace {}));
+    let added: Vec<tokenizers::AddedToken> = extra
+        .iter()
+        .map(|t| tokenizers::AddedToken::from(t.clone(), true))
+        .collect();
+    tok.add_special_tokens(added).unwrap();
+    tok
+}
+
+#[test]
+fn training_tasks_never_hold_validation_or_test_targets() {
+    // 12 users with disjoint items: user u owns items 6u..6u+5, bought in order.
+    let users = 12;
+    let items: Vec<Item> = (0..users * 6)
+        .map(|i| Item {
+            id: format!("{i}"),
+            title: format!("Product {i}"),
+            categories: "Beauty".into(),
+            brand: None,
+            description: None,
+            text: format!("Product {i}. Categories: Beauty"),
+        })
+        .collect();
+    let seqs: Vec<Vec<u32>> = (0..users as u32)
+        .map(|u| (6 * u..6 * u + 6).collect())
+        .collect();
+    let ds = Dataset::from_parts(
+        "Toy".into(),
+        (0..users).map(|u| format!("u{u}")).collect(),
+        seqs,
+        items,
+        None,
+    )
+    .unwrap();
+    let split = ds.split(&SplitConfig::default()).unwrap();
+    let id_tokens: Vec<Vec<String>> = (0..ds.items.len())
+        .map(|i| vec![format!("<a_{i}>")])
+        .collect();
+    let all: Vec<String> = id_tokens
+        .iter()
+        .flatten()
+        .cloned()
+        .chain(["[CON]".to_string()])
+        .collect();
+    let tok = word_tokenizer(&all);
+    let vocab = tok.get_vocab(true);
+    let id_ids: Vec<Vec<u32>> = id_tokens
+        .iter()
+        .map(|v| v.iter().map(|t| vocab[t]).collect())
+        .collect();
+    let samples = split.train_samples(20);
+    let prompts = Prompts::embedded().unwrap();
+    let b = TaskBuilder {
+        ds: &ds,
+        id_tokens: &id_tokens,
+        id_ids: &id_ids,
+        prompts: &prompts,
+        tok: &tok,
+        samples: &samples,
+        text_items: (0..ds.items.len() as u32).collect(),
+        limits: TextLimits::default(),
+        con_id: Some(vocab["[CON]"]),
+        eos_id: Some(0),
+    };
+    let held: HashSet<u32> = split
+        .valid
+        .iter()
+        .chain(&split.test)
+        .map(|s| id_ids[s.target as usize][0])
+        .collect();
+    let plan = b.plan(&TaskMix::default(), 2000, 7).unwrap();
+    let mut kinds = HashSet::new();
+    for p in &plan {
+        let e = b.encode(p).unwrap();
+        kinds.insert(e.kind);
+        if matches!(
+            e.kind,
+            TaskKind::Srt | TaskKind::HistText2Id | TaskKind::HistId2Text
+        ) {
+            assert!(
+                !e.input.iter().any(|t| held.contains(t)),
+                "{:?} holds a held-out target",
+                e.kind
+            );
+            if let Some(g) = e.gct_item {
+                assert!(!held.contains(&id_ids[g as usize][0]));
+                assert_eq!(*e.input.last().unwrap(), vocab["[CON]"]);
+            }
+        }
+        assert!(e.response_len > 0 && e.prompt_len > 0);
+    }
+    assert_eq!(kinds.len(), 5, "every task appears: {kinds:?}");
+    // Every training prefix is planned before any repeats.
+    let srt: Vec<usize> = plan
+        .iter()
+        .filter(|p| p.kind == TaskKind::Srt)
+        .map(|p| p.row)
+        .collect();
+    let first: HashSet<usize> = srt.iter().take(samples.len()).copied().collect();
+    assert_eq!(first.len(), samples.len().min(srt.len()));
+    // The same seed gives the same plan.
+    assert_eq!(plan, b.plan(&TaskMix::default(), 2000, 7).unwrap());
+}
+
+#[test]
+fn annealing_trains_only_the_adapter_and_switches_off_to_the_base() {
+    let dev = Device::Cpu;
+    let (vm, _) = random_model(&LlamaConfig::tiny(VOCAB), 6, DType::F32, &dev).unwrap();
+    // The frozen base: plain tensors (copies), not variables.
+    let base: std::collections::HashMap<String, Tensor> = varmap_vars(&vm, "")
+        .into_iter()
+        .map(|(n, v)| (n, v.as_tensor().copy().unwrap()))
+        .collect();
+    let snapshot = base.clone();
+    let mut model = llmbs::llm::Llama::new(
+        &LlamaConfig::tiny(VOCAB),
+        VarBuilder::from_tensors(base, DType::F32, &dev),
+    )
+    .unwrap();
+    let lora_vm = VarMap::new();
+    let lc = llmbs::llm::LoraConfig {
+        lora_dropout: 0.0,
+        ..Default::default()
+    };
+    model
+        .attach_lora(&lc, VarBuilder::from_varmap(&lora_vm, DType::F32, &dev))
+        .unwrap();
+    seed_new_modules(&lora_vm, 1).unwrap();
+    let ids = Tensor::new(&[[1u32, 2, 30, 40, 3]], &dev).unwrap();
+    let base_logits = model.forward_logits(&ids, llmbs::llm::Mode::Infer).unwrap();
+    let p = params(vec![varmap_vars(&lora_vm, "")]);
+    assert!(p.names.iter().all(|n| n.contains("lora_")));
+    let cfg = AdamWConfig {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.01,
+    };
+    let opt = AdamW::new(cfg, &p).unwrap();
+    let mut t = Trainer {
+        model,
+        params: p,
+        gct: None,
+        opt,
+        cfg: step_cfg(1e-2, 20),
+        step: 0,
+    };
+    let samples = cycle_samples(false);
+    let stop = AtomicBool::new(false);
+    let first = t.train_step(&samples, &stop).unwrap().unwrap().ce;
+    let mut last = first;
+    for _ in 0..19 {
+        last = t.train_step(&samples, &stop).unwrap().unwrap().ce;
+    }
+    assert!(
+        last < first,
+        "adapter training did not lower the loss: {first} -> {last}"
+    );
+    for (n, w) in t.model.weights() {
+        let d: f32 = (&w - &snapshot[&n])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert_eq!(d, 0.0, "base weight {n} changed");
+    }
+    let on = t
+        .model
+        .forward_logits(&ids, llmbs::llm::Mode::Infer)
+        .unwrap();
+    t.model.set_adapter_enabled(false);
+    let off = t
+        .model
+        .forward_logits(&ids, llmbs::llm::Mode::Infer)
+        .unwrap();
+    let diff = |a: &Tensor, b: &Tensor| -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    };
+    assert_eq!(
+        diff(&off, &base_logits),
+        0.0,
+        "adapter off must be the base model"
+    );
+    assert!(
+        diff(&on, &base_logits) > 1e-3,
+        "the trained adapter changes nothing"
+    );
+}

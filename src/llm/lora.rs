@@ -1,7 +1,11 @@
 //! Linear projections with an optional LoRA adapter (paper 3.4.2, the Annealing Adapter).
 
+use std::sync::{Arc, Mutex};
+
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 /// LoRA hyper-parameters, with the field names of PEFT's `adapter_config.json`.
@@ -47,6 +51,8 @@ struct LoraPair {
     b: Tensor, // [out, r]
     scale: f64,
     dropout: f32,
+    /// Seeded dropout masks (candle's own dropout draws from an unseeded RNG).
+    rng: Option<Arc<Mutex<StdRng>>>,
 }
 
 /// A bias-free linear layer `y = x W^T (+ scale * dropout(x) A^T B^T)`.
@@ -90,8 +96,17 @@ impl Proj {
             b,
             scale: cfg.scale(),
             dropout: cfg.lora_dropout,
+            rng: None,
         });
         Ok(())
+    }
+
+    /// Draws this adapter's dropout masks from a generator seeded with `seed` (no-op without
+    /// an adapter), so adapter training is reproducible.
+    pub fn seed_dropout(&mut self, seed: u64) {
+        if let Some(l) = &mut self.lora {
+            l.rng = Some(Arc::new(Mutex::new(StdRng::seed_from_u64(seed))));
+        }
     }
 
     pub fn weight(&self) -> &Tensor {
@@ -145,7 +160,7 @@ impl Proj {
         if adapter {
             if let Some(l) = &self.lora {
                 let xd = if train && l.dropout > 0.0 {
-                    candle_nn::ops::dropout(&x2, l.dropout)?
+                    dropout(&x2, l.dropout, l.rng.as_deref())?
                 } else {
                     x2.clone()
                 };
@@ -164,4 +179,20 @@ impl Module for Proj {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_with(x, true, false)
     }
+}
+
+/// Inverted dropout of `x` with rate `p`; seeded when `rng` is given.
+fn dropout(x: &Tensor, p: f32, rng: Option<&Mutex<StdRng>>) -> Result<Tensor> {
+    let Some(rng) = rng else {
+        return candle_nn::ops::dropout(x, p);
+    };
+    let mut rng = rng
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("dropout RNG lock poisoned".into()))?;
+    let keep = 1.0 / (1.0 - p);
+    let mask: Vec<f32> = (0..x.elem_count())
+        .map(|_| if rng.random::<f32>() >= p { keep } else { 0.0 })
+        .collect();
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+    x.mul(&mask)
 }

@@ -342,6 +342,16 @@ impl Llama {
         self.adapter_enabled = on;
     }
 
+    /// Seeds every adapter's dropout (each projection from its own stream of `seed`).
+    pub fn seed_dropout(&mut self, seed: u64) {
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            for (j, (_, _, proj)) in layer.projs_mut().into_iter().enumerate() {
+                let k = (i * 8 + j) as u64;
+                proj.seed_dropout(seed ^ k.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            }
+        }
+    }
+
     pub fn new_cache(&self) -> KvCache {
         KvCache::new(self.layers.len())
     }

@@ -75,9 +75,9 @@ impl Trainer {
         let (mut tokens, mut padded) = (0, 0);
         // Negatives for the contrastive terms come from the step's own seed so a resumed run
         // draws the same ones.
-        let mut rng = rand::rngs::StdRng::seed_from_u64(
-            c.seed ^ (self.step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-        );
+        let step_seed = c.seed ^ (self.step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(step_seed);
+        self.model.seed_dropout(step_seed ^ 0xD0_0D);
         for group in bucket(samples, c.micro_batch) {
             if stop.load(Ordering::SeqCst) {
                 return Ok(None);

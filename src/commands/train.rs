@@ -50,36 +50,49 @@ pub struct TrainArgs {
     /// Continue from RUN/checkpoints/<stage> (its saved config is used)
     #[arg(long)]
     pub resume: bool,
+    /// Optimizer steps (initial 3000, anneal 200)
     #[arg(long)]
     pub steps: Option<usize>,
+    /// Samples per optimizer step, the effective batch (128)
     #[arg(long)]
     pub batch_size: Option<usize>,
+    /// Samples per forward/backward; gradients accumulate to --batch-size (8)
     #[arg(long)]
     pub micro_batch: Option<usize>,
+    /// Peak learning rate of the cosine schedule (initial 5e-5, anneal 2e-4)
     #[arg(long)]
     pub lr: Option<f64>,
+    /// Linear warmup steps (initial 100, anneal 10)
     #[arg(long)]
     pub warmup_steps: Option<usize>,
+    /// Initial stage: every weight (full) or LoRA + the grown embedding (lora)
     #[arg(long, value_enum)]
     pub tune: Option<Tune>,
-    /// GCT weights (paper lambda1, lambda2); 0 switches that term off
+    /// Weight of the semantic InfoNCE term (paper lambda1, 0.1); both 0 switch GCT off
     #[arg(long)]
     pub lambda_s: Option<f64>,
+    /// Weight of the behavior InfoNCE term (paper lambda2, 0.1)
     #[arg(long)]
     pub lambda_b: Option<f64>,
+    /// InfoNCE temperature of GCT (0.07)
     #[arg(long)]
     pub tau: Option<f64>,
     /// Task weights, e.g. srt=2,id2text=0.25,text2id=0.25,hist_text2id=0.25,hist_id2text=0.25
     #[arg(long)]
     pub mix: Option<String>,
+    /// History cap of the recommendation samples (20)
     #[arg(long)]
     pub max_history: Option<usize>,
+    /// Validate (loss, beam-search R@10/N@10) and checkpoint every N steps
     #[arg(long)]
     pub eval_every: Option<usize>,
+    /// Validation users for the beam search (a fixed seeded sample; 200)
     #[arg(long)]
     pub valid_users: Option<usize>,
+    /// Stop with a checkpoint after the step that passes this many minutes
     #[arg(long)]
     pub max_minutes: Option<f64>,
+    /// Seed of the sample plan, templates, new rows, adapters, projectors (0)
     #[arg(long)]
     pub seed: Option<u64>,
     /// Prompt file (default: the embedded configs/prompts.json)

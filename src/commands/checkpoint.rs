@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use crate::llm::{peft, Llama, LoraConfig, ModelSource};
+use candle_core::{DType, Device};
+
+use crate::eval::ItemIds;
+use crate::llm::{peft, vocab, Llama, Loaded, LoraConfig, ModelSource};
 
 /// The initial stage's checkpoint inside a run (an HF directory).
 pub const INITIAL_DIR: &str = "checkpoints/initial";
@@ -123,6 +126,61 @@ pub fn short_name(path: &str, run: Option<&Path>) -> String {
             }
         })
         .collect()
+}
+
+/// A run's model ready for decoding: the backbone (`--model`, or the run's best initial
+/// checkpoint) with every ID token and `[CON]` in its vocabulary, an adapter bundled with it
+/// merged, and the `--adapter` attached.
+pub struct RunModel {
+    pub loaded: Loaded,
+    pub model: Llama,
+    pub items: ItemIds,
+    pub src: ModelSource,
+    /// What was loaded, for reports.
+    pub desc: String,
+    /// ID-token rows added untrained (0 for a trained checkpoint).
+    pub fresh_rows: usize,
+}
+
+/// Loads what `eval` and `recommend` decode with; `tokens` are the items' ID tokens.
+pub fn load_run_model(
+    model: Option<&str>,
+    adapter: &str,
+    run: &Path,
+    tokens: Vec<Vec<String>>,
+    vocab_seed: u64,
+    device: &Device,
+    dtype: DType,
+) -> anyhow::Result<RunModel> {
+    let src = ModelSource::parse(&resolve_model(model, Some(run)))?;
+    let adapter = resolve_adapter(adapter, Some(run))?;
+    let mut loaded = Loaded::load(&src, device, dtype)?;
+    let rows_before = loaded.cfg.vocab_size;
+    let mut new_tokens: Vec<String> = tokens.iter().flatten().cloned().collect();
+    new_tokens.sort();
+    new_tokens.dedup();
+    new_tokens.push(vocab::CON_TOKEN.to_string());
+    vocab::extend_vocab(&mut loaded, &new_tokens, vocab_seed)?;
+    // A trained checkpoint already has every ID token: then nothing is added here.
+    let fresh_rows = loaded.cfg.vocab_size - rows_before;
+    let mut m = loaded.build(device)?;
+    let bundled = merge_bundled_adapter(&mut m, &src)?;
+    if let Some(dir) = &adapter {
+        attach_adapter(&mut m, dir)?;
+    }
+    let mut desc = describe_with(&src, bundled, adapter.as_deref());
+    if fresh_rows > 0 {
+        desc.push_str(&format!(", {fresh_rows} fresh ID-token rows (untrained)"));
+    }
+    let items = ItemIds::new(tokens, &loaded.tokenizer)?;
+    Ok(RunModel {
+        loaded,
+        model: m,
+        items,
+        src,
+        desc,
+        fresh_rows,
+    })
 }
 
 #[cfg(test)]

@@ -10,8 +10,7 @@ use rand::SeedableRng;
 
 use crate::data::{Dataset, Sample, SplitConfig};
 use crate::device::{device_name, DeviceArgs};
-use crate::eval::{self, ItemIds, Prediction};
-use crate::llm::{vocab, Loaded, ModelSource};
+use crate::eval::{self, Prediction};
 use crate::metrics::rank_of;
 use crate::tasks::Prompts;
 use crate::util::{atomic_write, atomic_write_with, progress_bar, write_json};
@@ -96,28 +95,22 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         Some(p) => Prompts::load(p)?,
         None => Prompts::embedded()?,
     };
-    let model_arg = checkpoint::resolve_model(a.model.as_deref(), Some(&a.run));
-    let adapter = checkpoint::resolve_adapter(&a.adapter, Some(&a.run))?;
-    let src = ModelSource::parse(&model_arg)?;
-    let mut loaded = Loaded::load(&src, &device, dtype)?;
-    let rows_before = loaded.cfg.vocab_size;
-    let mut new_tokens: Vec<String> = tokens.iter().flatten().cloned().collect();
-    new_tokens.sort();
-    new_tokens.dedup();
-    new_tokens.push(vocab::CON_TOKEN.to_string());
-    vocab::extend_vocab(&mut loaded, &new_tokens, a.vocab_seed)?;
-    // A trained checkpoint already has every ID token: then nothing is added here.
-    let fresh_rows = loaded.cfg.vocab_size - rows_before;
-    let mut model = loaded.build(&device)?;
-    let bundled = checkpoint::merge_bundled_adapter(&mut model, &src)?;
-    if let Some(dir) = &adapter {
-        checkpoint::attach_adapter(&mut model, dir)?;
-    }
-    let mut loaded_desc = checkpoint::describe_with(&src, bundled, adapter.as_deref());
-    if fresh_rows > 0 {
-        loaded_desc.push_str(&format!(", {fresh_rows} fresh ID-token rows (untrained)"));
-    }
-    let items = ItemIds::new(tokens, &loaded.tokenizer)?;
+    let checkpoint::RunModel {
+        loaded,
+        model,
+        items,
+        src,
+        desc: loaded_desc,
+        ..
+    } = checkpoint::load_run_model(
+        a.model.as_deref(),
+        &a.adapter,
+        &a.run,
+        tokens,
+        a.vocab_seed,
+        &device,
+        dtype,
+    )?;
 
     let mut samples: Vec<Sample> = if a.split == "test" {
         split.test.clone()

@@ -8,8 +8,8 @@ use serde::Serialize;
 
 use crate::data::Dataset;
 use crate::device::DeviceArgs;
-use crate::eval::{beam_search, ItemIds};
-use crate::llm::{tokenizer::encode, vocab, Loaded, ModelSource};
+use crate::eval::beam_search;
+use crate::llm::tokenizer::encode;
 use crate::tasks::Prompts;
 
 use super::checkpoint;
@@ -110,36 +110,30 @@ pub fn run(a: RecommendArgs) -> anyhow::Result<()> {
     let index_path = super::eval::find_index(&a.run)?;
     let (index, _) = crate::index::load_external(&index_path, &ds)?;
     let tokens: Vec<Vec<String>> = (0..index.len()).map(|i| index.id_strings(i)).collect();
-    let model_arg = checkpoint::resolve_model(a.model.as_deref(), Some(&a.run));
-    let adapter = checkpoint::resolve_adapter(&a.adapter, Some(&a.run))?;
-    let src = ModelSource::parse(&model_arg)?;
-    let mut loaded = Loaded::load(&src, &device, dtype)?;
-    let before = loaded.cfg.vocab_size;
-    let mut new_tokens: Vec<String> = tokens.iter().flatten().cloned().collect();
-    new_tokens.sort();
-    new_tokens.dedup();
-    new_tokens.push(vocab::CON_TOKEN.to_string());
-    vocab::extend_vocab(&mut loaded, &new_tokens, 0)?;
-    if loaded.cfg.vocab_size != before {
+    let rm = checkpoint::load_run_model(
+        a.model.as_deref(),
+        &a.adapter,
+        &a.run,
+        tokens,
+        0,
+        &device,
+        dtype,
+    )?;
+    if rm.fresh_rows > 0 {
         eprintln!(
             "warning: {} has no trained ID tokens ({} added untrained): run `llmbs train` first",
-            src.describe(),
-            loaded.cfg.vocab_size - before
+            rm.src.describe(),
+            rm.fresh_rows
         );
     }
-    let mut model = loaded.build(&device)?;
-    checkpoint::merge_bundled_adapter(&mut model, &src)?;
-    if let Some(dir) = &adapter {
-        checkpoint::attach_adapter(&mut model, dir)?;
-    }
-    let items = ItemIds::new(tokens, &loaded.tokenizer)?;
+    let (loaded, model, items) = (&rm.loaded, &rm.model, &rm.items);
     let prompts = Prompts::embedded()?;
     let h: Vec<&[String]> = hist
         .iter()
         .map(|&i| items.tokens[i as usize].as_slice())
         .collect();
     let prompt = encode(&loaded.tokenizer, &prompts.srt_prompt(0, &h))?;
-    let ranked = beam_search(&model, &[prompt], &items.trie, a.beam.max(a.k))?;
+    let ranked = beam_search(model, &[prompt], &items.trie, a.beam.max(a.k))?;
     let recs: Vec<Rec> = ranked
         .first()
         .map(|r| r.as_slice())
@@ -161,7 +155,7 @@ pub fn run(a: RecommendArgs) -> anyhow::Result<()> {
             .collect();
         let v = serde_json::json!({
             "user": a.user, "history": hist_ids, "k": a.k,
-            "model": checkpoint::describe(&src, adapter.as_deref()), "recommendations": recs,
+            "model": rm.desc, "recommendations": recs,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {

@@ -163,6 +163,23 @@ fn tiny_pipeline_end_to_end_then_skips_and_reruns() {
         "{err}"
     );
 
+    // An ablation without the anneal stage: everything before eval is reused from the base
+    // run (checkpoints included), and eval uses the trained initial model without an adapter.
+    let mut abl = args.to_vec();
+    abl.extend(["--ablation", "anneal=off"]);
+    let (ok, _, err) = llmbs(&abl);
+    assert!(ok, "{err}");
+    assert_eq!(err.matches("reused from").count(), 5, "{err}");
+    let arun = tmp.path().join("run-anneal-off");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(arun.join("eval/report.json")).unwrap())
+            .unwrap();
+    let ck = report["checkpoint"].as_str().unwrap();
+    assert!(
+        ck.contains("initial-best") && ck.contains("adapter off") && !ck.contains("fresh"),
+        "{ck}"
+    );
+
     // recommend: a known user, a given history, and clear errors for unknown ids.
     let inter: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(data.join("Beauty.inter.json")).unwrap())

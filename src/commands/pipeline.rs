@@ -73,7 +73,7 @@ pub struct PipelineArgs {
     /// Override the config's backbone
     #[arg(long)]
     pub model: Option<String>,
-    /// Run directory (default: runs/<name>[-<ablations>])
+    /// Run directory (default: runs/<name>); with --ablation, <run>-<ablations> beside it
     #[arg(long)]
     pub run: Option<PathBuf>,
     /// Rerun this stage and every later one, whatever their hashes say
@@ -357,18 +357,47 @@ fn reuse(from_run: &Path, run: &Path, st: &Stage, hash: &str) -> anyhow::Result<
     if side.hash != hash {
         return Ok(false);
     }
+    // A training stage's outputs are whole directories (checkpoints, best model, logs): every
+    // file under them travels, not only the marker files.
+    let dirs: Vec<PathBuf> = match st.name {
+        "train_initial" | "train_anneal" => {
+            let stage = st.name.trim_start_matches("train_");
+            vec![
+                PathBuf::from("checkpoints").join(stage),
+                PathBuf::from("checkpoints").join(format!("{stage}-best")),
+                PathBuf::from("train").join(stage),
+            ]
+        }
+        _ => Vec::new(),
+    };
     for out in &st.outputs {
         let rel = out.strip_prefix(run).unwrap_or(out);
-        let src = from_run.join(rel);
-        if !src.is_file() {
+        if !from_run.join(rel).is_file() {
             return Ok(false);
         }
+    }
+    let mut files: Vec<PathBuf> = st
+        .outputs
+        .iter()
+        .map(|o| o.strip_prefix(run).unwrap_or(o).to_path_buf())
+        .collect();
+    for d in dirs {
+        if let Ok(entries) = std::fs::read_dir(from_run.join(&d)) {
+            for e in entries.flatten() {
+                if e.path().is_file() {
+                    files.push(d.join(e.file_name()));
+                }
+            }
+        }
+    }
+    for rel in files {
+        let (src, out) = (from_run.join(&rel), run.join(&rel));
         if let Some(d) = out.parent() {
             std::fs::create_dir_all(d)?;
         }
-        let _ = std::fs::remove_file(out);
-        if std::fs::hard_link(&src, out).is_err() {
-            std::fs::copy(&src, out).with_context(|| format!("copying {}", src.display()))?;
+        let _ = std::fs::remove_file(&out);
+        if std::fs::hard_link(&src, &out).is_err() {
+            std::fs::copy(&src, &out).with_context(|| format!("copying {}", src.display()))?;
         }
     }
     Ok(true)
@@ -382,12 +411,15 @@ pub fn run(a: PipelineArgs) -> anyhow::Result<()> {
     if let Some(m) = &a.model {
         c.model = m.clone();
     }
-    let base_run = PathBuf::from("runs").join(&c.name);
-    let suffix = apply_ablations(&mut c, &a.ablation)?;
-    let run = a
+    let base_run = a
         .run
         .clone()
-        .unwrap_or_else(|| PathBuf::from("runs").join(format!("{}{suffix}", c.name)));
+        .unwrap_or_else(|| PathBuf::from("runs").join(&c.name));
+    let suffix = apply_ablations(&mut c, &a.ablation)?;
+    // An ablation runs beside its base run (`<run>-<ablations>`) and reuses its unchanged stages.
+    let mut run_name = base_run.as_os_str().to_owned();
+    run_name.push(&suffix);
+    let run = PathBuf::from(run_name);
     std::fs::create_dir_all(run.join("pipeline"))
         .with_context(|| format!("creating {}", run.display()))?;
     write_json(&run.join("config.json"), &c)?;

@@ -1,6 +1,9 @@
 //! Backbone tests: tiny random models for the invariances, the real SmolLM2 GGUF for tokenizer
 //! ids and parity with candle-transformers' quantized llama.
 
+mod common;
+use common::max_diff;
+
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, IndexOp, Tensor, D};
@@ -19,19 +22,6 @@ fn ids(rows: &[&[u32]]) -> Tensor {
     let t = rows[0].len();
     let flat: Vec<u32> = rows.iter().flat_map(|r| r.iter().copied()).collect();
     Tensor::from_vec(flat, (rows.len(), t), &Device::Cpu).unwrap()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
 }
 
 const SEQ: [u32; 10] = [3, 17, 9, 42, 5, 61, 8, 8, 30, 2];

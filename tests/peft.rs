@@ -2,6 +2,9 @@
 //! perplexity, on tiny random models. `scripts/peft_check.py` runs the two ignored tests to
 //! cross-check against Python PEFT.
 
+mod common;
+use common::max_diff;
+
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -16,19 +19,6 @@ const SEQ: [u32; 10] = [3, 17, 9, 42, 5, 61, 8, 8, 30, 2];
 fn ids(rows: &[&[u32]]) -> Tensor {
     let flat: Vec<u32> = rows.iter().flat_map(|r| r.iter().copied()).collect();
     Tensor::from_vec(flat, (rows.len(), rows[0].len()), &Device::Cpu).unwrap()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
 }
 
 fn logits(m: &Llama) -> Tensor {

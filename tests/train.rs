@@ -54,6 +54,14 @@ fn cycle_samples(gct: bool) -> Vec<Encoded> {
         .collect()
 }
 
+/// The loss of each of `n` further steps on `samples`.
+fn losses(t: &mut Trainer, samples: &[Encoded], n: usize) -> Vec<f64> {
+    let stop = AtomicBool::new(false);
+    (0..n)
+        .map(|_| t.train_step(samples, &stop).unwrap().unwrap().loss)
+        .collect()
+}
+
 fn step_cfg(lr: f64, total: usize) -> StepConfig {
     StepConfig {
         lr,
@@ -205,24 +213,12 @@ fn gradients_reach_the_projectors_and_the_new_token_rows() {
 #[test]
 fn a_resumed_run_follows_the_uninterrupted_loss_curve() {
     let samples = cycle_samples(true);
-    let stop = AtomicBool::new(false);
     let mut straight = trainer(3, 5e-3, 6);
-    let full: Vec<f64> = (0..6)
-        .map(|_| {
-            straight
-                .trainer
-                .train_step(&samples, &stop)
-                .unwrap()
-                .unwrap()
-                .loss
-        })
-        .collect();
+    let full = losses(&mut straight.trainer, &samples, 6);
 
     let dir = tempfile::tempdir().unwrap();
     let mut first = trainer(3, 5e-3, 6);
-    for _ in 0..3 {
-        first.trainer.train_step(&samples, &stop).unwrap().unwrap();
-    }
+    losses(&mut first.trainer, &samples, 3);
     let model_path = dir.path().join("model.safetensors");
     let proj_path = dir.path().join("projectors.safetensors");
     let opt_path = dir.path().join("optimizer.safetensors");
@@ -250,16 +246,7 @@ fn a_resumed_run_follows_the_uninterrupted_loss_curve() {
         .load(&resumed.trainer.params, &opt_path)
         .unwrap();
     resumed.trainer.step = 3;
-    let rest: Vec<f64> = (0..3)
-        .map(|_| {
-            resumed
-                .trainer
-                .train_step(&samples, &stop)
-                .unwrap()
-                .unwrap()
-                .loss
-        })
-        .collect();
+    let rest = losses(&mut resumed.trainer, &samples, 3);
     for (a, b) in full[3..].iter().zip(&rest) {
         assert!(
             (a - b).abs() < 1e-6,
@@ -523,19 +510,10 @@ fn lora_trainer(p: f32) -> Trainer {
 #[test]
 fn adapter_dropout_is_seeded() {
     let samples = cycle_samples(false);
-    let stop = AtomicBool::new(false);
-    let run = || -> Vec<f64> {
-        let mut t = lora_trainer(0.3);
-        (0..4)
-            .map(|_| t.train_step(&samples, &stop).unwrap().unwrap().loss)
-            .collect()
-    };
-    let (a, b) = (run(), run());
+    let run = |p: f32| losses(&mut lora_trainer(p), &samples, 4);
+    let (a, b) = (run(0.3), run(0.3));
     assert_eq!(a, b, "same seed, different losses");
     // Dropout is really applied: without it the curve differs.
-    let mut t = lora_trainer(0.0);
-    let c: Vec<f64> = (0..4)
-        .map(|_| t.train_step(&samples, &stop).unwrap().unwrap().loss)
-        .collect();
+    let c = run(0.0);
     assert_ne!(a[1..], c[1..]);
 }

@@ -16,6 +16,20 @@ pub const INITIAL_DIR: &str = "checkpoints/initial";
 /// The anneal stage's adapter inside a run (PEFT layout).
 pub const ANNEAL_DIR: &str = "checkpoints/anneal";
 
+/// The `--model` / `--adapter` pair of the commands that decode with a run's model (`eval`,
+/// `recommend`, `ppl`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Backbone; default: RUN/checkpoints/initial-best (else initial) when it has
+    /// model.safetensors, else `default` (untrained: fresh ID-token rows)
+    #[arg(long)]
+    pub model: Option<String>,
+    /// off, on (RUN/checkpoints/anneal-best, else anneal, when it holds an adapter) or a PEFT
+    /// adapter directory
+    #[arg(long, default_value = "on")]
+    pub adapter: String,
+}
+
 /// `--model` as given; else `RUN/checkpoints/initial-best` (the best validation step) or
 /// `RUN/checkpoints/initial` when it holds `model.safetensors` (written last, so it means the
 /// checkpoint is complete); else `default`.

@@ -28,13 +28,8 @@ pub struct EvalArgs {
     /// Dataset directory (LC-Rec JSON format)
     #[arg(long)]
     pub data: PathBuf,
-    /// Backbone; default: RUN/checkpoints/initial when it has model.safetensors, else `default`
-    /// (untrained: its ID-token rows are freshly initialised)
-    #[arg(long)]
-    pub model: Option<String>,
-    /// off, on (RUN/checkpoints/anneal when it holds an adapter) or a PEFT adapter directory
-    #[arg(long, default_value = "on")]
-    pub adapter: String,
+    #[command(flatten)]
+    pub m: super::checkpoint::ModelArgs,
     /// Item index (LC-Rec format); default: the only RUN/index/*.index.json
     #[arg(long)]
     pub index: Option<PathBuf>,
@@ -103,8 +98,8 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         desc: loaded_desc,
         ..
     } = checkpoint::load_run_model(
-        a.model.as_deref(),
-        &a.adapter,
+        a.m.model.as_deref(),
+        &a.m.adapter,
         &a.run,
         tokens,
         a.vocab_seed,

@@ -20,12 +20,8 @@ pub struct PplArgs {
     /// Dataset directory (LC-Rec JSON format)
     #[arg(long)]
     pub data: PathBuf,
-    /// Backbone; default: RUN/checkpoints/initial when it has model.safetensors, else `default`
-    #[arg(long)]
-    pub model: Option<String>,
-    /// off, on (RUN/checkpoints/anneal when it holds an adapter) or a PEFT adapter directory
-    #[arg(long, default_value = "on")]
-    pub adapter: String,
+    #[command(flatten)]
+    pub m: super::checkpoint::ModelArgs,
     /// Run directory: the report goes to RUN/eval/ppl-<label>.json
     #[arg(long)]
     pub run: Option<PathBuf>,
@@ -54,8 +50,8 @@ pub struct PplArgs {
 pub fn run(a: PplArgs) -> anyhow::Result<()> {
     let (device, dtype) = a.dev.resolve()?;
     let run = a.run.as_deref();
-    let model_arg = checkpoint::resolve_model(a.model.as_deref(), run);
-    let adapter = checkpoint::resolve_adapter(&a.adapter, run)?;
+    let model_arg = checkpoint::resolve_model(a.m.model.as_deref(), run);
+    let adapter = checkpoint::resolve_adapter(&a.m.adapter, run)?;
     let ds = Dataset::load_lcrec(&a.data)?;
     let items = heldout_items(ds.items.len(), a.fraction, a.seed);
     if items.is_empty() {

@@ -36,12 +36,8 @@ pub struct RecommendArgs {
     /// Keep this many most recent history items
     #[arg(long, default_value_t = crate::data::DEFAULT_MAX_HISTORY)]
     pub max_history: usize,
-    /// Backbone; default: the run's best initial checkpoint
-    #[arg(long)]
-    pub model: Option<String>,
-    /// off, on (the run's anneal adapter) or a PEFT adapter directory
-    #[arg(long, default_value = "on")]
-    pub adapter: String,
+    #[command(flatten)]
+    pub m: super::checkpoint::ModelArgs,
     /// Print JSON instead of a table
     #[arg(long)]
     pub json: bool,
@@ -111,8 +107,8 @@ pub fn run(a: RecommendArgs) -> anyhow::Result<()> {
     let (index, _) = crate::index::load_external(&index_path, &ds)?;
     let tokens: Vec<Vec<String>> = (0..index.len()).map(|i| index.id_strings(i)).collect();
     let rm = checkpoint::load_run_model(
-        a.model.as_deref(),
-        &a.adapter,
+        a.m.model.as_deref(),
+        &a.m.adapter,
         &a.run,
         tokens,
         0,

@@ -54,6 +54,17 @@ fn cycle_samples(gct: bool) -> Vec<Encoded> {
         .collect()
 }
 
+/// AdamW with the usual betas and eps.
+fn adamw(weight_decay: f64, p: &llmbs::train::optim::Params) -> AdamW {
+    let cfg = AdamWConfig {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay,
+    };
+    AdamW::new(cfg, p).unwrap()
+}
+
 /// The loss of each of `n` further steps on `samples`.
 fn losses(t: &mut Trainer, samples: &[Encoded], n: usize) -> Vec<f64> {
     let stop = AtomicBool::new(false);
@@ -109,13 +120,7 @@ fn trainer(seed: u64, lr: f64, total: usize) -> Parts {
         varmap_vars(&model_vm, ""),
         varmap_vars(&gct_vm, "gct."),
     ]);
-    let cfg = AdamWConfig {
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.01,
-    };
-    let opt = AdamW::new(cfg, &p).unwrap();
+    let opt = adamw(0.01, &p);
     Parts {
         trainer: Trainer {
             model,
@@ -490,13 +495,7 @@ fn lora_trainer(p: f32) -> Trainer {
         .unwrap();
     seed_new_modules(&lora_vm, 2).unwrap();
     let params = params(vec![varmap_vars(&lora_vm, "")]);
-    let cfg = AdamWConfig {
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.0,
-    };
-    let opt = AdamW::new(cfg, &params).unwrap();
+    let opt = adamw(0.0, &params);
     Trainer {
         model,
         params,

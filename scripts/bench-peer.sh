@@ -14,6 +14,9 @@
 #   THREADS   torch / llmbs threads (default 2)
 #   ITEMS     items for the embed workload (default 256)
 #   BEAM_USERS users for the beam workload (default 8)
+#   OURS_BEAM_USERS users per timed run on our side (default BEAM_USERS; ours runs in seconds,
+#             so more users make its median steadier)
+#   BEAM_BATCHES our beam batch sizes (default "1 8"; the peer always runs 1 and 8)
 #   DATA_DIR  Beauty data folder (default ../shared/data/beauty relative to the repo root)
 #   BIN       our binary (default target/release/llmbs)
 #   BATCH, SEQ  forward/train shape (default 8, 128)
@@ -37,6 +40,8 @@ RUNS="${RUNS:-5}"
 THREADS="${THREADS:-2}"
 ITEMS="${ITEMS:-256}"
 BEAM_USERS="${BEAM_USERS:-8}"
+BEAM_BATCHES="${BEAM_BATCHES:-1 8}"
+OURS_BEAM_USERS="${OURS_BEAM_USERS:-$BEAM_USERS}"
 DATA_DIR="${DATA_DIR:-$ROOT/../shared/data/beauty}"
 BIN="${BIN:-$ROOT/target/release/llmbs}"
 BATCH="${BATCH:-8}"
@@ -49,7 +54,7 @@ for a in "$@"; do
   case "$a" in
     --install-only) INSTALL_ONLY=1 ;;
     --peer-only) PEER_ONLY=1 ;;
-    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
     forward|train|embed|beam) WORKLOADS+=("$a") ;;
     *) echo "bench-peer: unknown argument '$a' (workloads: forward train embed beam)" >&2; exit 2 ;;
   esac
@@ -110,8 +115,8 @@ run_ours() {
       *) extra=() ;;
     esac
     if [ "$w" = beam ]; then
-      for bb in 1 8; do
-        "$BIN" bench llm --model "$GGUF" --workload beam --beam-users "$BEAM_USERS" --beam-batch "$bb" \
+      for bb in $BEAM_BATCHES; do
+        "$BIN" bench llm --model "$GGUF" --workload beam --beam-users "$OURS_BEAM_USERS" --beam-batch "$bb" \
           --runs "$RUNS" --threads "$THREADS" --device cpu --json | { grep '^{' || true; } | tee -a "$OURS_JSON" \
           || log "ours: workload $w failed (exit ${PIPESTATUS[0]})"
       done

@@ -60,6 +60,7 @@ pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> anyhow::Result
 
 /// A progress bar with rate and ETA, in the style every long llmbs command uses.
 pub fn progress_bar(len: u64, unit: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
     let pb = indicatif::ProgressBar::new(len);
     let template = format!(
         "{{spinner}} [{{elapsed_precise}}] {{bar:40}} {{pos}}/{{len}} {unit} ({{per_sec}}, ETA {{eta}}) {{msg}}"
@@ -67,12 +68,117 @@ pub fn progress_bar(len: u64, unit: &str) -> indicatif::ProgressBar {
     if let Ok(style) = indicatif::ProgressStyle::with_template(&template) {
         pb.set_style(style);
     }
+    if !std::io::stderr().is_terminal() {
+        pb.set_draw_target(indicatif::ProgressDrawTarget::term_like_with_hz(
+            Box::new(LogLines::new(
+                std::time::Duration::from_secs(LOG_PROGRESS_SECS),
+                std::io::stderr(),
+            )),
+            1,
+        ));
+    }
     pb
+}
+
+/// Seconds between progress lines when stderr is a file or a pipe.
+pub const LOG_PROGRESS_SECS: u64 = 30;
+
+/// indicatif draws nothing when stderr is not a terminal, so an hour-long job logged to a file
+/// would say nothing until it ends. This target writes the bar as a plain line at most once per
+/// `every` (and on the first draw); lines printed above the bar (`pb.println`) always go out.
+pub struct LogLines<W: Write + Send> {
+    every: std::time::Duration,
+    state: std::sync::Mutex<(Option<std::time::Instant>, String, W)>,
+}
+
+impl<W: Write + Send> LogLines<W> {
+    pub fn new(every: std::time::Duration, out: W) -> Self {
+        Self {
+            every,
+            state: std::sync::Mutex::new((None, String::new(), out)),
+        }
+    }
+
+    /// The writer, for tests.
+    pub fn into_inner(self) -> Option<W> {
+        self.state.into_inner().ok().map(|s| s.2)
+    }
+}
+
+impl<W: Write + Send> std::fmt::Debug for LogLines<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogLines")
+            .field("every", &self.every)
+            .finish()
+    }
+}
+
+impl<W: Write + Send> indicatif::TermLike for LogLines<W> {
+    fn width(&self) -> u16 {
+        160
+    }
+    fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn write_line(&self, s: &str) -> std::io::Result<()> {
+        self.write_str(&format!("{s}\n"))
+    }
+    fn write_str(&self, s: &str) -> std::io::Result<()> {
+        if let Ok(mut st) = self.state.lock() {
+            st.1.push_str(s);
+        }
+        Ok(())
+    }
+    fn clear_line(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        let Ok(mut st) = self.state.lock() else {
+            return Ok(());
+        };
+        let buf = std::mem::take(&mut st.1);
+        let lines: Vec<&str> = buf.lines().filter(|l| !l.trim().is_empty()).collect();
+        let Some((bar, above)) = lines.split_last() else {
+            return Ok(());
+        };
+        for l in above {
+            writeln!(st.2, "{}", l.trim_end())?;
+        }
+        if st.0.map_or(true, |t| t.elapsed() >= self.every) {
+            writeln!(st.2, "{}", bar.trim_end())?;
+            st.0 = Some(std::time::Instant::now());
+        }
+        st.2.flush()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_lines_rate_limit_the_bar_but_not_printed_lines() {
+        use indicatif::TermLike;
+        let t = LogLines::new(std::time::Duration::from_secs(3600), Vec::new());
+        t.write_str("bar 1/10").unwrap();
+        t.flush().unwrap();
+        t.write_str("bar 2/10").unwrap();
+        t.flush().unwrap();
+        t.write_line("valid R@10 0.05").unwrap();
+        t.write_str("bar 3/10").unwrap();
+        t.flush().unwrap();
+        let out = String::from_utf8(t.into_inner().unwrap()).unwrap();
+        assert_eq!(out, "bar 1/10\nvalid R@10 0.05\n");
+    }
 
     #[test]
     fn failed_writer_leaves_nothing() {

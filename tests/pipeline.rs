@@ -251,6 +251,76 @@ fn tiny_pipeline_end_to_end_then_skips_and_reruns() {
     ]);
     assert!(!ok && err.contains("nobody-42"), "{err}");
 
+    // `llmbs train --dtype bf16`: bf16 compute, f32 weights in the checkpoint, the compute
+    // dtype in the report; the fresh ID rows started from the item text (the default).
+    let run2 = tmp.path().join("run-bf16");
+    for d in ["index", "embeddings"] {
+        std::fs::create_dir_all(run2.join(d)).unwrap();
+        for f in std::fs::read_dir(run.join(d)).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, run2.join(d).join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let (ok, _, err) = llmbs(&[
+        "train",
+        "--stage",
+        "initial",
+        "--run",
+        s(&run2),
+        "--data",
+        s(&data),
+        "--model",
+        s(&model),
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--micro-batch",
+        "2",
+        "--eval-every",
+        "2",
+        "--valid-users",
+        "4",
+        "--max-history",
+        "5",
+        "--dtype",
+        "bf16",
+        "--device",
+        "cpu",
+    ]);
+    assert!(ok, "{err}");
+    assert!(err.contains("start from their items' text"), "{err}");
+    let rep: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run2.join("train/initial/report.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(rep["compute_dtype"], "bf16", "{rep}");
+    assert_eq!(rep["config"]["id_init"], "text", "{rep}");
+    let w = candle_core::safetensors::load(
+        run2.join("checkpoints/initial/model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert!(w.values().all(|t| t.dtype() == DType::F32));
+    let (ok, _, err) = llmbs(&[
+        "train",
+        "--stage",
+        "initial",
+        "--run",
+        s(&run2),
+        "--data",
+        s(&data),
+        "--model",
+        s(&model),
+        "--steps",
+        "2",
+        "--dtype",
+        "f16",
+        "--device",
+        "cpu",
+    ]);
+    assert!(!ok && err.contains("f16"), "{err}");
+
     // A config with an unknown key is refused, naming it.
     let bad = tmp.path().join("bad.json");
     std::fs::write(

@@ -3,6 +3,8 @@
 //! new token rows; a resumed run follows the uninterrupted loss curve; training samples never
 //! hold validation or test targets.
 
+mod common;
+
 use std::collections::HashSet;
 use std::sync::atomic::AtomicBool;
 
@@ -14,6 +16,7 @@ use llmbs::llm::{init::random_model, LlamaConfig};
 use llmbs::tasks::build::{Encoded, TaskBuilder, TaskKind, TaskMix, TextLimits};
 use llmbs::tasks::Prompts;
 use llmbs::train::loss::Gct;
+use llmbs::train::mixed::MixedPrecision;
 use llmbs::train::optim::{AdamW, AdamWConfig};
 use llmbs::train::setup::{params, restore, seed_new_modules, varmap_vars};
 use llmbs::train::step::{StepConfig, Trainer};
@@ -129,6 +132,7 @@ fn trainer(seed: u64, lr: f64, total: usize) -> Parts {
             opt,
             cfg: step_cfg(lr, total),
             step: 0,
+            mixed: None,
         },
         model_vm,
         gct_vm,
@@ -503,6 +507,7 @@ fn lora_trainer(p: f32) -> Trainer {
         opt,
         cfg: step_cfg(1e-2, 5),
         step: 0,
+        mixed: None,
     }
 }
 
@@ -515,4 +520,96 @@ fn adapter_dropout_is_seeded() {
     // Dropout is really applied: without it the curve differs.
     let c = run(0.0);
     assert_ne!(a[1..], c[1..]);
+}
+
+/// bf16 compute over the f32 variables of `t` (every base variable trains).
+fn mixed(t: &Trainer, vm: &VarMap) -> MixedPrecision {
+    let trainable = llmbs::train::setup::named(&varmap_vars(vm, ""), "");
+    MixedPrecision::new(DType::BF16, &t.model, &trainable, None).unwrap()
+}
+
+#[test]
+fn bf16_compute_follows_the_f32_loss_curve_and_keeps_f32_weights() {
+    let samples = cycle_samples(true);
+    let mut full = trainer(1, 1e-2, 80);
+    let mut half = trainer(1, 1e-2, 80);
+    half.trainer.mixed = Some(mixed(&half.trainer, &half.model_vm));
+    let a = losses(&mut full.trainer, &samples, 40);
+    let b = losses(&mut half.trainer, &samples, 40);
+    // bf16 keeps ~3 significant digits: the curves agree early and both learn the cycle.
+    for k in 0..5 {
+        assert!(
+            (a[k] - b[k]).abs() < 0.03 * a[k],
+            "step {k}: f32 {} bf16 {}",
+            a[k],
+            b[k]
+        );
+    }
+    assert!(b[39] < 0.2 * b[0], "bf16 loss {} -> {}", b[0], b[39]);
+    assert!(
+        a.iter().zip(&b).any(|(x, y)| x != y),
+        "the bf16 run is bitwise the f32 run: nothing computed in bf16"
+    );
+    // The variables (master weights, checkpoints, optimizer) stay f32 and moved.
+    let fresh = trainer(1, 1e-2, 80);
+    for ((n, v), (_, v0)) in varmap_vars(&half.model_vm, "")
+        .iter()
+        .zip(varmap_vars(&fresh.model_vm, "").iter())
+    {
+        assert_eq!(v.dtype(), DType::F32, "{n}");
+        let d = common::max_diff(v.as_tensor(), v0.as_tensor());
+        assert!(d > 0.0, "{n} did not train");
+    }
+    // The f32 model (validation, checkpoints) generates the memorised next IDs.
+    let ids: Vec<Vec<u32>> = (0..N_ITEMS).map(item_id).collect();
+    let trie = Trie::new(&ids).unwrap();
+    let prompts: Vec<Vec<u32>> = samples
+        .iter()
+        .map(|s| s.input[..s.prompt_len].to_vec())
+        .collect();
+    let out = beam_search(&half.trainer.model, &prompts, &trie, 4).unwrap();
+    let right = out
+        .iter()
+        .enumerate()
+        .filter(|(i, r)| r[0].0 as usize == (i + 1) % N_ITEMS)
+        .count();
+    assert!(
+        right >= N_ITEMS - 1,
+        "{right} of {N_ITEMS} next IDs right: {out:?}"
+    );
+}
+
+#[test]
+fn bf16_compute_trains_an_adapter_and_f16_is_refused() {
+    let samples = cycle_samples(false);
+    let mut t = lora_trainer(0.0);
+    let base: std::collections::HashMap<String, Tensor> = t
+        .model
+        .weights()
+        .into_iter()
+        .map(|(k, w)| (k, w.copy().unwrap()))
+        .collect();
+    let lora: std::collections::HashMap<String, Tensor> = t
+        .params
+        .names
+        .iter()
+        .cloned()
+        .zip(t.params.vars.iter().map(|v| v.as_tensor().clone()))
+        .collect();
+    let lc = llmbs::llm::LoraConfig {
+        lora_dropout: 0.0,
+        ..Default::default()
+    };
+    let none = std::collections::HashMap::new();
+    assert!(MixedPrecision::new(DType::F16, &t.model, &none, None).is_err());
+    t.mixed = Some(MixedPrecision::new(DType::BF16, &t.model, &none, Some((lc, lora))).unwrap());
+    t.cfg.total = 30;
+    let l = losses(&mut t, &samples, 30);
+    assert!(l[29] < 0.5 * l[0], "adapter loss {} -> {}", l[0], l[29]);
+    for (k, w) in t.model.weights() {
+        assert_eq!(common::max_diff(&w, &base[&k]), 0.0, "frozen {k} moved");
+    }
+    for v in &t.params.vars {
+        assert_eq!(v.dtype(), DType::F32);
+    }
 }

@@ -15,16 +15,17 @@ use rand::SeedableRng;
 use crate::data::{Dataset, Sample, SplitConfig};
 use crate::device::{device_name, DeviceArgs};
 use crate::eval::{self, ItemIds};
-use crate::llm::{vocab, Loaded, ModelSource};
+use crate::llm::{tokenizer::encode, vocab, Loaded, ModelSource};
 use crate::tasks::build::{text_items, Encoded, Planned, TaskBuilder, TaskKind};
 use crate::tasks::Prompts;
 use crate::train::checkpoint::{find_complete, save_tensors, write_dir};
 use crate::train::loss::{table_to, Gct};
+use crate::train::mixed::MixedPrecision;
 use crate::train::optim::{AdamW, AdamWConfig};
 use crate::train::run::{fit, plot_log, Ended, Hooks, TrainState, ValidRecord};
 use crate::train::setup::{make_vars, named, params, restore, seed_new_modules, varmap_vars};
 use crate::train::step::{StepConfig, Trainer};
-use crate::train::{AnnealSelect, Stage, TrainConfig, Tune};
+use crate::train::{AnnealSelect, IdInit, Stage, TrainConfig, Tune};
 use crate::util::{atomic_write, write_json};
 
 #[derive(clap::Args, Debug)]
@@ -68,6 +69,9 @@ pub struct TrainArgs {
     /// Initial stage: every weight (full) or LoRA + the grown embedding (lora)
     #[arg(long, value_enum)]
     pub tune: Option<Tune>,
+    /// Start of the fresh ID-token rows: from the items' text (text) or the vocabulary mean (mean)
+    #[arg(long, value_enum)]
+    pub id_init: Option<IdInit>,
     /// Weight of the semantic InfoNCE term (paper lambda1, 0.1); both 0 switch GCT off
     #[arg(long)]
     pub lambda_s: Option<f64>,
@@ -144,6 +148,7 @@ fn resolve_config(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
         lr,
         warmup_steps,
         tune,
+        id_init,
         lambda_s,
         lambda_b,
         tau
@@ -272,11 +277,16 @@ impl Hooks for StageHooks<'_> {
 
 pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     let (device, dtype) = a.dev.resolve()?;
-    if dtype != DType::F32 {
-        anyhow::bail!(
-            "--dtype {}: training keeps weights and optimizer state in f32 (use bf16 for eval)",
+    match dtype {
+        DType::F32 => {}
+        DType::BF16 if device.is_cpu() => eprintln!(
+            "--dtype bf16 on the CPU: correct but slower than f32 (CPU matmuls are fastest in f32)"
+        ),
+        DType::BF16 => {}
+        _ => anyhow::bail!(
+            "--dtype {}: training computes in f32 or bf16 (f16 would need loss scaling)",
             a.dev.dtype
-        );
+        ),
     }
     let stage = a.stage.name();
     let ckpt = a.run.join("checkpoints").join(stage);
@@ -344,9 +354,27 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     new_tokens.sort();
     new_tokens.dedup();
     new_tokens.push(vocab::CON_TOKEN.to_string());
+    let old_rows = loaded.cfg.vocab_size;
     let added = vocab::extend_vocab(&mut loaded, &new_tokens, c.seed)?;
     let con_id = added.last().copied();
     let items = ItemIds::new(tokens.clone(), &loaded.tokenizer)?;
+    if c.stage == Stage::Initial && resume_from.is_none() && c.id_init == IdInit::Text {
+        let texts = ds
+            .items
+            .iter()
+            .map(|it| {
+                encode(
+                    &loaded.tokenizer,
+                    &format!("{}. {}", it.title, it.categories),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .context("tokenizing item texts for the ID-token rows")?;
+        let n = vocab::init_id_rows_from_text(&mut loaded, &items.ids, &texts, old_rows, |t| {
+            t as usize >= old_rows
+        })?;
+        eprintln!("{n} fresh ID-token rows start from their items' text (id_init = text)");
+    }
 
     // Trainable variables.
     let mut weights = loaded.weights.clone();
@@ -414,6 +442,20 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
             })?;
         }
     }
+    // Variables stay f32 (the master weights); with bf16 each step computes on cast copies.
+    let mixed = if dtype == DType::F32 {
+        None
+    } else {
+        let lora = lora_vm
+            .as_ref()
+            .map(|vm| (c.lora.clone(), named(&varmap_vars(vm, ""), "")));
+        Some(MixedPrecision::new(
+            dtype,
+            &model,
+            &named(&base_vars, ""),
+            lora,
+        )?)
+    };
     let p = params(vec![base_vars, lora_vars, gct_vars]);
     let mut opt = AdamW::new(
         AdamWConfig {
@@ -445,6 +487,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
             seed: c.seed,
         },
         step: prev.as_ref().map(|s| s.step).unwrap_or(0),
+        mixed,
     };
 
     // Tasks and their plan.
@@ -564,7 +607,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         false,
     )?;
     plot_log(&log_path, &out_dir.join("curves.svg"))?;
-    let report = report(&state, &log_path, ended, n_params, &device)?;
+    let report = report(&state, &log_path, ended, n_params, &device, dtype)?;
     write_json(&out_dir.join("report.json"), &report.0)?;
     atomic_write(&out_dir.join("report.md"), report.1.as_bytes())?;
     println!("{}", report.1);
@@ -599,7 +642,9 @@ fn report(
     ended: Ended,
     n_params: usize,
     device: &Device,
+    dtype: DType,
 ) -> anyhow::Result<(serde_json::Value, String)> {
+    let compute = format!("{dtype:?}").to_lowercase();
     let text = std::fs::read_to_string(log_path)
         .with_context(|| format!("reading {}", log_path.display()))?;
     let steps: Vec<serde_json::Value> = text
@@ -627,12 +672,13 @@ fn report(
         "trainable_parameters": n_params, "median_tokens_per_s": median_tps,
         "loss_first_10_steps": first, "loss_last_10_steps": last,
         "best": state.best, "validations": state.validations,
-        "device": device_name(device), "model": state.model, "index": state.index,
+        "device": device_name(device), "compute_dtype": compute, "master_dtype": "f32",
+        "model": state.model, "index": state.index,
         "config": state.config,
     });
     let mut md = format!(
-        "# llmbs train --stage {}\n\n{} of {} steps ({:?}) in {:.0} s on {}; {} trainable parameters; median {:.0} tokens/s (forward+backward+AdamW).\n\nLoss: {:.4} (mean of the first 10 steps) -> {:.4} (last 10).\n\n| step | valid CE | R@10 | N@10 | users |\n|---:|---:|---:|---:|---:|\n",
-        state.stage, state.step, state.total_steps, ended, state.seconds, device_name(device), n_params, median_tps, first, last
+        "# llmbs train --stage {}\n\n{} of {} steps ({:?}) in {:.0} s on {} ({} compute, f32 weights); {} trainable parameters; median {:.0} tokens/s (forward+backward+AdamW).\n\nLoss: {:.4} (mean of the first 10 steps) -> {:.4} (last 10).\n\n| step | valid CE | R@10 | N@10 | users |\n|---:|---:|---:|---:|---:|\n",
+        state.stage, state.step, state.total_steps, ended, state.seconds, device_name(device), compute, n_params, median_tps, first, last
     );
     let fmt = |x: Option<f64>| x.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
     for r in &state.validations {

@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod checkpoint;
 pub mod loss;
+pub mod mixed;
 pub mod optim;
 pub mod plot;
 pub mod run;
@@ -49,6 +50,23 @@ pub enum AnnealSelect {
     LatestPerUser,
     /// Every training sample whose history holds at least `anneal_min_history` items.
     LongHistories,
+}
+
+/// How the initial stage starts the fresh item-ID token rows (`[CON]` always starts at the
+/// vocabulary mean plus noise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum IdInit {
+    /// The mean of the existing rows plus N(0, 0.02^2) noise (what `llmbs eval` gives an
+    /// untrained model).
+    Mean,
+    /// Each token from its items' title and category text (`llm::vocab::init_id_rows_from_text`).
+    Text,
+}
+
+/// Runs saved before `id_init` existed started from the mean.
+fn id_init_mean() -> IdInit {
+    IdInit::Mean
 }
 
 /// Every setting of a training run; the resolved value is written to the run directory before
@@ -99,6 +117,9 @@ pub struct TrainConfig {
     pub lora: LoraConfig,
     pub anneal_select: AnnealSelect,
     pub anneal_min_history: usize,
+    /// Start of the fresh ID-token rows (initial stage, fresh runs only).
+    #[serde(default = "id_init_mean")]
+    pub id_init: IdInit,
     pub seed: u64,
 }
 
@@ -142,6 +163,7 @@ impl TrainConfig {
             lora: LoraConfig::default(),
             anneal_select: AnnealSelect::LatestPerUser,
             anneal_min_history: 10,
+            id_init: IdInit::Text,
             seed: 0,
         }
     }

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::batch::{bucket, MicroBatch};
 use super::loss::{response_ce_sum, Gct};
+use super::mixed::MixedPrecision;
 use super::optim::{clip_grad_norm, cosine_lr, AdamW, Params};
 use crate::llm::{Llama, Mode};
 use crate::tasks::build::Encoded;
@@ -56,6 +57,8 @@ pub struct Trainer {
     pub cfg: StepConfig,
     /// Optimizer steps completed.
     pub step: usize,
+    /// bf16 compute over the f32 variables (`--dtype bf16`); None trains in f32.
+    pub mixed: Option<MixedPrecision>,
 }
 
 impl Trainer {
@@ -78,18 +81,25 @@ impl Trainer {
         let step_seed = c.seed ^ (self.step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let mut rng = rand::rngs::StdRng::seed_from_u64(step_seed);
         self.model.seed_dropout(step_seed ^ 0xD0_0D);
+        let low = match &self.mixed {
+            Some(mp) => {
+                let mut m = mp.model(&self.model)?;
+                m.seed_dropout(step_seed ^ 0xD0_0D);
+                Some(m)
+            }
+            None => None,
+        };
+        let model = low.as_ref().unwrap_or(&self.model);
         for group in bucket(samples, c.micro_batch) {
             if stop.load(Ordering::SeqCst) {
                 return Ok(None);
             }
             let refs: Vec<&Encoded> = group.iter().map(|&i| &samples[i]).collect();
-            let mb = MicroBatch::new(&refs, self.model.device())?;
+            let mb = MicroBatch::new(&refs, model.device())?;
             tokens += mb.tokens;
             padded += mb.padded;
-            let hidden = self
-                .model
-                .forward_hidden(&mb.ids, None, None, None, Mode::Train)?;
-            let ce_sum = response_ce_sum(&self.model, &hidden, &mb.at, &mb.targets)?;
+            let hidden = model.forward_hidden(&mb.ids, None, None, None, Mode::Train)?; // [b, t, d]
+            let ce_sum = response_ce_sum(model, &hidden, &mb.at, &mb.targets)?;
             ce += ce_sum.to_scalar::<f32>()? as f64;
             let mut loss = (ce_sum / resp_tokens.max(1) as f64)?;
             if let (Some(gct), false) = (&self.gct, mb.con_at.is_empty()) {

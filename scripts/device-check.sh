@@ -15,7 +15,8 @@ RESULTS="${2:-}"
 mkdir -p "$OUT" ${RESULTS:+"$RESULTS"}
 CARRY="${CARRY:-dev-carry}"
 BIN="$CARRY/llmbs"
-STAGE="${STAGE:-full}"     # smoke: binary + GPU visible only; eval: only the full test-set eval; full: everything
+STAGE="${STAGE:-full}"     # smoke: binary + GPU visible only; eval: only the full test-set eval; full: everything;
+                           # train: the initial stage on Beauty (needs p3), then its full test-set eval
 log() { echo "[device-check $(date +%H:%M:%S)] $*" | tee -a "$OUT/log.txt" >&2; }
 
 [ -x "$BIN" ] || { gunzip -c "$CARRY/p1/llmbs-cuda.gz" > "$BIN" && chmod +x "$BIN"; }
@@ -87,6 +88,34 @@ PY
 [ -n "$RESULTS" ] && cp "$OUT/device-check.json" "$OUT/log.txt" "$RESULTS/"
 return 0
 }
+
+# Issue 8 on the GPU: the initial stage on the index and Z^s/Z^b carried in dev-carry/p3 (the
+# CPU run's, so the two runs differ only in the hardware and the steps), bf16 compute over f32
+# weights, then every test user through beam search with the best checkpoint.
+if [ "$STAGE" = train ]; then
+  R="$OUT/train-run"
+  if [ ! -d "$R/index" ]; then
+    mkdir -p "$R/index" "$R/embeddings"
+    cp "$CARRY/p3/index/"* "$R/index/"
+    for f in "$CARRY/p3/embeddings/"*.gz; do gunzip -c "$f" > "$R/embeddings/$(basename "${f%.gz}")"; done
+  fi
+  log "train: $(ls "$R/index" "$R/embeddings" | tr '\n' ' ')"
+  timeout "${TRAIN_TIMEOUT:-480}" "$BIN" train --stage initial --run "$R" --data "$CARRY/p2/beauty" \
+    --model "$GGUF" --device cuda --dtype "${TRAIN_DTYPE:-bf16}" --steps "${TRAIN_STEPS:-250}" \
+    --batch-size "${TRAIN_BATCH:-128}" --micro-batch "${TRAIN_MICRO:-32}" --lr "${TRAIN_LR:-2e-4}" \
+    --warmup-steps 10 --eval-every "${TRAIN_EVAL_EVERY:-50}" --valid-users 500 \
+    --max-minutes "${TRAIN_MINUTES:-5}" > "$OUT/train.log" 2>&1
+  log "train rc=$? $(grep -m1 'tokens/s' "$R/train/initial/report.md" 2>/dev/null)"
+  timeout "${EVAL_TIMEOUT:-400}" "$BIN" eval --run "$R" --data "$CARRY/p2/beauty" --split test \
+    --batch "${EVAL_BATCH:-128}" --device cuda --dtype f32 > "$OUT/eval.log" 2>&1
+  log "eval rc=$? $(grep -m1 'users/s' "$OUT/eval.log")"
+  log "done"
+  if [ -n "$RESULTS" ]; then
+    cp "$OUT/log.txt" "$OUT/train.log" "$OUT/eval.log" "$RESULTS/" 2>/dev/null
+    tar czf "$RESULTS/train-results.tgz" -C "$R" train eval 2>/dev/null
+  fi
+  exit 0
+fi
 
 if [ "$STAGE" != eval ]; then
 # 1. embed parity, GPU vs CPU, 256 Beauty items.

@@ -24,6 +24,28 @@ pub fn rank_of(ranked: &[u32], target: u32, max_rank: usize) -> Option<usize> {
     None
 }
 
+/// Catalogue coverage@K: the distinct items in all users' top-K lists (repeats within a list
+/// dropped first, as [`rank_of`] does), and that count over `catalogue`. A model that ignores the
+/// history recommends one list to everyone and covers about K items, whatever its recall.
+pub fn coverage<'a>(
+    lists: impl IntoIterator<Item = &'a [u32]>,
+    k: usize,
+    catalogue: usize,
+) -> (usize, f64) {
+    let mut all = HashSet::new();
+    for list in lists {
+        let mut seen = HashSet::with_capacity(k);
+        for &item in list {
+            if seen.len() >= k {
+                break;
+            }
+            seen.insert(item);
+        }
+        all.extend(seen);
+    }
+    (all.len(), all.len() as f64 / catalogue.max(1) as f64)
+}
+
 /// Averaged metrics over `users` evaluated users.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {

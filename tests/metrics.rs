@@ -1,6 +1,6 @@
 //! Closed-form checks of Recall@K and NDCG@K for leave-one-out, one target per user.
 
-use llmbs::metrics::{rank_of, MetricAccumulator, Metrics};
+use llmbs::metrics::{coverage, rank_of, MetricAccumulator, Metrics};
 
 const EPS: f64 = 1e-12;
 
@@ -149,4 +149,16 @@ fn markdown_and_json() {
     );
     let json = serde_json::to_string(&m).unwrap();
     assert_eq!(serde_json::from_str::<Metrics>(&json).unwrap(), m);
+}
+
+#[test]
+fn coverage_counts_distinct_items_of_the_top_k_lists() {
+    let lists: Vec<Vec<u32>> = vec![vec![1, 2, 2, 3, 9], vec![3, 4, 1], vec![]];
+    // Top-3 after dropping repeats: {1, 2, 3}, {3, 4, 1}: four items of a 10-item catalogue.
+    let (n, frac) = coverage(lists.iter().map(|l| l.as_slice()), 3, 10);
+    assert_eq!(n, 4);
+    close(frac, 0.4);
+    // One list for everyone covers K items.
+    let same = vec![vec![5u32, 6, 7]; 50];
+    assert_eq!(coverage(same.iter().map(|l| l.as_slice()), 10, 100).0, 3);
 }

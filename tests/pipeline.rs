@@ -135,6 +135,8 @@ fn tiny_pipeline_end_to_end_then_skips_and_reruns() {
         serde_json::from_str(&std::fs::read_to_string(run.join("eval/report.json")).unwrap())
             .unwrap();
     assert_eq!(report["users"], 8);
+    let covered = report["coverage10"]["items"].as_u64().unwrap();
+    assert!((10..=80).contains(&covered), "{report}");
     assert!(
         report["checkpoint"].as_str().unwrap().contains("anneal"),
         "{report}"

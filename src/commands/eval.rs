@@ -173,13 +173,21 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         Ok(())
     })?;
     let users_per_s = samples.len() as f64 / out.seconds;
+    let lists: Vec<Vec<u32>> = out
+        .ranked
+        .iter()
+        .map(|r| r.iter().map(|x| x.0).collect())
+        .collect();
+    let (covered, coverage) =
+        crate::metrics::coverage(lists.iter().map(|l| l.as_slice()), 10, ds.items.len());
     let paper = PAPER_ROWS
         .iter()
         .find(|(n, _)| *n == ds.name)
         .map(|(_, r)| *r);
     let report = serde_json::json!({
         "split": a.split, "users": samples.len(), "all_users": a.limit.is_none(),
-        "metrics": out.metrics, "seconds": out.seconds, "users_per_s": users_per_s,
+        "metrics": out.metrics, "coverage10": {"items": covered, "fraction": coverage},
+        "seconds": out.seconds, "users_per_s": users_per_s,
         "beam": a.beam, "batch": a.batch, "model": src.describe(), "checkpoint": loaded_desc,
         "index": index_path.display().to_string(), "prompt_template": "srt[0]",
         "prompt": prompts.srt[0], "mean_prompt_tokens": mean_prompt,
@@ -202,6 +210,11 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         m.markdown_header(),
         m.to_markdown_row()
     );
+    md.push_str(&format!(
+        "\nCoverage@10: {covered} distinct items in the users' top-10 lists ({:.2}% of {}).\n",
+        100.0 * coverage,
+        ds.items.len()
+    ));
     if let Some(r) = paper {
         md.push_str(&format!(
             "\nPaper Table 2 (LLM-BS, LLaMA-7B): R@5 {:.4}, R@10 {:.4}, N@5 {:.4}, N@10 {:.4}\n",

@@ -263,18 +263,26 @@ fn tiny_pipeline_end_to_end_then_skips_and_reruns() {
             std::fs::copy(&f, run2.join(d).join(f.file_name().unwrap())).unwrap();
         }
     }
-    let (ok, _, err) = llmbs(&[
-        "train",
-        "--stage",
-        "initial",
-        "--run",
-        s(&run2),
-        "--data",
-        s(&data),
-        "--model",
-        s(&model),
-        "--steps",
-        "2",
+    let train = |extra: &[&str]| {
+        let mut a = vec![
+            "train",
+            "--stage",
+            "initial",
+            "--run",
+            s(&run2),
+            "--data",
+            s(&data),
+            "--model",
+            s(&model),
+            "--steps",
+            "2",
+            "--device",
+            "cpu",
+        ];
+        a.extend_from_slice(extra);
+        llmbs(&a)
+    };
+    let (ok, _, err) = train(&[
         "--batch-size",
         "4",
         "--micro-batch",
@@ -287,8 +295,6 @@ fn tiny_pipeline_end_to_end_then_skips_and_reruns() {
         "5",
         "--dtype",
         "bf16",
-        "--device",
-        "cpu",
     ]);
     assert!(ok, "{err}");
     assert!(err.contains("start from their items' text"), "{err}");
@@ -304,23 +310,7 @@ fn tiny_pipeline_end_to_end_then_skips_and_reruns() {
     )
     .unwrap();
     assert!(w.values().all(|t| t.dtype() == DType::F32));
-    let (ok, _, err) = llmbs(&[
-        "train",
-        "--stage",
-        "initial",
-        "--run",
-        s(&run2),
-        "--data",
-        s(&data),
-        "--model",
-        s(&model),
-        "--steps",
-        "2",
-        "--dtype",
-        "f16",
-        "--device",
-        "cpu",
-    ]);
+    let (ok, _, err) = train(&["--dtype", "f16"]);
     assert!(!ok && err.contains("f16"), "{err}");
 
     // A config with an unknown key is refused, naming it.

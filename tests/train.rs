@@ -57,6 +57,21 @@ fn cycle_samples(gct: bool) -> Vec<Encoded> {
         .collect()
 }
 
+/// The first item beam search (beam 4, trie over the catalogue) gives for each sample's prompt.
+fn first_ids(model: &llmbs::llm::Llama, samples: &[Encoded]) -> Vec<u32> {
+    let ids: Vec<Vec<u32>> = (0..N_ITEMS).map(item_id).collect();
+    let trie = Trie::new(&ids).unwrap();
+    let prompts: Vec<Vec<u32>> = samples
+        .iter()
+        .map(|s| s.input[..s.prompt_len].to_vec())
+        .collect();
+    beam_search(model, &prompts, &trie, 4)
+        .unwrap()
+        .iter()
+        .map(|r| r[0].0)
+        .collect()
+}
+
 /// AdamW with the usual betas and eps.
 fn adamw(weight_decay: f64, p: &llmbs::train::optim::Params) -> AdamW {
     let cfg = AdamWConfig {
@@ -155,15 +170,8 @@ fn loss_goes_down_and_the_memorised_next_id_is_generated() {
         losses.last().unwrap().gct_s < losses[0].gct_s,
         "GCT semantic term did not fall"
     );
-    let ids: Vec<Vec<u32>> = (0..N_ITEMS).map(item_id).collect();
-    let trie = Trie::new(&ids).unwrap();
-    let prompts: Vec<Vec<u32>> = samples
-        .iter()
-        .map(|s| s.input[..s.prompt_len].to_vec())
-        .collect();
-    let out = beam_search(&t.model, &prompts, &trie, 4).unwrap();
-    for (i, r) in out.iter().enumerate() {
-        assert_eq!(r[0].0 as usize, (i + 1) % N_ITEMS, "user {i}: {r:?}");
+    for (i, top) in first_ids(&t.model, &samples).iter().enumerate() {
+        assert_eq!(*top as usize, (i + 1) % N_ITEMS, "user {i}");
     }
 }
 
@@ -561,21 +569,13 @@ fn bf16_compute_follows_the_f32_loss_curve_and_keeps_f32_weights() {
         assert!(d > 0.0, "{n} did not train");
     }
     // The f32 model (validation, checkpoints) generates the memorised next IDs.
-    let ids: Vec<Vec<u32>> = (0..N_ITEMS).map(item_id).collect();
-    let trie = Trie::new(&ids).unwrap();
-    let prompts: Vec<Vec<u32>> = samples
-        .iter()
-        .map(|s| s.input[..s.prompt_len].to_vec())
-        .collect();
-    let out = beam_search(&half.trainer.model, &prompts, &trie, 4).unwrap();
-    let right = out
-        .iter()
-        .enumerate()
-        .filter(|(i, r)| r[0].0 as usize == (i + 1) % N_ITEMS)
+    let top = first_ids(&half.trainer.model, &samples);
+    let right = (0..N_ITEMS)
+        .filter(|&i| top[i] as usize == (i + 1) % N_ITEMS)
         .count();
     assert!(
         right >= N_ITEMS - 1,
-        "{right} of {N_ITEMS} next IDs right: {out:?}"
+        "{right} of {N_ITEMS} next IDs right: {top:?}"
     );
 }
 

@@ -41,6 +41,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    llmbs::util::pin_thread_count();
     match cli.command {
         Command::Data(cmd) => commands::data::run(cmd),
         Command::Embed(args) => commands::embed::run(args),

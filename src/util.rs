@@ -80,6 +80,17 @@ pub fn progress_bar(len: u64, unit: &str) -> indicatif::ProgressBar {
     pb
 }
 
+/// Fixes `RAYON_NUM_THREADS` to candle's default when it is unset. Why: candle looks the thread
+/// count up on every matmul and parallel op, and without the variable that means parsing
+/// `/proc/cpuinfo` each time; a perf profile of `llmbs eval` on 2 cores put 3-5% of all time
+/// there. The value is what candle would have used, so nothing else changes.
+pub fn pin_thread_count() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let n = candle_core::utils::get_num_threads();
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+}
+
 /// Seconds between progress lines when stderr is a file or a pipe.
 pub const LOG_PROGRESS_SECS: u64 = 30;
 

@@ -181,6 +181,11 @@ pub fn load_run_model(
     let bundled = merge_bundled_adapter(&mut m, &src)?;
     if let Some(dir) = &adapter {
         attach_adapter(&mut m, dir)?;
+        // Inference only: folded into the weights it is the same function, without the two
+        // extra matmuls and two single-threaded elementwise passes per projection that an
+        // unmerged adapter costs at every step of the beam search.
+        m.merge_adapter()
+            .with_context(|| format!("merging the adapter in {}", dir.display()))?;
     }
     let mut desc = describe_with(&src, bundled, adapter.as_deref());
     if fresh_rows > 0 {

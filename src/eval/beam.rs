@@ -29,9 +29,40 @@ fn log_probs(
     cols: &std::ops::Range<u32>,
 ) -> candle_core::Result<Vec<Vec<f32>>> {
     let logits = model.logits(hidden)?; // [rows, vocab] f32
+    if logits.device().is_cpu() && logits.dtype() == DType::F32 && logits.is_contiguous() {
+        return cpu_log_probs(&logits, cols);
+    }
     let lp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
     let lp = lp.narrow(1, cols.start as usize, (cols.end - cols.start) as usize)?;
     lp.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.to_vec2()
+}
+
+/// [`log_probs`] on the CPU in one parallel pass per row (max, log-sum-exp, then only `cols`
+/// written out): candle's composed log-softmax makes six single-threaded passes over the full
+/// `[rows, vocab]` logits and keeps them all, at every step of the search.
+fn cpu_log_probs(
+    logits: &Tensor,
+    cols: &std::ops::Range<u32>,
+) -> candle_core::Result<Vec<Vec<f32>>> {
+    use rayon::prelude::*;
+    let (_, vocab) = logits.dims2()?;
+    let (a, b) = (cols.start as usize, cols.end as usize);
+    if b > vocab || a > b {
+        candle_core::bail!("log_probs: columns {a}..{b} outside the vocabulary of {vocab}");
+    }
+    let (s, l) = logits.storage_and_layout();
+    let data = match (&*s, l.contiguous_offsets()) {
+        (candle_core::Storage::Cpu(c), Some((x, y))) => &c.as_slice::<f32>()?[x..y],
+        _ => candle_core::bail!("log_probs: expected contiguous CPU logits"),
+    };
+    Ok(data
+        .par_chunks(vocab.max(1))
+        .map(|row| {
+            let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let lse = m + row.iter().map(|&x| (x - m).exp()).sum::<f32>().ln();
+            row[a..b].iter().map(|&x| x - lse).collect()
+        })
+        .collect())
 }
 
 /// Beam search for every prompt (token ids). Returns, per prompt, up to `beam` distinct items
@@ -194,4 +225,30 @@ pub fn score_all_items(
     }
     out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_log_probs_equal_log_softmax_on_the_kept_columns() {
+        let (rows, vocab) = (5, 300);
+        let v: Vec<f32> = (0..rows * vocab)
+            .map(|i| ((i * 7919) % 1013) as f32 / 40.0 - 12.0)
+            .collect();
+        let logits = Tensor::from_vec(v, (rows, vocab), &Device::Cpu).unwrap();
+        let cols = 250u32..300;
+        let got = cpu_log_probs(&logits, &cols).unwrap();
+        let want: Vec<Vec<f32>> = candle_nn::ops::log_softmax(&logits, D::Minus1)
+            .unwrap()
+            .narrow(1, 250, 50)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        for (g, w) in got.iter().flatten().zip(want.iter().flatten()) {
+            assert!((g - w).abs() < 1e-4, "{g} vs {w}");
+        }
+        assert!(cpu_log_probs(&logits, &(250..301)).is_err());
+    }
 }

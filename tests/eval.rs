@@ -129,7 +129,7 @@ fn target_ranked_first_scores_one() {
             target: t,
         })
         .collect();
-    let out = evaluate(&m, &prompts, &samples, &items, 4, 2, |_| {}).unwrap();
+    let out = evaluate(&m, &prompts, &samples, &items, 4, 2, |_, _| Ok(())).unwrap();
     assert_eq!(out.metrics.users, 2);
     assert_eq!(out.metrics.recall[&1], 1.0);
     assert_eq!(out.metrics.ndcg[&5], 1.0);
@@ -141,6 +141,6 @@ fn target_ranked_first_scores_one() {
             ..s.clone()
         })
         .collect();
-    let out = evaluate(&m, &prompts, &miss, &items, 4, 2, |_| {}).unwrap();
+    let out = evaluate(&m, &prompts, &miss, &items, 4, 2, |_, _| Ok(())).unwrap();
     assert_eq!(out.metrics.recall[&10], 0.0);
 }

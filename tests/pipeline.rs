@@ -149,6 +149,69 @@ fn tiny_pipeline_end_to_end_then_skips_and_reruns() {
     .unwrap();
     assert_eq!(peft["peft_type"], "LORA");
 
+    // An interrupted eval (3 users written, a torn fourth line) resumed with --resume gives the
+    // same predictions and metrics as the uninterrupted one.
+    let preds_path = run.join("eval/predictions.jsonl");
+    let partial = run.join("eval/predictions.jsonl.partial");
+    let mut text = serde_json::json!({"llmbs_eval_partial": report["resume_settings"]}).to_string();
+    text.push('\n');
+    for l in preds.lines().take(3) {
+        text.push_str(l);
+        text.push('\n');
+    }
+    text.push_str(&preds.lines().nth(3).unwrap()[..20]);
+    std::fs::write(&partial, text).unwrap();
+    let eval_args = [
+        "eval",
+        "--run",
+        s(&run),
+        "--data",
+        s(&data),
+        "--split",
+        "test",
+        "--limit",
+        "8",
+        "--beam",
+        "5",
+        "--batch",
+        "4",
+        "--device",
+        "cpu",
+    ];
+    let mut resume = eval_args.to_vec();
+    resume.push("--resume");
+    let (ok, _, err) = llmbs(&resume);
+    assert!(ok && err.contains("resuming: 3 users"), "{err}");
+    assert!(!partial.exists());
+    let again = std::fs::read_to_string(&preds_path).unwrap();
+    let items = |t: &str| -> Vec<serde_json::Value> {
+        t.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["top"].clone())
+            .map(|top| {
+                top.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x[0].clone())
+                    .collect()
+            })
+            .collect()
+    };
+    assert_eq!(items(&again), items(&preds));
+    let resumed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("eval/report.json")).unwrap())
+            .unwrap();
+    assert_eq!(resumed["resumed_users"], 3);
+    assert_eq!(resumed["metrics"], report["metrics"]);
+    // A partial file from other settings is refused, naming it.
+    std::fs::write(
+        &partial,
+        "{\"llmbs_eval_partial\": {\"split\": \"valid\"}}\n",
+    )
+    .unwrap();
+    let (ok, _, err) = llmbs(&resume);
+    assert!(!ok && err.contains("predictions.jsonl.partial"), "{err}");
+    std::fs::remove_file(&partial).unwrap();
+
     // Everything is up to date: every stage is skipped.
     let (ok, _, err) = llmbs(&args);
     assert!(ok, "{err}");

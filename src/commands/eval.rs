@@ -1,6 +1,7 @@
 //! `llmbs eval`: trie-constrained beam search on the validation or test users of a run, with
 //! Recall/NDCG reports and per-user predictions (paper 3.4.3, 4.1.2).
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -10,8 +11,10 @@ use rand::SeedableRng;
 
 use crate::data::{Dataset, Sample, SplitConfig};
 use crate::device::{device_name, DeviceArgs};
+use crate::eval::partial::{self, Partial};
 use crate::eval::{self, Prediction};
 use crate::metrics::rank_of;
+use crate::metrics::MetricAccumulator;
 use crate::tasks::Prompts;
 use crate::util::{atomic_write, atomic_write_with, progress_bar, write_json};
 
@@ -48,11 +51,40 @@ pub struct EvalArgs {
     /// Prompt file (default: the embedded configs/prompts.json); SRT template 0 is used
     #[arg(long)]
     pub prompts: Option<PathBuf>,
+    /// Continue an interrupted evaluation from RUN/eval/predictions[-SPLIT].jsonl.partial
+    /// (written batch by batch; the settings must match)
+    #[arg(long)]
+    pub resume: bool,
     /// Seed of the fresh ID-token rows
     #[arg(long, default_value_t = 0)]
     pub vocab_seed: u64,
     #[command(flatten)]
     pub dev: DeviceArgs,
+}
+
+/// One line of `predictions.jsonl`: user, target, the target's rank, the top items with scores
+/// and titles.
+fn prediction_line(
+    ds: &Dataset,
+    s: &Sample,
+    r: &eval::Ranked,
+) -> anyhow::Result<serde_json::Value> {
+    let list: Vec<u32> = r.iter().map(|x| x.0).collect();
+    let p = Prediction {
+        user: ds.users[s.user as usize].clone(),
+        target: ds.items[s.target as usize].id.clone(),
+        rank: rank_of(&list, s.target, list.len()),
+        top: r
+            .iter()
+            .map(|&(i, sc)| (ds.items[i as usize].id.clone(), sc))
+            .collect(),
+    };
+    let mut v = serde_json::to_value(&p)?;
+    v["top_titles"] = r
+        .iter()
+        .map(|&(i, _)| ds.items[i as usize].title.clone())
+        .collect();
+    Ok(v)
 }
 
 pub fn find_index(run: &Path) -> anyhow::Result<PathBuf> {
@@ -130,51 +162,105 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         src.describe(),
         device_name(&device)
     );
-    let pb = progress_bar(samples.len() as u64, "users");
-    let out = eval::evaluate(
-        &model,
-        &prompt_ids,
-        &samples,
-        &items,
-        a.beam,
-        a.batch,
-        |k| pb.inc(k as u64),
-    )?;
-    pb.finish_and_clear();
-
     let suffix = if a.split == "test" {
         String::new()
     } else {
         format!("-{}", a.split)
     };
     let eval_dir = a.run.join("eval");
+    std::fs::create_dir_all(&eval_dir)
+        .with_context(|| format!("creating {}", eval_dir.display()))?;
     let preds_path = eval_dir.join(format!("predictions{suffix}.jsonl"));
+    // What must match for a resumed evaluation to be the same evaluation.
+    let settings = serde_json::json!({
+        "split": a.split, "users": samples.len(), "limit": a.limit, "seed": a.seed,
+        "beam": a.beam, "model": loaded_desc, "index": index_path.display().to_string(),
+        "prompt": prompts.srt[0], "dtype": format!("{dtype:?}").to_lowercase(),
+    });
+    let (mut partial, done_lines) = Partial::open(&preds_path, &settings, a.resume)?;
+    let mut done: Vec<Option<eval::Ranked>> = vec![None; samples.len()];
+    let by_user: HashMap<&str, usize> = samples
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (ds.users[s.user as usize].as_str(), i))
+        .collect();
+    let by_item: HashMap<&str, u32> = ds
+        .items
+        .iter()
+        .enumerate()
+        .map(|(i, it)| (it.id.as_str(), i as u32))
+        .collect();
+    for v in &done_lines {
+        let p: Prediction = serde_json::from_value(v.clone())
+            .with_context(|| format!("{}: {v}", partial::partial_path(&preds_path).display()))?;
+        let (Some(&i), Some(top)) = (
+            by_user.get(p.user.as_str()),
+            p.top
+                .iter()
+                .map(|(id, sc)| by_item.get(id.as_str()).map(|&x| (x, *sc)))
+                .collect::<Option<Vec<_>>>(),
+        ) else {
+            anyhow::bail!(
+                "{}: user {} or one of its items is not in this evaluation",
+                partial::partial_path(&preds_path).display(),
+                p.user
+            );
+        };
+        done[i] = Some(top);
+    }
+    let todo: Vec<usize> = (0..samples.len()).filter(|&i| done[i].is_none()).collect();
+    if !done_lines.is_empty() {
+        eprintln!(
+            "resuming: {} users from {}, {} to go",
+            samples.len() - todo.len(),
+            partial::partial_path(&preds_path).display(),
+            todo.len()
+        );
+    }
+    let todo_samples: Vec<Sample> = todo.iter().map(|&i| samples[i].clone()).collect();
+    let todo_prompts: Vec<Vec<u32>> = todo.iter().map(|&i| prompt_ids[i].clone()).collect();
+    let pb = progress_bar(todo.len() as u64, "users");
+    let out = eval::evaluate(
+        &model,
+        &todo_prompts,
+        &todo_samples,
+        &items,
+        a.beam,
+        a.batch,
+        |idx, ranked| {
+            pb.inc(idx.len() as u64);
+            let lines = idx
+                .iter()
+                .zip(ranked)
+                .map(|(&i, r)| prediction_line(&ds, &todo_samples[i], r))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            partial.append(&lines)
+        },
+    )?;
+    pb.finish_and_clear();
+    for (&i, r) in todo.iter().zip(out.ranked) {
+        done[i] = Some(r);
+    }
+    let ranked: Vec<eval::Ranked> = done.into_iter().map(|r| r.unwrap_or_default()).collect();
+    let mut acc = MetricAccumulator::default();
+    for (s, r) in samples.iter().zip(&ranked) {
+        let list: Vec<u32> = r.iter().map(|x| x.0).collect();
+        acc.add(&list, s.target);
+    }
+    let metrics = acc.finish();
+
     atomic_write_with(&preds_path, |tmp| {
         let mut f = std::io::BufWriter::new(std::fs::File::create(tmp)?);
-        for (s, r) in samples.iter().zip(&out.ranked) {
-            let list: Vec<u32> = r.iter().map(|x| x.0).collect();
-            let p = Prediction {
-                user: ds.users[s.user as usize].clone(),
-                target: ds.items[s.target as usize].id.clone(),
-                rank: rank_of(&list, s.target, list.len()),
-                top: r
-                    .iter()
-                    .map(|&(i, sc)| (ds.items[i as usize].id.clone(), sc))
-                    .collect(),
-            };
-            let mut v = serde_json::to_value(&p)?;
-            v["top_titles"] = r
-                .iter()
-                .map(|&(i, _)| ds.items[i as usize].title.clone())
-                .collect();
-            writeln!(f, "{v}")?;
+        for (s, r) in samples.iter().zip(&ranked) {
+            writeln!(f, "{}", prediction_line(&ds, s, r)?)?;
         }
         f.flush()?;
         Ok(())
     })?;
-    let users_per_s = samples.len() as f64 / out.seconds;
-    let lists: Vec<Vec<u32>> = out
-        .ranked
+    partial.finish()?;
+    let resumed = samples.len() - todo.len();
+    let users_per_s = todo.len() as f64 / out.seconds;
+    let lists: Vec<Vec<u32>> = ranked
         .iter()
         .map(|r| r.iter().map(|x| x.0).collect())
         .collect();
@@ -186,8 +272,9 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         .map(|(_, r)| *r);
     let report = serde_json::json!({
         "split": a.split, "users": samples.len(), "all_users": a.limit.is_none(),
-        "metrics": out.metrics, "coverage10": {"items": covered, "fraction": coverage},
-        "seconds": out.seconds, "users_per_s": users_per_s,
+        "metrics": metrics, "coverage10": {"items": covered, "fraction": coverage},
+        "seconds": out.seconds, "users_per_s": users_per_s, "resumed_users": resumed,
+        "resume_settings": settings,
         "beam": a.beam, "batch": a.batch, "model": src.describe(), "checkpoint": loaded_desc,
         "index": index_path.display().to_string(), "prompt_template": "srt[0]",
         "prompt": prompts.srt[0], "mean_prompt_tokens": mean_prompt,
@@ -196,7 +283,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         "paper_table2": paper.map(|r| serde_json::json!({"R@5": r[0], "R@10": r[1], "N@5": r[2], "N@10": r[3]})),
     });
     write_json(&eval_dir.join(format!("report{suffix}.json")), &report)?;
-    let m = &out.metrics;
+    let m = &metrics;
     let mut md = format!(
         "# llmbs eval: {} ({} split, {} users{})\n\n{}\n{}\n",
         ds.name,
@@ -222,14 +309,19 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         ));
     }
     md.push_str(&format!(
-        "\nLoaded: {loaded_desc}. Index: {}. Prompt: srt[0]. Beam {}, batch {}, {} {:?}: {:.2} users/s ({:.0} s).\n",
+        "\nLoaded: {loaded_desc}. Index: {}. Prompt: srt[0]. Beam {}, batch {}, {} {:?}: {:.2} users/s ({:.0} s{}).\n",
         index_path.display(),
         a.beam,
         a.batch,
         device_name(&device),
         dtype,
         users_per_s,
-        out.seconds
+        out.seconds,
+        if resumed > 0 {
+            format!(" for {} users; {resumed} more came from an interrupted run", todo.len())
+        } else {
+            String::new()
+        }
     ));
     atomic_write(&eval_dir.join(format!("report{suffix}.md")), md.as_bytes())?;
     println!("{md}");

@@ -238,7 +238,7 @@ impl Hooks for StageHooks<'_> {
                 self.items,
                 self.cfg.valid_beam,
                 self.cfg.valid_batch,
-                |_| {},
+                |_, _| Ok(()),
             )?;
             recall10 = out.metrics.recall.get(&10).copied();
             ndcg10 = out.metrics.ndcg.get(&10).copied();

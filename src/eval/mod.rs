@@ -2,6 +2,7 @@
 //! Recall/NDCG over full rankings, predictions and reports.
 
 pub mod beam;
+pub mod partial;
 pub mod ppl;
 pub mod trie;
 
@@ -48,7 +49,7 @@ impl ItemIds {
 }
 
 /// One user's prediction, as written to `predictions.jsonl`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, serde::Deserialize)]
 pub struct Prediction {
     pub user: String,
     pub target: String,
@@ -85,7 +86,8 @@ pub fn prompt_ids(
         .collect()
 }
 
-/// Beam search for every sample in batches of `batch` users, with metrics.
+/// Beam search for every sample in batches of `batch` users, with metrics. `on_batch` sees
+/// each batch's sample indices and results as they come (progress, partial files).
 pub fn evaluate(
     model: &Llama,
     prompts_ids: &[Vec<u32>],
@@ -93,7 +95,7 @@ pub fn evaluate(
     items: &ItemIds,
     beam: usize,
     batch: usize,
-    mut on_batch: impl FnMut(usize),
+    mut on_batch: impl FnMut(&[usize], &[Ranked]) -> anyhow::Result<()>,
 ) -> anyhow::Result<EvalOutput> {
     let start = Instant::now();
     let mut acc = MetricAccumulator::default();
@@ -105,10 +107,10 @@ pub fn evaluate(
     for chunk in order.chunks(batch.max(1)) {
         let ps: Vec<Vec<u32>> = chunk.iter().map(|&i| prompts_ids[i].clone()).collect();
         let out = beam_search(model, &ps, &items.trie, beam)?;
+        on_batch(chunk, &out)?;
         for (&i, r) in chunk.iter().zip(out) {
             results[i] = Some(r);
         }
-        on_batch(chunk.len());
     }
     for (s, r) in samples.iter().zip(results) {
         let r = r.unwrap_or_default();

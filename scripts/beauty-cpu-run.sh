@@ -13,8 +13,10 @@ USERS=${2:-400}
 DATA=../shared/data/beauty
 BIN=target/release/llmbs
 cargo build --release
+# --id-init mean: this run predates the text initialisation of the ID rows (the default since).
 "$BIN" train --stage initial --run "$RUN" --data "$DATA" --steps 220 --batch-size 16 \
-  --micro-batch 8 --lr 2e-4 --warmup-steps 10 --eval-every 55 --valid-users 200 --max-minutes 55
+  --micro-batch 8 --lr 2e-4 --warmup-steps 10 --eval-every 55 --valid-users 200 --max-minutes 55 \
+  --id-init mean
 # Validation R@10 was still rising at step 220: the run continued (a warm restart of the cosine
 # over 400 steps) from the step-220 checkpoint.
 "$BIN" train --stage initial --run "$RUN" --data "$DATA" --resume --steps 400 --max-minutes 28

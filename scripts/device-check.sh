@@ -104,6 +104,7 @@ if [ "$STAGE" = train ]; then
     --model "$GGUF" --device cuda --dtype "${TRAIN_DTYPE:-bf16}" --steps "${TRAIN_STEPS:-250}" \
     --batch-size "${TRAIN_BATCH:-128}" --micro-batch "${TRAIN_MICRO:-32}" --lr "${TRAIN_LR:-2e-4}" \
     --warmup-steps 10 --eval-every "${TRAIN_EVAL_EVERY:-50}" --valid-users 500 \
+    --mix "${TRAIN_MIX:-srt=4}" ${TRAIN_DENSE---srt-dense} \
     --max-minutes "${TRAIN_MINUTES:-5}" > "$OUT/train.log" 2>&1
   log "train rc=$? $(grep -m1 'tokens/s' "$R/train/initial/report.md" 2>/dev/null)"
   timeout "${EVAL_TIMEOUT:-400}" "$BIN" eval --run "$R" --data "$CARRY/p2/beauty" --split test \

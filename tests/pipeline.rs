@@ -317,7 +317,8 @@ fn tiny_pipeline_end_to_end_then_skips_and_reruns() {
     assert!(!ok && err.contains("nobody-42"), "{err}");
 
     // `llmbs train --dtype bf16`: bf16 compute, f32 weights in the checkpoint, the compute
-    // dtype in the report; the fresh ID rows started from the item text (the default).
+    // dtype in the report; the fresh ID rows started from the item text (the default). Dense SRT
+    // on: every sample's history IDs are found in the real tokenizer's prompt (or it fails).
     let run2 = tmp.path().join("run-bf16");
     for d in ["index", "embeddings"] {
         std::fs::create_dir_all(run2.join(d)).unwrap();
@@ -358,6 +359,9 @@ fn tiny_pipeline_end_to_end_then_skips_and_reruns() {
         "5",
         "--dtype",
         "bf16",
+        "--srt-dense",
+        "--mix",
+        "srt=1,id2text=0,text2id=0,hist_text2id=0,hist_id2text=0",
     ]);
     assert!(ok, "{err}");
     assert!(err.contains("start from their items' text"), "{err}");
@@ -367,6 +371,7 @@ fn tiny_pipeline_end_to_end_then_skips_and_reruns() {
     .unwrap();
     assert_eq!(rep["compute_dtype"], "bf16", "{rep}");
     assert_eq!(rep["config"]["id_init"], "text", "{rep}");
+    assert_eq!(rep["config"]["srt_dense"], true, "{rep}");
     let w = candle_core::safetensors::load(
         run2.join("checkpoints/initial/model.safetensors"),
         &Device::Cpu,

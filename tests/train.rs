@@ -52,6 +52,7 @@ fn cycle_samples(gct: bool) -> Vec<Encoded> {
                 prompt_len,
                 response_len: 2,
                 gct_item: gct.then_some(next as u32),
+                history_loss: Vec::new(),
             }
         })
         .collect()
@@ -379,6 +380,7 @@ fn training_tasks_never_hold_validation_or_test_targets() {
         limits: TextLimits::default(),
         con_id: Some(vocab["[CON]"]),
         eos_id: Some(0),
+        srt_windows: None,
     };
     let held: HashSet<u32> = split
         .valid
@@ -418,6 +420,30 @@ fn training_tasks_never_hold_validation_or_test_targets() {
     assert_eq!(first.len(), samples.len().min(srt.len()));
     // The same seed gives the same plan.
     assert_eq!(plan, b.plan(&TaskMix::default(), 2000, 7).unwrap());
+
+    // Dense SRT: one window per user here (4 training items < 20), and the tokens that carry
+    // loss over one pass of the windows are exactly the targets of every training prefix.
+    let dense = TaskBuilder {
+        srt_windows: Some(llmbs::tasks::dense::srt_windows(&samples, 20)),
+        ..b.clone()
+    };
+    assert_eq!(dense.rows(TaskKind::Srt), users);
+    let mut trained: Vec<u32> = Vec::new();
+    for p in dense.plan(&TaskMix::srt_only(), users, 3).unwrap() {
+        let e = dense.encode(&p).unwrap();
+        assert!(!e.input.iter().any(|t| held.contains(t)));
+        let mut pos = e.history_loss.clone();
+        pos.extend(e.prompt_len - 1..e.prompt_len + e.response_len - 1);
+        trained.extend(pos.iter().map(|&q| e.input[q + 1]));
+        assert_eq!(e.loss_tokens(), pos.len());
+    }
+    let mut want: Vec<u32> = samples
+        .iter()
+        .map(|s| id_ids[s.target as usize][0])
+        .collect();
+    trained.sort();
+    want.sort();
+    assert_eq!(trained, want);
 }
 
 #[test]

@@ -87,6 +87,10 @@ pub struct TrainArgs {
     /// History cap of the recommendation samples (20)
     #[arg(long)]
     pub max_history: Option<usize>,
+    /// Dense SRT: one sample per window of --max-history items, every later history ID carrying
+    /// loss too (all the window's prefixes in one pass; off: one sample per prefix, as the paper)
+    #[arg(long)]
+    pub srt_dense: bool,
     /// Validate (loss, beam-search R@10/N@10) and checkpoint every N steps
     #[arg(long)]
     pub eval_every: Option<usize>,
@@ -156,6 +160,9 @@ fn resolve_config(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
     set!(max_history, eval_every, valid_users, seed);
     if a.max_minutes.is_some() {
         c.max_minutes = a.max_minutes;
+    }
+    if a.srt_dense {
+        c.srt_dense = true;
     }
     if let Some(m) = &a.mix {
         c.mix.parse_into(m)?;
@@ -229,7 +236,7 @@ impl Hooks for StageHooks<'_> {
     fn validate(&mut self, t: &Trainer) -> anyhow::Result<ValidRecord> {
         let start = std::time::Instant::now();
         let valid_loss = t.response_loss(&self.valid_enc)?;
-        let (mut recall10, mut ndcg10) = (None, None);
+        let (mut recall10, mut ndcg10, mut coverage10) = (None, None, None);
         if !self.valid_samples.is_empty() {
             let out = eval::evaluate(
                 &t.model,
@@ -242,12 +249,21 @@ impl Hooks for StageHooks<'_> {
             )?;
             recall10 = out.metrics.recall.get(&10).copied();
             ndcg10 = out.metrics.ndcg.get(&10).copied();
+            let lists: Vec<Vec<u32>> = out
+                .ranked
+                .iter()
+                .map(|r| r.iter().map(|x| x.0).collect())
+                .collect();
+            let n_items = self.items.tokens.len();
+            coverage10 =
+                Some(crate::metrics::coverage(lists.iter().map(|l| l.as_slice()), 10, n_items).0);
         }
         Ok(ValidRecord {
             step: t.step,
             valid_loss,
             recall10,
             ndcg10,
+            coverage10,
             users: self.valid_samples.len(),
             seconds: start.elapsed().as_secs_f64(),
         })
@@ -519,6 +535,9 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
             None
         },
         eos_id: eos_id.map(|x| x as u32),
+        srt_windows: c
+            .srt_dense
+            .then(|| crate::tasks::dense::srt_windows(&samples, c.max_history)),
     };
     let plan = builder.plan(&c.mix, c.steps * c.batch_size, c.seed)?;
 
@@ -532,6 +551,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         samples: &valid,
         con_id: None,
         text_items: Vec::new(),
+        srt_windows: None,
         ..builder.clone()
     };
     let valid_enc: Vec<Encoded> = (0..valid.len())
@@ -677,17 +697,18 @@ fn report(
         "config": state.config,
     });
     let mut md = format!(
-        "# llmbs train --stage {}\n\n{} of {} steps ({:?}) in {:.0} s on {} ({} compute, f32 weights); {} trainable parameters; median {:.0} tokens/s (forward+backward+AdamW).\n\nLoss: {:.4} (mean of the first 10 steps) -> {:.4} (last 10).\n\n| step | valid CE | R@10 | N@10 | users |\n|---:|---:|---:|---:|---:|\n",
+        "# llmbs train --stage {}\n\n{} of {} steps ({:?}) in {:.0} s on {} ({} compute, f32 weights); {} trainable parameters; median {:.0} tokens/s (forward+backward+AdamW).\n\nLoss: {:.4} (mean of the first 10 steps) -> {:.4} (last 10).\n\n| step | valid CE | R@10 | N@10 | coverage@10 | users |\n|---:|---:|---:|---:|---:|---:|\n",
         state.stage, state.step, state.total_steps, ended, state.seconds, device_name(device), compute, n_params, median_tps, first, last
     );
     let fmt = |x: Option<f64>| x.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
     for r in &state.validations {
         md.push_str(&format!(
-            "| {} | {:.4} | {} | {} | {} |\n",
+            "| {} | {:.4} | {} | {} | {} | {} |\n",
             r.step,
             r.valid_loss,
             fmt(r.recall10),
             fmt(r.ndcg10),
+            r.coverage10.map_or_else(|| "-".into(), |c| c.to_string()),
             r.users
         ));
     }

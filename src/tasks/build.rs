@@ -124,6 +124,7 @@ pub struct Planned {
 /// One encoded sample: `input` = prompt ++ response (++ `[CON]`). Position `p` in
 /// `prompt_len - 1 .. prompt_len + response_len - 1` predicts `input[p + 1]`; only those carry
 /// loss. `gct_item` is the target whose Z^s / Z^b the `[CON]` state (the last token) contrasts.
+/// `history_loss` holds prompt positions that carry loss too (dense SRT only, else empty).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Encoded {
     pub kind: TaskKind,
@@ -131,6 +132,14 @@ pub struct Encoded {
     pub prompt_len: usize,
     pub response_len: usize,
     pub gct_item: Option<u32>,
+    pub history_loss: Vec<usize>,
+}
+
+impl Encoded {
+    /// Tokens that carry the cross-entropy.
+    pub fn loss_tokens(&self) -> usize {
+        self.response_len + self.history_loss.len()
+    }
 }
 
 /// Length limits of the text parts.
@@ -170,13 +179,20 @@ pub struct TaskBuilder<'a> {
     pub limits: TextLimits,
     pub con_id: Option<u32>,
     pub eos_id: Option<u32>,
+    /// Dense SRT: the rows of `samples` SRT draws from (`dense::srt_windows`), each with loss
+    /// on its later history IDs too. None: every prefix, loss on the target only (paper).
+    pub srt_windows: Option<Vec<usize>>,
 }
 
 impl TaskBuilder<'_> {
     /// How many source rows a task has.
     pub fn rows(&self, k: TaskKind) -> usize {
         match k {
-            TaskKind::Srt | TaskKind::HistText2Id | TaskKind::HistId2Text => self.samples.len(),
+            TaskKind::Srt => self
+                .srt_windows
+                .as_ref()
+                .map_or(self.samples.len(), |w| w.len()),
+            TaskKind::HistText2Id | TaskKind::HistId2Text => self.samples.len(),
             TaskKind::Id2Text | TaskKind::Text2Id => self.text_items.len(),
         }
     }
@@ -279,7 +295,8 @@ impl TaskBuilder<'_> {
         let tpl = self.templates(p.kind);
         let (prompt, response, gct_item) = match p.kind {
             TaskKind::Srt => {
-                let s = &self.samples[p.row];
+                let row = self.srt_windows.as_ref().map_or(p.row, |w| w[p.row]);
+                let s = &self.samples[row];
                 let prompt = self
                     .prompts
                     .fill(tpl, p.template, "{history}", &self.history_ids(s));
@@ -327,12 +344,31 @@ impl TaskBuilder<'_> {
         if let (Some(_), Some(con)) = (gct_item, self.con_id) {
             input.push(con);
         }
+        let mut history_loss = Vec::new();
+        if let (TaskKind::Srt, Some(w)) = (p.kind, &self.srt_windows) {
+            let s = &self.samples[w[p.row]];
+            let ids: Vec<&[u32]> = s
+                .history
+                .iter()
+                .map(|&i| self.id_ids[i as usize].as_slice())
+                .collect();
+            history_loss = super::dense::history_id_positions(&input, prompt_len, &ids)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "dense SRT: the history IDs of user {} are not found as written in the \
+                         tokenized prompt (template {})",
+                        s.user,
+                        p.template
+                    )
+                })?;
+        }
         Ok(Encoded {
             kind: p.kind,
             input,
             prompt_len,
             response_len,
             gct_item,
+            history_loss,
         })
     }
 }

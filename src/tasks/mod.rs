@@ -2,6 +2,7 @@
 //! templates live in `configs/prompts.json` and are embedded as the defaults.
 
 pub mod build;
+pub mod dense;
 pub mod heldout;
 
 use std::path::Path;

@@ -30,6 +30,10 @@ impl MicroBatch {
         for (r, s) in samples.iter().enumerate() {
             ids[r * t..r * t + s.input.len()].copy_from_slice(&s.input);
             tokens += s.input.len();
+            for &p in &s.history_loss {
+                at.push((r, p));
+                targets.push(s.input[p + 1]);
+            }
             for p in s.prompt_len - 1..s.prompt_len + s.response_len - 1 {
                 at.push((r, p));
                 targets.push(s.input[p + 1]);
@@ -71,6 +75,7 @@ mod tests {
             prompt_len,
             response_len,
             gct_item: con.then_some(7),
+            history_loss: Vec::new(),
         }
     }
 
@@ -87,6 +92,16 @@ mod tests {
         assert_eq!((mb.tokens, mb.padded), (9, 12));
         let rows: Vec<Vec<u32>> = mb.ids.to_vec2().unwrap();
         assert_eq!(rows[1], vec![10, 11, 30, 0, 0, 0]);
+    }
+
+    #[test]
+    fn dense_history_positions_carry_loss_first() {
+        let mut a = enc(vec![10, 11, 12, 20, 21], 3, 2, false);
+        a.history_loss = vec![0, 1];
+        let mb = MicroBatch::new(&[&a], &Device::Cpu).unwrap();
+        assert_eq!(mb.at, vec![(0, 0), (0, 1), (0, 2), (0, 3)]);
+        assert_eq!(mb.targets, vec![11, 12, 20, 21]);
+        assert_eq!(a.loss_tokens(), 4);
     }
 
     #[test]

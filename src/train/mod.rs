@@ -102,6 +102,11 @@ pub struct TrainConfig {
     pub text: TextLimits,
     /// History cap of SRT samples (paper: 20).
     pub max_history: usize,
+    /// Dense SRT (`tasks::dense`): one sample per window of `max_history` items with loss on
+    /// every later history ID as well, i.e. all the window's prefixes in one pass. Off: one
+    /// sample per prefix, loss on the target only (the paper).
+    #[serde(default)]
+    pub srt_dense: bool,
     /// Share of items whose text never enters training (for the perplexity check).
     pub heldout_fraction: f64,
     /// Validate (and checkpoint) every N steps, and after the last one.
@@ -153,6 +158,7 @@ impl TrainConfig {
             },
             text: TextLimits::default(),
             max_history: crate::data::DEFAULT_MAX_HISTORY,
+            srt_dense: false,
             heldout_fraction: 0.02,
             eval_every: if anneal { 50 } else { 500 },
             valid_users: 200,

@@ -22,6 +22,10 @@ pub struct ValidRecord {
     /// Beam-search metrics on the validation sample (None when `valid_users` is 0).
     pub recall10: Option<f64>,
     pub ndcg10: Option<f64>,
+    /// Distinct items over the users' top-10 lists: a model that learned one fixed list shows
+    /// ~10 here whatever its recall (absent in logs written before it existed).
+    #[serde(default)]
+    pub coverage10: Option<usize>,
     pub users: usize,
     pub seconds: f64,
 }
@@ -164,8 +168,11 @@ pub fn fit(
                 rec.step,
                 rec.valid_loss,
                 match (rec.recall10, rec.ndcg10) {
-                    (Some(r), Some(n)) =>
-                        format!(", R@10 {r:.4}, N@10 {n:.4} ({} users)", rec.users),
+                    (Some(r), Some(n)) => format!(
+                        ", R@10 {r:.4}, N@10 {n:.4}, coverage@10 {} items ({} users)",
+                        rec.coverage10.unwrap_or(0),
+                        rec.users
+                    ),
                     _ => String::new(),
                 }
             ));

@@ -71,7 +71,7 @@ impl Trainer {
     ) -> Result<Option<StepStats>> {
         let start = Instant::now();
         let c = self.cfg;
-        let resp_tokens: usize = samples.iter().map(|s| s.response_len).sum();
+        let resp_tokens: usize = samples.iter().map(|s| s.loss_tokens()).sum();
         let n_gct = samples.iter().filter(|s| s.gct_item.is_some()).count();
         let mut grads: Vec<Option<Tensor>> = vec![None; self.params.vars.len()];
         let (mut ce, mut gs, mut gb) = (0f64, 0f64, 0f64);

@@ -138,6 +138,8 @@ pub fn fit(
         crate::util::progress_bar(cfg.steps as u64, "steps")
     };
     pb.set_position(trainer.step as u64);
+    // A resumed run starts mid-bar: without this the jump counts as speed and the ETA lies.
+    pb.reset_eta();
     let mut ended = Ended::Finished;
     while trainer.step < cfg.steps {
         let samples = step_samples(plan, builder, trainer.step, cfg.batch_size)?;

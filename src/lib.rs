@@ -9,6 +9,7 @@ pub mod embed;
 pub mod eval;
 pub mod index;
 pub mod llm;
+pub mod memory;
 pub mod metrics;
 pub mod tasks;
 pub mod train;

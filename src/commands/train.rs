@@ -597,6 +597,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         source: match &src {
             ModelSource::Gguf(p) | ModelSource::HfDir(p) => p.display().to_string(),
             ModelSource::Hub(id) => id.clone(),
+            ModelSource::Synthetic(_) => src.describe(),
         },
     };
     let stop = stop_flag()?;

@@ -1,6 +1,8 @@
-//! Model sources: a Hugging Face directory, a Hub repo id (hf-hub), or a llama GGUF file.
+//! Model sources: a Hugging Face directory (safetensors streamed shard by shard, tensor by
+//! tensor), a Hub repo id (hf-hub), a llama GGUF file, or a synthetic shape (`synthetic:NAME`).
 
 use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
@@ -9,7 +11,7 @@ use tokenizers::Tokenizer;
 
 use super::config::LlamaConfig;
 use super::model::Llama;
-use super::{gguf, tokenizer, LlmError};
+use super::{gguf, synthetic, tokenizer, LlmError};
 
 /// File name of the default model inside the model cache.
 pub const DEFAULT_GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -20,6 +22,8 @@ pub enum ModelSource {
     HfDir(PathBuf),
     Hub(String),
     Gguf(PathBuf),
+    /// Random weights of a known shape (`llm::synthetic::NAMES`), made on the device.
+    Synthetic(String),
 }
 
 /// The model cache folder: `$LLMBS_CACHE` or `~/.cache/llmbs`.
@@ -42,6 +46,10 @@ impl ModelSource {
     /// `default` -> the fetched SmolLM2 GGUF; an existing `.gguf` file; an existing directory;
     /// otherwise an `org/name` Hub id.
     pub fn parse(s: &str) -> Result<Self, LlmError> {
+        if let Some(name) = s.strip_prefix("synthetic:") {
+            synthetic::config(name)?;
+            return Ok(Self::Synthetic(name.to_string()));
+        }
         if s == "default" {
             let p = default_model_path();
             if !p.is_file() {
@@ -79,6 +87,7 @@ impl ModelSource {
             Self::HfDir(p) => format!("hf-dir:{}", p.display()),
             Self::Hub(id) => format!("hub:{id}"),
             Self::Gguf(p) => format!("gguf:{}", p.display()),
+            Self::Synthetic(n) => format!("synthetic:{n}"),
         }
     }
 }
@@ -93,10 +102,29 @@ pub struct Loaded {
 }
 
 impl Loaded {
+    /// Every weight in `dtype`.
     pub fn load(src: &ModelSource, device: &Device, dtype: DType) -> Result<Self, LlmError> {
+        Self::load_with(src, device, dtype, &|_| false)
+    }
+
+    /// Weights for which `keep_f32(name)` holds in f32 (what will train), the others in
+    /// `dtype` (frozen weights never exist in f32 when `dtype` is bf16). Safetensors shards are
+    /// read one tensor at a time, so host memory holds at most one tensor of the file.
+    pub fn load_with(
+        src: &ModelSource,
+        device: &Device,
+        dtype: DType,
+        keep_f32: &dyn Fn(&str) -> bool,
+    ) -> Result<Self, LlmError> {
+        let dtype_of = |name: &str| if keep_f32(name) { DType::F32 } else { dtype };
         match src {
             ModelSource::Gguf(p) => {
-                let (cfg, weights, vocab) = gguf::load_gguf(p, device, dtype)?;
+                // GGUF models are small and quantized: dequantize in f32 (the trainable
+                // weights' precision), then cast the rest.
+                let (cfg, mut weights, vocab) = gguf::load_gguf(p, device, DType::F32)?;
+                for (name, t) in weights.iter_mut() {
+                    *t = t.to_dtype(dtype_of(name))?;
+                }
                 let tokenizer = tokenizer::from_gguf_vocab(vocab, &p.display().to_string())?;
                 Ok(Self {
                     cfg,
@@ -107,11 +135,21 @@ impl Loaded {
             }
             ModelSource::HfDir(d) => {
                 let files = HfFiles::in_dir(d)?;
-                Self::from_files(&files, device, dtype, src)
+                Self::from_files(&files, device, &dtype_of, src)
             }
             ModelSource::Hub(id) => {
                 let files = HfFiles::from_hub(id)?;
-                Self::from_files(&files, device, dtype, src)
+                Self::from_files(&files, device, &dtype_of, src)
+            }
+            ModelSource::Synthetic(name) => {
+                let cfg = synthetic::config(name)?;
+                let weights = synthetic::weights(&cfg, synthetic::SEED, device, &dtype_of)?;
+                Ok(Self {
+                    tokenizer: synthetic::tokenizer(cfg.vocab_size)?,
+                    cfg,
+                    weights,
+                    source: src.clone(),
+                })
             }
         }
     }
@@ -119,7 +157,7 @@ impl Loaded {
     fn from_files(
         f: &HfFiles,
         device: &Device,
-        dtype: DType,
+        dtype_of: &dyn Fn(&str) -> DType,
         src: &ModelSource,
     ) -> Result<Self, LlmError> {
         let text = std::fs::read_to_string(&f.config)
@@ -141,14 +179,7 @@ impl Loaded {
             .map_err(|e| LlmError::Format(format!("{}: {e}", f.tokenizer.display())))?;
         let mut weights = HashMap::new();
         for shard in &f.weights {
-            let part = candle_core::safetensors::load(shard, device)
-                .map_err(|e| LlmError::Format(format!("{}: {e}", shard.display())))?;
-            for (k, v) in part {
-                let v = v
-                    .to_dtype(dtype)
-                    .map_err(|e| LlmError::Format(format!("{}: {k}: {e}", shard.display())))?;
-                weights.insert(k, v);
-            }
+            read_safetensors(shard, device, dtype_of, &mut weights)?;
         }
         Ok(Self {
             cfg,
@@ -168,6 +199,87 @@ impl Loaded {
         let vb = VarBuilder::from_tensors(self.weights.clone(), dtype, device);
         Llama::new(&self.cfg, vb)
     }
+}
+
+/// One tensor's entry in a safetensors header.
+#[derive(serde::Deserialize)]
+struct StEntry {
+    dtype: String,
+    shape: Vec<usize>,
+    data_offsets: [u64; 2],
+}
+
+fn st_dtype(s: &str) -> Option<DType> {
+    Some(match s {
+        "F32" => DType::F32,
+        "F16" => DType::F16,
+        "BF16" => DType::BF16,
+        "F64" => DType::F64,
+        "I64" => DType::I64,
+        "U32" => DType::U32,
+        "U8" => DType::U8,
+        _ => return None,
+    })
+}
+
+/// Reads the tensors of one safetensors file into `out`, one at a time in file order (header,
+/// then a seek and a read per tensor): host memory never holds more than one tensor, unlike
+/// reading or mapping the whole shard. Each tensor goes to `device` in `dtype_of(name)`.
+pub fn read_safetensors(
+    path: &Path,
+    device: &Device,
+    dtype_of: &dyn Fn(&str) -> DType,
+    out: &mut HashMap<String, Tensor>,
+) -> Result<(), LlmError> {
+    let at = path.display();
+    let io = |e: std::io::Error| LlmError::Io(format!("{at}: {e}"));
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut n = [0u8; 8];
+    file.read_exact(&mut n).map_err(io)?;
+    let n = u64::from_le_bytes(n);
+    if n > 100 << 20 {
+        return Err(LlmError::Format(format!(
+            "{at}: header of {n} bytes: not safetensors"
+        )));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact(&mut header).map_err(io)?;
+    let mut raw: HashMap<String, serde_json::Value> = serde_json::from_slice(&header)
+        .map_err(|e| LlmError::Format(format!("{at}: safetensors header: {e}")))?;
+    raw.remove("__metadata__");
+    let mut entries: Vec<(String, StEntry)> = raw
+        .into_iter()
+        .map(|(k, v)| {
+            serde_json::from_value(v)
+                .map(|e| (k.clone(), e))
+                .map_err(|e| LlmError::Format(format!("{at}: {k}: {e}")))
+        })
+        .collect::<Result<_, _>>()?;
+    entries.sort_by_key(|(_, e)| e.data_offsets[0]);
+    let mut buf = Vec::new();
+    for (name, e) in entries {
+        let bad = |why: String| LlmError::Format(format!("{at}: {name}: {why}"));
+        let dt = st_dtype(&e.dtype).ok_or_else(|| bad(format!("dtype {} unsupported", e.dtype)))?;
+        let [lo, hi] = e.data_offsets;
+        let want = e.shape.iter().product::<usize>() * dt.size_in_bytes();
+        if hi < lo || (hi - lo) as usize != want {
+            return Err(bad(format!(
+                "{} bytes for shape {:?} {}",
+                hi.saturating_sub(lo),
+                e.shape,
+                e.dtype
+            )));
+        }
+        file.seek(SeekFrom::Start(8 + n + lo)).map_err(io)?;
+        buf.resize(want, 0);
+        file.read_exact(&mut buf).map_err(io)?;
+        let t = Tensor::from_raw_buffer(&buf, dt, &e.shape, &Device::Cpu)
+            .and_then(|t| t.to_device(device))
+            .and_then(|t| t.to_dtype(dtype_of(&name)))
+            .map_err(|e| bad(e.to_string()))?;
+        out.insert(name, t);
+    }
+    Ok(())
 }
 
 /// The files of a Hugging Face model: config, tokenizer and one or more safetensors shards.
@@ -255,5 +367,122 @@ impl HfFiles {
             tokenizer,
             weights,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tiny HF directory whose weights are split over two shards with an index.
+    fn sharded_dir(dir: &Path) -> HashMap<String, Tensor> {
+        let cfg = synthetic::config("tiny").unwrap();
+        let w = synthetic::weights(&cfg, 1, &Device::Cpu, &|_| DType::F32).unwrap();
+        let mut names: Vec<&String> = w.keys().collect();
+        names.sort();
+        let mut map = serde_json::Map::new();
+        for (i, part) in names.chunks(names.len() / 2 + 1).enumerate() {
+            let file = format!("model-{:05}-of-00002.safetensors", i + 1);
+            // One shard in bf16, as many Hub checkpoints are.
+            let dt = if i == 0 { DType::BF16 } else { DType::F32 };
+            let tensors: Vec<(&str, Tensor)> = part
+                .iter()
+                .map(|n| (n.as_str(), w[*n].to_dtype(dt).unwrap()))
+                .collect();
+            safetensors::serialize_to_file(
+                tensors.iter().map(|(k, t)| (*k, t)),
+                None,
+                &dir.join(&file),
+            )
+            .unwrap();
+            for n in part {
+                map.insert((*n).clone(), file.clone().into());
+            }
+        }
+        let index = serde_json::json!({ "metadata": {}, "weight_map": map });
+        std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+        std::fs::write(
+            dir.join("config.json"),
+            serde_json::to_string(&cfg).unwrap(),
+        )
+        .unwrap();
+        synthetic::tokenizer(cfg.vocab_size)
+            .unwrap()
+            .save(dir.join("tokenizer.json"), false)
+            .unwrap();
+        w
+    }
+
+    #[test]
+    fn sharded_safetensors_stream_in_with_per_tensor_dtypes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let want = sharded_dir(tmp.path());
+        let src = ModelSource::parse(tmp.path().to_str().unwrap()).unwrap();
+        let keep = |n: &str| n == "model.embed_tokens.weight";
+        let got = Loaded::load_with(&src, &Device::Cpu, DType::BF16, &keep).unwrap();
+        assert_eq!(got.weights.len(), want.len());
+        for (name, w) in &want {
+            let g = &got.weights[name];
+            let dt = if keep(name) { DType::F32 } else { DType::BF16 };
+            assert_eq!(g.dtype(), dt, "{name}");
+            let diff = (g.to_dtype(DType::F32).unwrap() - w)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            // bf16 keeps 8 significant bits; these weights are below 1 in magnitude.
+            assert!(diff < 4e-3, "{name}: {diff}");
+        }
+        // A tensor read from the f32 shard and kept in f32 is exact.
+        let f32_shard = want.keys().max().unwrap();
+        let exact = Loaded::load(&src, &Device::Cpu, DType::F32).unwrap();
+        let same = exact.weights[f32_shard]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(
+            same,
+            want[f32_shard]
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        );
+        assert!(exact.build(&Device::Cpu).is_ok());
+    }
+
+    #[test]
+    fn a_truncated_shard_names_the_file_and_tensor() {
+        let tmp = tempfile::tempdir().unwrap();
+        sharded_dir(tmp.path());
+        let shard = tmp.path().join("model-00002-of-00002.safetensors");
+        let bytes = std::fs::read(&shard).unwrap();
+        std::fs::write(&shard, &bytes[..bytes.len() - 16]).unwrap();
+        let src = ModelSource::parse(tmp.path().to_str().unwrap()).unwrap();
+        let err = Loaded::load(&src, &Device::Cpu, DType::F32)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("model-00002-of-00002.safetensors"), "{err}");
+    }
+
+    #[test]
+    fn synthetic_sources_parse_and_load() {
+        let src = ModelSource::parse("synthetic:tiny").unwrap();
+        assert_eq!(src.describe(), "synthetic:tiny");
+        assert!(ModelSource::parse("synthetic:llama-70b").is_err());
+        let l = Loaded::load(&src, &Device::Cpu, DType::F32).unwrap();
+        let m = l.build(&Device::Cpu).unwrap();
+        let ids = Tensor::new(&[[1u32, 5, 9]], &Device::Cpu).unwrap();
+        let h = m
+            .forward_hidden(&ids, None, None, None, crate::llm::Mode::Infer)
+            .unwrap();
+        assert_eq!(h.dims(), &[1, 3, 32]);
     }
 }

@@ -11,6 +11,7 @@ pub mod lora;
 pub mod model;
 pub mod peft;
 pub mod save;
+pub mod synthetic;
 pub mod tokenizer;
 pub mod vocab;
 
@@ -18,7 +19,7 @@ pub use cache::KvCache;
 pub use config::LlamaConfig;
 pub use load::{Loaded, ModelSource};
 pub use lora::LoraConfig;
-pub use model::{Llama, Mode, Positions};
+pub use model::{LayerCtx, Llama, Mode, Positions};
 
 /// Errors of the backbone stage; each names the file (and key) it is about.
 #[derive(Debug, thiserror::Error)]

@@ -2,7 +2,10 @@
 //! gives every position's hidden state, logits only where asked, a batched KV cache and
 //! LoRA hooks (DESIGN "Backbone"; paper Eq. 2 uses its hidden states, 3.4 trains it).
 
+mod segments;
 mod weights;
+
+pub use segments::LayerCtx;
 
 use candle_core::{DType, Device, Result, Tensor, D};
 use candle_nn::VarBuilder;
@@ -344,12 +347,24 @@ impl Llama {
 
     /// Seeds every adapter's dropout (each projection from its own stream of `seed`).
     pub fn seed_dropout(&mut self, seed: u64) {
-        for (i, layer) in self.layers.iter_mut().enumerate() {
+        for i in 0..self.layers.len() {
+            self.seed_layer_dropout(i, seed);
+        }
+    }
+
+    /// Seeds layer `i`'s adapters as [`Llama::seed_dropout`] with `seed` would: recomputing
+    /// a layer after reseeding it draws the same dropout masks again (activation checkpointing).
+    pub fn seed_layer_dropout(&mut self, i: usize, seed: u64) {
+        if let Some(layer) = self.layers.get_mut(i) {
             for (j, (_, _, proj)) in layer.projs_mut().into_iter().enumerate() {
                 let k = (i * 8 + j) as u64;
                 proj.seed_dropout(seed ^ k.wrapping_mul(0x9E37_79B9_7F4A_7C15));
             }
         }
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
     }
 
     pub fn new_cache(&self) -> KvCache {
@@ -373,7 +388,6 @@ impl Llama {
         let (b, t) = ids.dims2()?;
         let past = cache.as_ref().map(|c| c.len()).unwrap_or(0);
         let positions = positions.unwrap_or(Positions::Offset(past, t));
-        let cs = self.rope.tables(&positions)?;
         let key_valid = match (&mut cache, valid) {
             (Some(c), v) => {
                 let v = match v {
@@ -389,40 +403,12 @@ impl Llama {
             }
             (None, v) => v.map(|v| v.to_dtype(DType::U8)).transpose()?,
         };
-        let fused =
-            self.device().is_cpu() && self.dtype() == DType::F32 && kernels::fused_enabled();
-        let mask = AttnMask {
-            additive: if fused {
-                None
-            } else {
-                self.mask(b, t, past, key_valid.as_ref())?
-            },
-            valid: match key_valid {
-                Some(v) => v,
-                None => Tensor::ones((b, past + t), DType::U8, ids.device())?,
-            },
-            past,
-        };
-        let st = State {
-            mode,
-            adapter: self.adapter_enabled,
-        };
-        let mut x = self
-            .embed_tokens
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, t, ()))?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            let h = layer.input_layernorm.forward(&x, mode)?;
-            let c = cache.as_deref_mut().map(|c| (c, i));
-            let h = layer
-                .self_attn
-                .forward(&h, &self.rope, &cs, &mask, c, &st)?;
-            x = kernels::add(&x, &h)?;
-            let h = layer.post_attention_layernorm.forward(&x, mode)?;
-            let h = layer.mlp.forward(&h, &st)?;
-            x = kernels::add(&x, &h)?;
+        let ctx = self.ctx(b, t, past, &positions, key_valid, mode)?;
+        let mut x = self.embed(ids)?;
+        for i in 0..self.layers.len() {
+            x = self.block_forward(i, &x, &ctx, cache.as_deref_mut())?;
         }
-        self.norm.forward(&x, mode)
+        self.final_norm(&x, mode)
     }
 
     /// Additive mask `[b|1, 1, t, past + t]`: causal within the chunk, all of the past visible,

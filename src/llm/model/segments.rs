@@ -1,0 +1,103 @@
+//! The decoder one segment at a time (embedding, each layer, the final norm), which
+//! [`Llama::forward_hidden`] chains and activation checkpointing recomputes layer by layer.
+
+use candle_core::{DType, Result, Tensor};
+
+use super::{kernels, AttnMask, KvCache, Llama, Mode, Positions, State};
+
+/// The per-forward state every decoder layer shares (RoPE tables, attention mask, mode); made
+/// by [`Llama::layer_ctx`].
+pub struct LayerCtx {
+    pub(super) cs: (Tensor, Tensor),
+    pub(super) mask: AttnMask,
+    pub(super) st: State,
+}
+
+impl Llama {
+    /// Token embeddings: ids [b, t] (u32) -> [b, t, d]. With [`Llama::layer_ctx`],
+    /// [`Llama::layer_forward`] and [`Llama::final_norm`] this is [`Llama::forward_hidden`]
+    /// one segment at a time (what activation checkpointing recomputes).
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        self.embed_tokens
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, ()))
+    }
+
+    /// What every layer of a cache-free forward over `[b, t]` tokens at positions `0..t` needs.
+    /// `valid`: optional `[b, t]` real-token marks, as in [`Llama::forward_hidden`].
+    pub fn layer_ctx(
+        &self,
+        b: usize,
+        t: usize,
+        valid: Option<&Tensor>,
+        mode: Mode,
+    ) -> Result<LayerCtx> {
+        let valid = valid.map(|v| v.to_dtype(DType::U8)).transpose()?;
+        self.ctx(b, t, 0, &Positions::Offset(0, t), valid, mode)
+    }
+
+    /// Decoder layer `i`: x [b, t, d] -> [b, t, d].
+    pub fn layer_forward(&self, i: usize, x: &Tensor, ctx: &LayerCtx) -> Result<Tensor> {
+        self.block_forward(i, x, ctx, None)
+    }
+
+    /// The final RMSNorm: [b, t, d] -> [b, t, d].
+    pub fn final_norm(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.norm.forward(x, mode)
+    }
+
+    pub(super) fn ctx(
+        &self,
+        b: usize,
+        t: usize,
+        past: usize,
+        positions: &Positions,
+        key_valid: Option<Tensor>,
+        mode: Mode,
+    ) -> Result<LayerCtx> {
+        let cs = self.rope.tables(positions)?;
+        let fused =
+            self.device().is_cpu() && self.dtype() == DType::F32 && kernels::fused_enabled();
+        let mask = AttnMask {
+            additive: if fused {
+                None
+            } else {
+                self.mask(b, t, past, key_valid.as_ref())?
+            },
+            valid: match key_valid {
+                Some(v) => v,
+                None => Tensor::ones((b, past + t), DType::U8, self.device())?,
+            },
+            past,
+        };
+        let st = State {
+            mode,
+            adapter: self.adapter_enabled,
+        };
+        Ok(LayerCtx { cs, mask, st })
+    }
+
+    /// One decoder layer, appending to `cache` when given.
+    pub(super) fn block_forward(
+        &self,
+        i: usize,
+        x: &Tensor,
+        ctx: &LayerCtx,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let layer = self.layers.get(i).ok_or_else(|| {
+            candle_core::Error::Msg(format!("layer {i} of a {}-layer model", self.layers.len()))
+        })?;
+        let mode = ctx.st.mode;
+        let h = layer.input_layernorm.forward(x, mode)?;
+        let c = cache.map(|c| (c, i));
+        let h = layer
+            .self_attn
+            .forward(&h, &self.rope, &ctx.cs, &ctx.mask, c, &ctx.st)?;
+        let x = kernels::add(x, &h)?;
+        let h = layer.post_attention_layernorm.forward(&x, mode)?;
+        let h = layer.mlp.forward(&h, &ctx.st)?;
+        kernels::add(&x, &h)
+    }
+}

@@ -103,6 +103,7 @@ fn step_cfg(lr: f64, total: usize) -> StepConfig {
         lambda_b: 0.1,
         micro_batch: 4,
         seed: 5,
+        checkpoint_activations: false,
     }
 }
 
@@ -149,6 +150,7 @@ fn trainer(seed: u64, lr: f64, total: usize) -> Parts {
             cfg: step_cfg(lr, total),
             step: 0,
             mixed: None,
+            dp: None,
         },
         model_vm,
         gct_vm,
@@ -542,6 +544,7 @@ fn lora_trainer(p: f32) -> Trainer {
         cfg: step_cfg(1e-2, 5),
         step: 0,
         mixed: None,
+        dp: None,
     }
 }
 
@@ -594,7 +597,7 @@ fn bf16_compute_follows_the_f32_loss_curve_and_keeps_f32_weights() {
         let d = common::max_diff(v.as_tensor(), v0.as_tensor());
         assert!(d > 0.0, "{n} did not train");
     }
-    // The f32 model (validation, checkpoints) generates the memorised next IDs.
+    // The model validation uses (the bf16 compute model) generates the memorised next IDs.
     let top = first_ids(&half.trainer.model, &samples);
     let right = (0..N_ITEMS)
         .filter(|&i| top[i] as usize == (i + 1) % N_ITEMS)
@@ -632,8 +635,13 @@ fn bf16_compute_trains_an_adapter_and_f16_is_refused() {
     t.cfg.total = 30;
     let l = losses(&mut t, &samples, 30);
     assert!(l[29] < 0.5 * l[0], "adapter loss {} -> {}", l[0], l[29]);
+    // The trainer's model is now the bf16 compute model: its frozen weights are the base's,
+    // rounded to bf16 once.
+    let f32 = |w: &Tensor| w.to_dtype(DType::F32).unwrap();
     for (k, w) in t.model.weights() {
-        assert_eq!(common::max_diff(&w, &base[&k]), 0.0, "frozen {k} moved");
+        assert_eq!(w.dtype(), DType::BF16, "{k}");
+        let want = f32(&base[&k].to_dtype(DType::BF16).unwrap());
+        assert_eq!(common::max_diff(&f32(&w), &want), 0.0, "frozen {k} moved");
     }
     for v in &t.params.vars {
         assert_eq!(v.dtype(), DType::F32);

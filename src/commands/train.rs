@@ -25,7 +25,7 @@ use crate::train::optim::{AdamW, AdamWConfig};
 use crate::train::run::{fit, plot_log, Ended, Hooks, TrainState, ValidRecord};
 use crate::train::setup::{make_vars, named, params, restore, seed_new_modules, varmap_vars};
 use crate::train::step::{StepConfig, Trainer};
-use crate::train::{AnnealSelect, IdInit, Stage, TrainConfig, Tune};
+use crate::train::{AnnealSelect, IdInit, ReduceDType, Stage, TrainConfig, Tune};
 use crate::util::{atomic_write, write_json};
 
 #[derive(clap::Args, Debug)]
@@ -106,6 +106,15 @@ pub struct TrainArgs {
     /// Prompt file (default: the embedded configs/prompts.json)
     #[arg(long)]
     pub prompts: Option<PathBuf>,
+    /// Recompute each decoder layer in the backward instead of keeping its activations
+    #[arg(long)]
+    pub checkpoint_activations: bool,
+    /// Data parallelism: one rank per device, e.g. cuda:0,cuda:1 (NCCL) or cpu,cpu (overrides --device)
+    #[arg(long)]
+    pub devices: Option<String>,
+    /// dtype of the data-parallel gradient all-reduce: f32 (exact) or bf16 (half the traffic)
+    #[arg(long, value_enum)]
+    pub dp_reduce: Option<ReduceDType>,
     #[command(flatten)]
     pub dev: DeviceArgs,
 }
@@ -163,6 +172,12 @@ fn resolve_config(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
     }
     if a.srt_dense {
         c.srt_dense = true;
+    }
+    if a.checkpoint_activations {
+        c.checkpoint_activations = true;
+    }
+    if let Some(r) = a.dp_reduce {
+        c.dp_reduce = r;
     }
     if let Some(m) = &a.mix {
         c.mix.parse_into(m)?;
@@ -293,6 +308,14 @@ impl Hooks for StageHooks<'_> {
 
 pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     let (device, dtype) = a.dev.resolve()?;
+    let devices = match &a.devices {
+        Some(list) => list
+            .split(',')
+            .map(|d| crate::device::parse_device(d.trim()))
+            .collect::<anyhow::Result<Vec<_>>>()?,
+        None => vec![device.clone()],
+    };
+    let device = devices[0].clone();
     match dtype {
         DType::F32 => {}
         DType::BF16 if device.is_cpu() => eprintln!(
@@ -334,6 +357,13 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         if a.max_minutes.is_some() {
             c.max_minutes = a.max_minutes;
         }
+        // Memory and communication settings: the trained values do not depend on them.
+        if a.checkpoint_activations {
+            c.checkpoint_activations = true;
+        }
+        if let Some(r) = a.dp_reduce {
+            c.dp_reduce = r;
+        }
     }
 
     let ds = Dataset::load_lcrec(&a.data)?;
@@ -365,7 +395,14 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
             .to_string(),
     };
     let src = ModelSource::parse(&source)?;
-    let mut loaded = Loaded::load(&src, &device, DType::F32)?;
+    let is_embed = |n: &str| n == "model.embed_tokens.weight" || n == "lm_head.weight";
+    // What trains is read in f32; the frozen rest straight in the compute dtype.
+    let trains = |n: &str| match (c.stage, c.tune) {
+        (Stage::Initial, Tune::Full) => true,
+        (Stage::Initial, Tune::Lora) => is_embed(n),
+        (Stage::Anneal, _) => false,
+    };
+    let mut loaded = Loaded::load_with(&src, &device, dtype, &trains)?;
     let mut new_tokens: Vec<String> = tokens.iter().flatten().cloned().collect();
     new_tokens.sort();
     new_tokens.dedup();
@@ -394,13 +431,12 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
 
     // Trainable variables.
     let mut weights = loaded.weights.clone();
-    let is_embed = |n: &str| n == "model.embed_tokens.weight" || n == "lm_head.weight";
     let base_vars = match (c.stage, c.tune) {
         (Stage::Initial, Tune::Full) => make_vars(&mut weights, |_| true)?,
         (Stage::Initial, Tune::Lora) => make_vars(&mut weights, is_embed)?,
         (Stage::Anneal, _) => Vec::new(),
     };
-    let vb = VarBuilder::from_tensors(weights.clone(), DType::F32, &device);
+    let vb = VarBuilder::from_tensors(weights.clone(), dtype, &device);
     let mut model = crate::llm::Llama::new(&loaded.cfg, vb)?;
     if let (Stage::Anneal, ModelSource::HfDir(d)) = (c.stage, &src) {
         // An initial stage tuned with LoRA: its adapter becomes part of the frozen base.
@@ -459,7 +495,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         }
     }
     // Variables stay f32 (the master weights); with bf16 each step computes on cast copies.
-    let mixed = if dtype == DType::F32 {
+    let mixed = if dtype == DType::F32 && a.devices.is_none() {
         None
     } else {
         let lora = lora_vm
@@ -501,10 +537,15 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
             lambda_b: c.lambda_b,
             micro_batch: c.micro_batch,
             seed: c.seed,
+            checkpoint_activations: c.checkpoint_activations,
         },
         step: prev.as_ref().map(|s| s.step).unwrap_or(0),
         mixed,
+        dp: None,
     };
+    if a.devices.is_some() {
+        trainer.enable_data_parallel(&devices, c.dp_reduce.dtype())?;
+    }
 
     // Tasks and their plan.
     let train_samples = split.train_samples(c.max_history);
@@ -566,6 +607,11 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     let beam_valid: Vec<Sample> = valid.iter().take(c.valid_users).cloned().collect();
     let valid_prompts = eval::prompt_ids(&beam_valid, &items, &prompts, 0, &loaded.tokenizer)?;
 
+    if trainer.dp.as_ref().is_some_and(|dp| !dp.is_leader()) {
+        // Another machine's ranks of a multi-node run: train, write nothing.
+        let stop = stop_flag()?;
+        return crate::train::parallel::follow(&mut trainer, &plan, &builder, c.batch_size, &stop);
+    }
     let out_dir = a.run.join("train").join(stage);
     write_json(&out_dir.join("config.json"), &c)?;
     let mut state = prev.unwrap_or(TrainState {
@@ -627,6 +673,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         &stop,
         false,
     )?;
+    trainer.release_data_parallel()?;
     plot_log(&log_path, &out_dir.join("curves.svg"))?;
     let report = report(&state, &log_path, ended, n_params, &device, dtype)?;
     write_json(&out_dir.join("report.json"), &report.0)?;
@@ -694,13 +741,16 @@ fn report(
         "loss_first_10_steps": first, "loss_last_10_steps": last,
         "best": state.best, "validations": state.validations,
         "device": device_name(device), "compute_dtype": compute, "master_dtype": "f32",
+        "peak_memory": crate::memory::peak(device),
         "model": state.model, "index": state.index,
         "config": state.config,
     });
     let mut md = format!(
-        "# llmbs train --stage {}\n\n{} of {} steps ({:?}) in {:.0} s on {} ({} compute, f32 weights); {} trainable parameters; median {:.0} tokens/s (forward+backward+AdamW).\n\nLoss: {:.4} (mean of the first 10 steps) -> {:.4} (last 10).\n\n| step | valid CE | R@10 | N@10 | coverage@10 | users |\n|---:|---:|---:|---:|---:|---:|\n",
-        state.stage, state.step, state.total_steps, ended, state.seconds, device_name(device), compute, n_params, median_tps, first, last
+        "# llmbs train --stage {}\n\n{} of {} steps ({:?}) in {:.0} s on {} ({} compute, f32 weights); {} trainable parameters; median {:.0} tokens/s (forward+backward+AdamW).\n\nLoss: {:.4} (mean of the first 10 steps) -> {:.4} (last 10).\n\nPeak memory: {}.\n\n| step | valid CE | R@10 | N@10 | coverage@10 | users |\n|---:|---:|---:|---:|---:|---:|\n",
+        state.stage, state.step, state.total_steps, ended, state.seconds, device_name(device), compute, n_params, median_tps, first, last,
+        crate::memory::peak(device).describe()
     );
+
     let fmt = |x: Option<f64>| x.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
     for r in &state.validations {
         md.push_str(&format!(

@@ -4,12 +4,16 @@
 //! Why this shape: the variables are the f32 master weights, and each step builds a bf16 model
 //! whose trainable weights are differentiable casts of them (`to_dtype` passes gradients back
 //! as f32), so AdamW, clipping, checkpoints and `--resume` are the f32 code paths unchanged.
-//! Frozen weights are cast once. bf16 needs no loss scaling (its exponent range is f32's);
-//! f16 would, so it is refused.
+//! Frozen weights are cast once (or loaded in bf16 directly: `Loaded::load_with`), so a frozen
+//! base never exists in f32. bf16 needs no loss scaling (its exponent range is f32's); f16
+//! would, so it is refused.
+//!
+//! With dtype f32 the same struct is the trainer's model recipe for data parallelism: each
+//! rank's model is built from it with the rank's own variables (`MixedPrecision::replicate`).
 
 use std::collections::{HashMap, HashSet};
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor, TensorId};
 use candle_nn::VarBuilder;
 
 use crate::llm::{Llama, LoraConfig};
@@ -22,6 +26,8 @@ pub struct MixedPrecision {
     base: HashMap<String, Tensor>,
     /// The adapter's f32 variable tensors under `Llama::lora_keys` names.
     lora: Option<(LoraConfig, HashMap<String, Tensor>)>,
+    /// Where the weights live and the model is built.
+    device: Device,
 }
 
 impl MixedPrecision {
@@ -50,13 +56,44 @@ impl MixedPrecision {
         if let Some(n) = names.iter().find(|n| !base.contains_key(**n)) {
             candle_core::bail!("trainable weight {n} is not a weight of the model");
         }
-        Ok(Self { dtype, base, lora })
+        Ok(Self {
+            dtype,
+            base,
+            lora,
+            device: model.device().clone(),
+        })
+    }
+
+    /// The same recipe on `dev`, each tensor that is a key of `subst` (by id: the variables)
+    /// replaced by its value, every other tensor copied to `dev`.
+    pub fn replicate(&self, dev: &Device, subst: &HashMap<TensorId, Tensor>) -> Result<Self> {
+        let move_map = |m: &HashMap<String, Tensor>| -> Result<HashMap<String, Tensor>> {
+            m.iter()
+                .map(|(k, t)| {
+                    let t = match subst.get(&t.id()) {
+                        Some(v) => v.clone(),
+                        None => t.to_device(dev)?,
+                    };
+                    Ok((k.clone(), t))
+                })
+                .collect()
+        };
+        let lora = match &self.lora {
+            Some((c, t)) => Some((c.clone(), move_map(t)?)),
+            None => None,
+        };
+        Ok(Self {
+            dtype: self.dtype,
+            base: move_map(&self.base)?,
+            lora,
+            device: dev.clone(),
+        })
     }
 
     /// The model for one step, in `self.dtype`; gradients of its trainable weights reach the
-    /// f32 variables.
+    /// f32 variables. `like` gives the config.
     pub fn model(&self, like: &Llama) -> Result<Llama> {
-        let vb = VarBuilder::from_tensors(self.base.clone(), self.dtype, like.device());
+        let vb = VarBuilder::from_tensors(self.base.clone(), self.dtype, &self.device);
         let mut m = Llama::new(like.config(), vb)?;
         if let Some((cfg, t)) = &self.lora {
             m.attach_lora_from(cfg, t)?;

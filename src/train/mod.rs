@@ -3,9 +3,12 @@
 
 pub mod batch;
 pub mod checkpoint;
+pub mod dist;
 pub mod loss;
+pub mod micro;
 pub mod mixed;
 pub mod optim;
+pub mod parallel;
 pub mod plot;
 pub mod run;
 pub mod setup;
@@ -62,6 +65,26 @@ pub enum IdInit {
     Mean,
     /// Each token from its items' title and category text (`llm::vocab::init_id_rows_from_text`).
     Text,
+}
+
+/// The dtype data-parallel ranks exchange gradients in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ReduceDType {
+    /// Exact sums of the f32 gradients.
+    #[default]
+    F32,
+    /// Half the traffic; each gradient rounded to bf16 before the sum.
+    Bf16,
+}
+
+impl ReduceDType {
+    pub fn dtype(self) -> candle_core::DType {
+        match self {
+            ReduceDType::F32 => candle_core::DType::F32,
+            ReduceDType::Bf16 => candle_core::DType::BF16,
+        }
+    }
 }
 
 /// Runs saved before `id_init` existed started from the mean.
@@ -126,6 +149,13 @@ pub struct TrainConfig {
     #[serde(default = "id_init_mean")]
     pub id_init: IdInit,
     pub seed: u64,
+    /// Recompute each decoder layer in the backward instead of keeping its activations
+    /// (less memory, one more forward); the gradients are the same.
+    #[serde(default)]
+    pub checkpoint_activations: bool,
+    /// The dtype data-parallel ranks sum gradients in (`--devices` with several devices).
+    #[serde(default)]
+    pub dp_reduce: ReduceDType,
 }
 
 impl TrainConfig {
@@ -171,6 +201,8 @@ impl TrainConfig {
             anneal_min_history: 10,
             id_init: IdInit::Text,
             seed: 0,
+            checkpoint_activations: false,
+            dp_reduce: ReduceDType::F32,
         }
     }
 

@@ -237,6 +237,23 @@ impl AdamW {
         self.t = t.to_vec1::<u32>()?.first().copied().unwrap_or(0) as usize;
         Ok(())
     }
+
+    /// This optimizer's state for `params`: the same parameters (same order, maybe on other
+    /// devices), e.g. a data-parallel rank's replica.
+    pub fn replicate(&self, params: &Params) -> candle_core::Result<Self> {
+        let to = |ts: &[Tensor]| -> candle_core::Result<Vec<Tensor>> {
+            ts.iter()
+                .zip(&params.vars)
+                .map(|(t, v)| t.to_device(v.device()))
+                .collect()
+        };
+        Ok(Self {
+            cfg: self.cfg,
+            t: self.t,
+            m: to(&self.m)?,
+            v: to(&self.v)?,
+        })
+    }
 }
 
 /// Scales `grads` in place so their global L2 norm is at most `max_norm`; returns the norm

@@ -4,14 +4,17 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result};
 use rand::SeedableRng;
 use serde::Serialize;
 
 use super::batch::{bucket, MicroBatch};
+use super::dist::{agree, Communicator, Reducer};
 use super::loss::{response_ce_sum, Gct};
+use super::micro::{self, GradAcc, Norms, Sums};
 use super::mixed::MixedPrecision;
 use super::optim::{clip_grad_norm, cosine_lr, AdamW, Params};
+use super::parallel::DataParallel;
 use crate::llm::{Llama, Mode};
 use crate::tasks::build::Encoded;
 
@@ -27,6 +30,8 @@ pub struct StepConfig {
     pub lambda_b: f64,
     pub micro_batch: usize,
     pub seed: u64,
+    /// Recompute each decoder layer in the backward instead of keeping its activations.
+    pub checkpoint_activations: bool,
 }
 
 /// What one step measured (a line of the JSONL log).
@@ -46,6 +51,12 @@ pub struct StepStats {
     pub tokens: usize,
     pub padded_tokens: usize,
     pub seconds: f64,
+    /// Peak resident memory of the process so far, bytes (Linux).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_peak_bytes: Option<u64>,
+    /// Peak device memory so far, bytes (CUDA).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_peak_bytes: Option<u64>,
 }
 
 /// The model, its trainable parameters (projectors included), the GCT head and the optimizer.
@@ -59,6 +70,9 @@ pub struct Trainer {
     pub step: usize,
     /// bf16 compute over the f32 variables (`--dtype bf16`); None trains in f32.
     pub mixed: Option<MixedPrecision>,
+    /// The other ranks of data-parallel training (`Trainer::enable_data_parallel`); this
+    /// trainer is rank 0.
+    pub dp: Option<DataParallel>,
 }
 
 impl Trainer {
@@ -69,71 +83,133 @@ impl Trainer {
         samples: &[Encoded],
         stop: &AtomicBool,
     ) -> Result<Option<StepStats>> {
+        match self.dp.take() {
+            Some(mut dp) => {
+                let out = dp.step(self, samples, stop);
+                self.dp = Some(dp);
+                out
+            }
+            None => self.local_step(samples, None, stop),
+        }
+    }
+
+    /// This rank's share of a step: its micro-batches (every `world`-th of the step's
+    /// length-sorted micro-batches, from its rank on), the gradient all-reduce when `comm` is
+    /// given, then the same clipping and AdamW update as every other rank.
+    ///
+    /// Every random draw of a micro-batch (GCT negatives, adapter dropout) is seeded from the
+    /// step and the micro-batch's index, not from the rank, so any number of ranks computes
+    /// the same loss terms as one rank; the loss is divided by the whole batch's counts.
+    pub fn local_step(
+        &mut self,
+        samples: &[Encoded],
+        comm: Option<&dyn Communicator>,
+        stop: &AtomicBool,
+    ) -> Result<Option<StepStats>> {
         let start = Instant::now();
         let c = self.cfg;
-        let resp_tokens: usize = samples.iter().map(|s| s.loss_tokens()).sum();
-        let n_gct = samples.iter().filter(|s| s.gct_item.is_some()).count();
-        let mut grads: Vec<Option<Tensor>> = vec![None; self.params.vars.len()];
-        let (mut ce, mut gs, mut gb) = (0f64, 0f64, 0f64);
-        let (mut tokens, mut padded) = (0, 0);
-        // Negatives for the contrastive terms come from the step's own seed so a resumed run
-        // draws the same ones.
-        let step_seed = c.seed ^ (self.step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let mut rng = rand::rngs::StdRng::seed_from_u64(step_seed);
-        self.model.seed_dropout(step_seed ^ 0xD0_0D);
-        let low = match &self.mixed {
-            Some(mp) => {
-                let mut m = mp.model(&self.model)?;
-                m.seed_dropout(step_seed ^ 0xD0_0D);
-                Some(m)
-            }
-            None => None,
-        };
-        let model = low.as_ref().unwrap_or(&self.model);
-        for group in bucket(samples, c.micro_batch) {
-            if stop.load(Ordering::SeqCst) {
+        let norms = Norms::of(samples);
+        let (rank, world) = comm.map_or((0, 1), |m| (m.rank(), m.world()));
+        if let Some(m) = comm {
+            if !agree(m, stop.load(Ordering::SeqCst))? {
                 return Ok(None);
             }
-            let refs: Vec<&Encoded> = group.iter().map(|&i| &samples[i]).collect();
-            let mb = MicroBatch::new(&refs, model.device())?;
-            tokens += mb.tokens;
-            padded += mb.padded;
-            let hidden = model.forward_hidden(&mb.ids, None, None, None, Mode::Train)?; // [b, t, d]
-            let ce_sum = response_ce_sum(model, &hidden, &mb.at, &mb.targets)?;
-            ce += ce_sum.to_scalar::<f32>()? as f64;
-            let mut loss = (ce_sum / resp_tokens.max(1) as f64)?;
-            if let (Some(gct), false) = (&self.gct, mb.con_at.is_empty()) {
-                let h = Llama::gather(&hidden, &mb.con_at)?;
-                let gl = gct.loss(&h, &mb.con_items, &mut rng)?;
-                gs += gl.sem.to_scalar::<f32>()? as f64;
-                gb += gl.beh.to_scalar::<f32>()? as f64;
-                let w = n_gct.max(1) as f64;
-                loss = ((loss + (gl.sem * (c.lambda_s / w))?)? + (gl.beh * (c.lambda_b / w))?)?;
-            }
-            let g = loss.backward()?;
-            for (acc, var) in grads.iter_mut().zip(&self.params.vars) {
-                if let Some(gi) = g.get(var.as_tensor()) {
-                    *acc = Some(match acc.take() {
-                        Some(a) => (a + gi)?,
-                        None => gi.clone(),
-                    });
-                }
-            }
         }
-        if stop.load(Ordering::SeqCst) {
+        self.refresh_model()?;
+        let step_seed = c.seed ^ (self.step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let groups = bucket(samples, c.micro_batch);
+        let mine: Vec<usize> = (rank..groups.len()).step_by(world).collect();
+        let reduce_dtype = self.dp.as_ref().map_or(DType::F32, |d| d.reduce_dtype);
+        let mut reducer =
+            comm.map(|_| Reducer::new(&self.params, self.model.num_layers(), reduce_dtype));
+        let mut acc = GradAcc::new(self.params.vars.len());
+        let mut sums = Sums::default();
+        for (j, &k) in mine.iter().enumerate() {
+            if comm.is_none() && stop.load(Ordering::SeqCst) {
+                return Ok(None);
+            }
+            let mb_seed = step_seed ^ (k as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407);
+            let refs: Vec<&Encoded> = groups[k].iter().map(|&i| &samples[i]).collect();
+            let mb = MicroBatch::new(&refs, self.model.device())?;
+            let mut rng = rand::rngs::StdRng::seed_from_u64(mb_seed);
+            let dropout_seed = mb_seed ^ 0xD0_0D;
+            self.model.seed_dropout(dropout_seed);
+            let s = if c.checkpoint_activations {
+                let last = j + 1 == mine.len();
+                let params = &self.params;
+                let mut on_layer = |i: usize, acc: &mut GradAcc| match (comm, reducer.as_mut()) {
+                    (Some(m), Some(r)) if last => r.layer_done(m, i, &mut acc.grads, params),
+                    _ => Ok(()),
+                };
+                micro::checkpointed_grads(
+                    &mut self.model,
+                    self.gct.as_ref(),
+                    &mb,
+                    norms,
+                    &c,
+                    &mut rng,
+                    dropout_seed,
+                    params,
+                    &mut acc,
+                    &mut on_layer,
+                )?
+            } else {
+                let (m, g) = (&self.model, self.gct.as_ref());
+                micro::plain_grads(m, g, &mb, norms, &c, &mut rng, &self.params, &mut acc)?
+            };
+            sums.add(s);
+        }
+        let mut grads = acc.grads;
+        let mut stopping = stop.load(Ordering::SeqCst);
+        if let (Some(m), Some(r)) = (comm, reducer.as_mut()) {
+            (sums, stopping) = r.finish(m, &mut grads, &self.params, sums, stopping)?;
+        }
+        if stopping {
             return Ok(None);
         }
         let grad_norm = clip_grad_norm(&mut grads, c.clip_norm)?;
         let lr = cosine_lr(c.lr, self.step, c.total, c.warmup, c.min_lr_ratio);
         self.opt.step(&self.params, &grads, lr)?;
+        drop(grads);
         self.step += 1;
-        let ce = ce / resp_tokens.max(1) as f64;
-        let (gs, gb) = if n_gct > 0 {
-            (gs / n_gct as f64, gb / n_gct as f64)
+        // Validation between steps sees the updated weights.
+        self.refresh_model()?;
+        Ok(Some(self.stats(
+            sums,
+            norms,
+            lr,
+            grad_norm,
+            samples.len(),
+            start,
+        )))
+    }
+
+    /// With mixed precision, rebuilds the compute model from the (just updated) variables.
+    fn refresh_model(&mut self) -> Result<()> {
+        if let Some(mp) = &self.mixed {
+            self.model = mp.model(&self.model)?;
+        }
+        Ok(())
+    }
+
+    fn stats(
+        &self,
+        sums: Sums,
+        norms: Norms,
+        lr: f64,
+        grad_norm: f64,
+        samples: usize,
+        start: Instant,
+    ) -> StepStats {
+        let c = self.cfg;
+        let ce = sums.ce / norms.resp_tokens.max(1) as f64;
+        let (gs, gb) = if norms.n_gct > 0 {
+            (sums.gs / norms.n_gct as f64, sums.gb / norms.n_gct as f64)
         } else {
             (0.0, 0.0)
         };
-        Ok(Some(StepStats {
+        let mem = crate::memory::peak(self.model.device());
+        StepStats {
             step: self.step,
             lr,
             loss: ce + c.lambda_s * gs + c.lambda_b * gb,
@@ -141,11 +217,13 @@ impl Trainer {
             gct_s: gs,
             gct_b: gb,
             grad_norm,
-            samples: samples.len(),
-            tokens,
-            padded_tokens: padded,
+            samples,
+            tokens: sums.tokens,
+            padded_tokens: sums.padded,
             seconds: start.elapsed().as_secs_f64(),
-        }))
+            host_peak_bytes: mem.host_peak_bytes,
+            device_peak_bytes: mem.device_peak_bytes,
+        }
     }
 
     /// Mean response cross-entropy of `samples` without gradients (validation loss).

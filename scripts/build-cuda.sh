@@ -12,16 +12,21 @@
 # Usage:
 #   scripts/build-cuda.sh           full release build, strip, gzip, ldd
 #   scripts/build-cuda.sh --check   only `cargo check --features cuda`
+#   --nccl (with either)            feature `nccl` instead of `cuda` (data-parallel training
+#                                   over NCCL): also installs nvidia-nccl-cu13 and links
+#                                   libnccl.so; the binary then needs libnccl.so.2 at run time
 #
 # Env: CUDA_COMPUTE_CAP (default 90 = Hopper, H100/H200), CARGO_BUILD_JOBS
 # (default 2), PYTHON (default python3).
 set -euo pipefail
 
 MODE=build
+FEATURES=cuda
 for arg in "$@"; do
     case "$arg" in
         --check) MODE=check ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        --nccl) FEATURES=nccl ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         *) echo "unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
@@ -48,6 +53,10 @@ PKGS=(
     "nvidia-curand"
     "nvidia-cuda-nvrtc<13.1"
 )
+if [[ "$FEATURES" == nccl ]]; then
+    # 2.30: the NCCL API version of cudarc's bindings (feature nccl-02030).
+    PKGS+=("nvidia-nccl-cu13==2.30.7")
+fi
 STAMP="$VENV/.llmbs-cuda-pkgs"
 WANT_STAMP="$(printf '%s\n' "${PKGS[@]}")"
 
@@ -83,6 +92,18 @@ for name in cublas cublasLt curand nvrtc cudart; do
     ln -sfn "$real" "$CUDA_ROOT_DIR/lib64/lib$name.so"
     ln -sfn "$real" "$CUDA_ROOT_DIR/lib64/$(basename "$real")"
 done
+
+# NCCL (feature nccl): cudarc links -lnccl; the wheel ships only libnccl.so.2.
+if [[ "$FEATURES" == nccl ]]; then
+    nccl="$(find "$VENV" -name 'libnccl.so.2*' | sort -V | head -n1 || true)"
+    if [[ -z "$nccl" ]]; then
+        echo "libnccl.so.2 not found under $VENV (nvidia-nccl-cu13 installed?)" >&2
+        exit 1
+    fi
+    ln -sfn "$nccl" "$CUDA_ROOT_DIR/lib64/libnccl.so"
+    ln -sfn "$nccl" "$CUDA_ROOT_DIR/lib64/libnccl.so.2"
+    log "NCCL: $nccl"
+fi
 
 # Stub libcuda.so from the cu* symbols cudarc declares (needs cudarc's source).
 log "cargo fetch"
@@ -131,13 +152,13 @@ mkdir -p "$TARGET_DIR"
 [[ -f "$TARGET_DIR/.gitignore" ]] || echo '*' > "$TARGET_DIR/.gitignore"
 
 if [[ "$MODE" == check ]]; then
-    nice -n 19 cargo check --features cuda --target-dir "$TARGET_DIR"
-    log "cargo check --features cuda: OK"
+    nice -n 19 cargo check --features "$FEATURES" --target-dir "$TARGET_DIR"
+    log "cargo check --features $FEATURES: OK"
     exit 0
 fi
 
 start=$SECONDS
-nice -n 19 cargo build --release --features cuda --target-dir "$TARGET_DIR"
+nice -n 19 cargo build --release --features "$FEATURES" --target-dir "$TARGET_DIR"
 log "cargo build took $((SECONDS - start)) s"
 
 BIN="$TARGET_DIR/release/llmbs"
@@ -149,7 +170,7 @@ echo
 echo "sizes:"
 ls -l "$BIN" "$TARGET_DIR/llmbs-cuda.gz" | awk '{ printf "  %6.1f MB  %s\n", $5 / 1e6, $NF }'
 echo
-echo "ldd $BIN (libcuda.so.1 is the driver; the others come from the CUDA 13 runtime"
+echo "ldd $BIN (libcuda.so.1 is the driver; the others (and libnccl.so.2 with --nccl) come from the CUDA 13 runtime"
 echo "libs, e.g. PyTorch's nvidia/cu13/lib, on LD_LIBRARY_PATH; 'not found' is expected here"
 echo "without LD_LIBRARY_PATH):"
 ldd "$BIN" | sed 's/^/  /' || true

@@ -7,10 +7,10 @@
 //! attribute is the peak of live tensor bytes (free-list reuse included, other processes not).
 
 use candle_core::Device;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Peak memory figures; `None` where the platform does not tell.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
 pub struct PeakMemory {
     /// Process resident-set high-water mark (host memory), bytes.
     pub host_peak_bytes: Option<u64>,

@@ -336,3 +336,121 @@ fn data_parallelism_needs_the_model_recipe() {
         .to_string();
     assert!(err.contains("recipe"), "{err}");
 }
+
+/// The first `users` users of Beauty and every item they touch, in the LC-Rec layout.
+fn beauty_slice(dir: &std::path::Path, users: usize) {
+    let read = |f: &str| -> serde_json::Map<String, serde_json::Value> {
+        let p = std::path::Path::new("../shared/data/beauty").join(f);
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    let kept: serde_json::Map<String, serde_json::Value> =
+        read("Beauty.inter.json").into_iter().take(users).collect();
+    let used: std::collections::BTreeSet<String> = kept
+        .values()
+        .flat_map(|s| s.as_array().unwrap().iter())
+        .map(|i| i.to_string().trim_matches('"').to_string())
+        .collect();
+    let items: serde_json::Map<String, serde_json::Value> = read("Beauty.item.json")
+        .into_iter()
+        .filter(|(k, _)| used.contains(k))
+        .collect();
+    std::fs::create_dir_all(dir).unwrap();
+    for (f, v) in [("Beauty.inter.json", kept), ("Beauty.item.json", items)] {
+        std::fs::write(dir.join(f), serde_json::to_string(&v).unwrap()).unwrap();
+    }
+}
+
+fn llmbs(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_llmbs"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "llmbs {args:?} failed:\n{err}");
+    err
+}
+
+/// The training losses of `run`'s initial stage, step by step.
+fn logged_losses(run: &std::path::Path) -> Vec<f64> {
+    std::fs::read_to_string(run.join("train/initial/log.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["loss"].as_f64())
+        .collect()
+}
+
+/// The command line: `llmbs train --devices cpu,cpu --checkpoint-activations` on a synthetic
+/// model logs the losses `--device cpu` logs, and its report gives the peak memory.
+#[test]
+fn the_train_command_with_two_cpu_ranks_logs_the_one_rank_losses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("beauty-slice");
+    beauty_slice(&data, 30);
+    let run = tmp.path().join("run");
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let (data_s, run_s) = (s(&data), s(&run));
+    // Index, Z^s and Z^b (and a first training) from the tiny pipeline.
+    let pipeline = [
+        "pipeline",
+        "--config",
+        "tiny",
+        "--data",
+        &data_s,
+        "--model",
+        "synthetic:tiny",
+        "--run",
+        &run_s,
+        "--device",
+        "cpu",
+    ];
+    llmbs(&pipeline);
+    let train = |extra: &[&str]| -> (Vec<f64>, String) {
+        let mut args = vec![
+            "train",
+            "--stage",
+            "initial",
+            "--run",
+            &run_s,
+            "--data",
+            &data_s,
+            "--model",
+            "synthetic:tiny",
+            "--steps",
+            "3",
+            "--batch-size",
+            "8",
+            "--micro-batch",
+            "2",
+            "--lr",
+            "1e-3",
+            "--warmup-steps",
+            "1",
+            "--eval-every",
+            "3",
+            "--valid-users",
+            "0",
+            "--max-history",
+            "5",
+        ];
+        args.extend_from_slice(extra);
+        let err = llmbs(&args);
+        (logged_losses(&run), err)
+    };
+    let (one, _) = train(&["--device", "cpu"]);
+    let (two, err) = train(&["--devices", "cpu,cpu", "--checkpoint-activations"]);
+    assert!(err.contains("data parallel: 2 ranks"), "{err}");
+    assert_eq!(one.len(), 3);
+    for (a, b) in one.iter().zip(&two) {
+        assert!(
+            (a - b).abs() < 1e-5 * a.abs().max(1.0),
+            "{one:?} vs {two:?}"
+        );
+    }
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("train/initial/report.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(report["peak_memory"]["host_peak_bytes"].as_u64().unwrap() > 0);
+}

@@ -17,21 +17,31 @@ use crate::llm::{Llama, LlamaConfig, Loaded, Mode, ModelSource};
 #[derive(clap::Subcommand, Debug)]
 pub enum BenchCommand {
     /// Backbone workloads: forward (inference path, no LM head), backward (forward+backward,
-    /// training path with the LM head and cross-entropy), train (backward + AdamW), embed.
+    /// training path with the LM head and cross-entropy), train (backward + AdamW), embed,
+    /// step (the trainer's own step: --tune, --checkpoint-activations, f32 master weights).
     Llm(LlmBenchArgs),
 }
 
 #[derive(clap::Args, Debug)]
 pub struct LlmBenchArgs {
-    /// Backbone source (see `llmbs embed --help`)
+    /// Backbone source (see `llmbs embed --help`), or synthetic:llama-7b / synthetic:llama-1b
     #[arg(long, default_value = "default")]
     pub model: String,
     /// Random weights of SmolLM2-135M's shape instead of loading a model (speed only)
     #[arg(long)]
     pub random_weights: bool,
-    /// Comma-separated: forward,backward,train,embed
+    /// Comma-separated: forward,backward,train,embed,beam,step (run step alone for its peak memory)
     #[arg(long, default_value = "forward,train")]
     pub workload: String,
+    /// step workload: what trains (lora: adapters + embedding/head, as `llmbs train --tune lora`)
+    #[arg(long, value_enum, default_value = "lora")]
+    pub tune: crate::train::Tune,
+    /// step workload: recompute each decoder layer in the backward
+    #[arg(long)]
+    pub checkpoint_activations: bool,
+    /// step workload: sequences per forward/backward (default: --batch)
+    #[arg(long)]
+    pub micro_batch: Option<usize>,
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
     #[arg(long, default_value_t = 128)]
@@ -127,6 +137,16 @@ fn run_llm(a: LlmBenchArgs) -> anyhow::Result<()> {
         std::env::set_var("RAYON_NUM_THREADS", t.to_string());
     }
     let (dev, dtype) = a.dev.resolve()?;
+    let workloads: Vec<&str> = a
+        .workload
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    if workloads == ["step"] {
+        // Alone, so its peak memory is its own (the other workloads keep a model loaded).
+        return bench_step(&a, &dev, dtype);
+    }
     let (cfg, vm, loaded, source) = if a.random_weights {
         let cfg = LlamaConfig::smollm2_135m();
         let (vm, _) = crate::llm::init::random_model(&cfg, 0, dtype, &dev)?;
@@ -134,10 +154,18 @@ fn run_llm(a: LlmBenchArgs) -> anyhow::Result<()> {
     } else {
         let src = ModelSource::parse(&a.model)?;
         let loaded = Loaded::load(&src, &dev, dtype)?;
-        let vm = trainable(&loaded.weights, dtype, &dev)?;
+        // Variable copies of every weight only for the workloads that train them all.
+        let vm = if workloads.iter().any(|w| matches!(*w, "backward" | "train")) {
+            trainable(&loaded.weights, dtype, &dev)?
+        } else {
+            VarMap::new()
+        };
         (loaded.cfg.clone(), vm, Some(loaded), src.describe())
     };
-    let model = Llama::new(&cfg, VarBuilder::from_varmap(&vm, dtype, &dev))?;
+    let model = match &loaded {
+        Some(l) if vm.all_vars().is_empty() => l.build(&dev)?,
+        _ => Llama::new(&cfg, VarBuilder::from_varmap(&vm, dtype, &dev))?,
+    };
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let (b, t) = (a.batch, a.seq);
     let ids: Vec<u32> = (0..b * t)
@@ -148,12 +176,7 @@ fn run_llm(a: LlmBenchArgs) -> anyhow::Result<()> {
         "device": device_name(&dev), "dtype": format!("{dtype:?}").to_lowercase(),
         "model": source, "threads": candle_core::utils::get_num_threads(),
     });
-    for w in a
-        .workload
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-    {
+    for w in workloads {
         let mut line = base.clone();
         line["workload"] = w.into();
         match w {
@@ -246,8 +269,9 @@ fn run_llm(a: LlmBenchArgs) -> anyhow::Result<()> {
                 line["prompt_tokens_mean"] = prompt_tokens.into();
                 line["trie_items"] = 12_000.into();
             }
+            "step" => anyhow::bail!("--workload step runs alone (its peak memory is its own)"),
             other => anyhow::bail!(
-                "--workload {other}: expected forward, backward, train, embed or beam"
+                "--workload {other}: expected forward, backward, train, embed, beam or step"
             ),
         }
         if a.json {
@@ -266,6 +290,61 @@ fn run_llm(a: LlmBenchArgs) -> anyhow::Result<()> {
                 dtype
             );
         }
+    }
+    Ok(())
+}
+
+/// The trainer's own optimizer step on random tokens (`train::scale::probe_step`), with the
+/// weights-and-optimizer memory estimate of full and LoRA tuning beside the measured peak.
+fn bench_step(a: &LlmBenchArgs, dev: &Device, dtype: DType) -> anyhow::Result<()> {
+    use crate::train::scale::{estimate_memory, probe_step, StepProbe};
+    use crate::train::Tune;
+    let src = ModelSource::parse(&a.model)?;
+    let p = StepProbe {
+        tune: a.tune,
+        lora: crate::llm::LoraConfig::default(),
+        checkpoint_activations: a.checkpoint_activations,
+        batch: a.batch,
+        seq: a.seq,
+        micro_batch: a.micro_batch.unwrap_or(a.batch),
+        warmup: 1,
+        runs: a.runs,
+    };
+    let t = probe_step(&src, dev, dtype, &p)?;
+    let cfg = match &src {
+        ModelSource::Synthetic(n) => Some(crate::llm::synthetic::config(n)?),
+        _ => None,
+    };
+    let est = |tune| {
+        cfg.as_ref()
+            .map(|c| estimate_memory(c, tune, &p.lora, dtype))
+    };
+    let mut runs = t.runs.clone();
+    let m = median(&mut runs);
+    let line = serde_json::json!({
+        "workload": "step", "device": device_name(dev), "dtype": format!("{dtype:?}").to_lowercase(),
+        "model": src.describe(), "threads": candle_core::utils::get_num_threads(),
+        "tune": a.tune, "checkpoint_activations": a.checkpoint_activations,
+        "batch": a.batch, "seq": a.seq, "micro_batch": p.micro_batch,
+        "runs": t.runs, "median_s": m, "tokens_per_s": t.tokens_per_step as f64 / m,
+        "losses": t.losses, "trainable_parameters": t.trainable_parameters,
+        "peak_memory": t.peak,
+        "estimate_full": est(Tune::Full), "estimate_lora": est(Tune::Lora),
+    });
+    if a.json {
+        println!("{line}");
+    } else {
+        println!(
+            "step      {:>10.1} tokens/s  median {:.3}s  ({} runs, {} {:?}, {:?}{}), peak memory {}",
+            t.tokens_per_step as f64 / m,
+            m,
+            a.runs,
+            device_name(dev),
+            dtype,
+            a.tune,
+            if a.checkpoint_activations { ", checkpointed" } else { "" },
+            t.peak.describe()
+        );
     }
     Ok(())
 }

@@ -53,6 +53,14 @@ pub struct EmbedSidecar {
     pub tokens: usize,
     pub seconds: f64,
     pub items_per_s: f64,
+    #[serde(default)]
+    pub tokens_per_s: f64,
+    /// Seconds the whole catalogue would take at this speed (when `--limit` embedded a part).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub projected_seconds_all_items: Option<f64>,
+    /// Peak host (and CUDA) memory of the run, loading included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_memory: Option<crate::memory::PeakMemory>,
     pub llmbs_version: String,
 }
 
@@ -83,6 +91,9 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
     pb.finish_and_clear();
     embed::save_table(&args.out, &table)?;
     let dim = table.dim(1)?;
+    let peak = crate::memory::peak(&device);
+    let all = ds.items.len();
+    let projected = (n < all && n > 0).then(|| secs / n as f64 * all as f64);
     let sidecar = EmbedSidecar {
         kind: "semantic".into(),
         model: src.describe(),
@@ -96,6 +107,9 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
         tokens,
         seconds: secs,
         items_per_s: n as f64 / secs,
+        tokens_per_s: tokens as f64 / secs,
+        projected_seconds_all_items: projected,
+        peak_memory: Some(peak),
         llmbs_version: env!("CARGO_PKG_VERSION").into(),
     };
     write_json(&args.out.with_extension("json"), &sidecar)?;
@@ -105,6 +119,13 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
         tokens as f64 / secs,
         args.out.display()
     );
+    eprintln!("peak memory: {}", peak.describe());
+    if let Some(p) = projected {
+        eprintln!(
+            "all {all} items at this speed: {p:.0} s (about {:.1} min)",
+            p / 60.0
+        );
+    }
     if let Some(k) = args.neighbors {
         super::inspect::report(&ds, &table, k, 5, false)?;
     }

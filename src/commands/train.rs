@@ -395,13 +395,8 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
             .to_string(),
     };
     let src = ModelSource::parse(&source)?;
-    let is_embed = |n: &str| n == "model.embed_tokens.weight" || n == "lm_head.weight";
     // What trains is read in f32; the frozen rest straight in the compute dtype.
-    let trains = |n: &str| match (c.stage, c.tune) {
-        (Stage::Initial, Tune::Full) => true,
-        (Stage::Initial, Tune::Lora) => is_embed(n),
-        (Stage::Anneal, _) => false,
-    };
+    let trains = |n: &str| crate::train::setup::trains(c.stage, c.tune, n);
     let mut loaded = Loaded::load_with(&src, &device, dtype, &trains)?;
     let mut new_tokens: Vec<String> = tokens.iter().flatten().cloned().collect();
     new_tokens.sort();
@@ -431,11 +426,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
 
     // Trainable variables.
     let mut weights = loaded.weights.clone();
-    let base_vars = match (c.stage, c.tune) {
-        (Stage::Initial, Tune::Full) => make_vars(&mut weights, |_| true)?,
-        (Stage::Initial, Tune::Lora) => make_vars(&mut weights, is_embed)?,
-        (Stage::Anneal, _) => Vec::new(),
-    };
+    let base_vars = make_vars(&mut weights, trains)?;
     let vb = VarBuilder::from_tensors(weights.clone(), dtype, &device);
     let mut model = crate::llm::Llama::new(&loaded.cfg, vb)?;
     if let (Stage::Anneal, ModelSource::HfDir(d)) = (c.stage, &src) {
@@ -543,8 +534,13 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         mixed,
         dp: None,
     };
-    if a.devices.is_some() {
+    if let Some(list) = &a.devices {
         trainer.enable_data_parallel(&devices, c.dp_reduce.dtype())?;
+        let world = trainer.dp.as_ref().map_or(1, |d| d.world());
+        eprintln!(
+            "data parallel: {world} ranks ({list} here), gradients summed in {:?}",
+            c.dp_reduce
+        );
     }
 
     // Tasks and their plan.

@@ -46,7 +46,11 @@ pub fn config(name: &str) -> Result<LlamaConfig, LlmError> {
         // TinyLlama-1.1B (Llama-2 architecture and tokenizer size, grouped-query attention).
         "llama-1b" => Ok(llama(2048, 5632, 22, 32, 4, 2048)),
         "smollm2-135m" => Ok(LlamaConfig::smollm2_135m()),
-        "tiny" => Ok(LlamaConfig::tiny(512)),
+        // Byte-level prompts are long: room for them.
+        "tiny" => Ok(LlamaConfig {
+            max_position_embeddings: 4096,
+            ..LlamaConfig::tiny(512)
+        }),
         _ => Err(LlmError::Unsupported(format!(
             "synthetic:{name}: unknown synthetic model (known: {})",
             NAMES.join(", ")

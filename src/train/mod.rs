@@ -11,6 +11,7 @@ pub mod optim;
 pub mod parallel;
 pub mod plot;
 pub mod run;
+pub mod scale;
 pub mod setup;
 pub mod step;
 

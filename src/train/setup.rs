@@ -7,10 +7,85 @@ use std::path::Path;
 
 use anyhow::Context;
 use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::VarMap;
+use candle_nn::{VarBuilder, VarMap};
 use rand::{Rng, SeedableRng};
 
-use super::optim::Params;
+use super::mixed::MixedPrecision;
+use super::optim::{AdamW, AdamWConfig, Params};
+use super::step::{StepConfig, Trainer};
+use super::{Stage, Tune};
+use crate::llm::{Llama, Loaded, LoraConfig};
+
+/// Whether the base weight `name` trains (is an f32 variable) in `stage` with `tune`: every
+/// weight (full), or the embedding and LM head, which grow new token rows (LoRA, as PEFT's
+/// `modules_to_save`); none in the anneal stage, which trains the adapter only.
+pub fn trains(stage: Stage, tune: Tune, name: &str) -> bool {
+    match (stage, tune) {
+        (Stage::Initial, Tune::Full) => true,
+        (Stage::Initial, Tune::Lora) => {
+            name == "model.embed_tokens.weight" || name == "lm_head.weight"
+        }
+        (Stage::Anneal, _) => false,
+    }
+}
+
+/// A trainer of the initial stage without GCT over `loaded` (read with
+/// `Loaded::load_with(.., dtype, |n| trains(Stage::Initial, tune, n))`): variables in f32, the
+/// compute in `dtype` through [`MixedPrecision`] when it is not f32, a fresh seeded adapter
+/// with `tune` lora. What the scale checks time; `llmbs train` builds the same parts.
+pub fn trainer_for(
+    loaded: &Loaded,
+    tune: Tune,
+    lora: &LoraConfig,
+    dtype: DType,
+    cfg: StepConfig,
+    adamw: AdamWConfig,
+) -> candle_core::Result<Trainer> {
+    let dev = loaded
+        .weights
+        .get("model.embed_tokens.weight")
+        .map(|t| t.device().clone())
+        .unwrap_or(Device::Cpu);
+    let mut weights = loaded.weights.clone();
+    let base_vars = make_vars(&mut weights, |n| trains(Stage::Initial, tune, n))?;
+    let mut model = Llama::new(&loaded.cfg, VarBuilder::from_tensors(weights, dtype, &dev))?;
+    let lora_vm = match tune {
+        Tune::Lora => {
+            let vm = VarMap::new();
+            model.attach_lora(lora, VarBuilder::from_varmap(&vm, DType::F32, &dev))?;
+            seed_new_modules(&vm, cfg.seed ^ 0x10_4A)?;
+            Some(vm)
+        }
+        Tune::Full => None,
+    };
+    let lora_vars = lora_vm
+        .as_ref()
+        .map(|vm| varmap_vars(vm, ""))
+        .unwrap_or_default();
+    let mixed = if dtype == DType::F32 {
+        None
+    } else {
+        let l = lora_vm.map(|_| (lora.clone(), named(&lora_vars, "")));
+        Some(MixedPrecision::new(
+            dtype,
+            &model,
+            &named(&base_vars, ""),
+            l,
+        )?)
+    };
+    let params = params(vec![base_vars, lora_vars]);
+    let opt = AdamW::new(adamw, &params)?;
+    Ok(Trainer {
+        model,
+        params,
+        gct: None,
+        opt,
+        cfg,
+        step: 0,
+        mixed,
+        dp: None,
+    })
+}
 
 /// Replaces every tensor of `weights` for which `trainable(name)` holds by a variable (the map
 /// then holds the variable's tensor, so a model built from it trains it). Returns the

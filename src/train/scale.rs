@@ -194,6 +194,57 @@ mod tests {
     }
 
     #[test]
+    fn lora_in_bf16_keeps_no_f32_copy_of_the_frozen_base() {
+        let src = ModelSource::parse("synthetic:tiny").unwrap();
+        let tune = Tune::Lora;
+        let keep = |n: &str| trains(Stage::Initial, tune, n);
+        let loaded = Loaded::load_with(&src, &Device::Cpu, DType::BF16, &keep).unwrap();
+        for (n, w) in &loaded.weights {
+            let want = if keep(n) { DType::F32 } else { DType::BF16 };
+            assert_eq!(w.dtype(), want, "{n}");
+        }
+        let cfg = StepConfig {
+            lr: 1e-3,
+            warmup: 0,
+            total: 1,
+            min_lr_ratio: 1.0,
+            clip_norm: 1.0,
+            lambda_s: 0.0,
+            lambda_b: 0.0,
+            micro_batch: 2,
+            seed: 0,
+            checkpoint_activations: true,
+        };
+        let adamw = AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        };
+        let mut t = trainer_for(
+            &loaded,
+            tune,
+            &LoraConfig::default(),
+            DType::BF16,
+            cfg,
+            adamw,
+        )
+        .unwrap();
+        // Variables: the embedding (tied head) and the adapters, all f32.
+        assert!(t.params.vars.iter().all(|v| v.dtype() == DType::F32));
+        assert!(t
+            .params
+            .names
+            .iter()
+            .all(|n| n == "model.embed_tokens.weight" || n.contains("lora_")));
+        let stop = AtomicBool::new(false);
+        let samples = random_samples(512, 2, 8, 0);
+        assert!(t.train_step(&samples, &stop).unwrap().is_some());
+        // The compute model holds every base weight once, in bf16.
+        assert!(t.model.weights().values().all(|w| w.dtype() == DType::BF16));
+    }
+
+    #[test]
     fn the_memory_estimate_counts_llama_7b() {
         let cfg = crate::llm::synthetic::config("llama-7b").unwrap();
         let full = estimate_memory(&cfg, Tune::Full, &LoraConfig::default(), DType::BF16);

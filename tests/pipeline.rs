@@ -135,8 +135,10 @@ fn tiny_pipeline_end_to_end_then_skips_and_reruns() {
         serde_json::from_str(&std::fs::read_to_string(run.join("eval/report.json")).unwrap())
             .unwrap();
     assert_eq!(report["users"], 8);
+    // Beam 5 ranks 5 items per user: 8 identical lists cover 5 items, 8 disjoint ones 40.
+    // More than 5: the users do not all get the same list.
     let covered = report["coverage10"]["items"].as_u64().unwrap();
-    assert!((10..=80).contains(&covered), "{report}");
+    assert!((6..=40).contains(&covered), "{report}");
     assert!(
         report["checkpoint"].as_str().unwrap().contains("anneal"),
         "{report}"

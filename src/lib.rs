@@ -10,6 +10,8 @@ pub mod eval;
 pub mod index;
 pub mod llm;
 pub mod metrics;
+pub mod pipeline;
+pub mod run;
 pub mod tasks;
 pub mod train;
 pub mod util;

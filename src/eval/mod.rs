@@ -1,9 +1,11 @@
 //! Evaluation (paper 3.4.3, 4.1.2): trie-constrained beam search over all item IDs, exact
 //! Recall/NDCG over full rankings, predictions and reports.
 
+pub mod baselines;
 pub mod beam;
 pub mod partial;
 pub mod ppl;
+pub mod run;
 pub mod trie;
 
 use std::time::Instant;

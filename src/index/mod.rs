@@ -5,6 +5,7 @@
 pub mod build;
 pub mod external;
 pub mod ids;
+pub mod job;
 pub mod kmeans;
 pub mod stats;
 pub mod synthetic;

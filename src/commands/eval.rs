@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use crate::device::DeviceArgs;
 use crate::eval::run::{evaluate_run, EvalConfig, EvalJob, SplitName};
+use crate::eval::Scoring;
 use crate::run::RunDir;
 
 #[derive(clap::Args, Debug)]
@@ -36,6 +37,10 @@ pub struct EvalArgs {
     /// SRT prompt template (the run's recorded prompts; 0 is the first)
     #[arg(long, default_value_t = 0)]
     pub template: usize,
+    /// What a beam's score sums: all ID tokens' log-probabilities, or only the choices the trie
+    /// leaves (forced tokens add nothing)
+    #[arg(long, value_enum, default_value_t = Scoring::All)]
+    pub scoring: Scoring,
     /// Prompt file, only for a run that has not trained (a trained run uses its recorded prompts)
     #[arg(long)]
     pub prompts: Option<PathBuf>,
@@ -66,6 +71,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             seed: a.seed,
             model: a.m.choice(),
             template: a.template,
+            scoring: a.scoring,
             label: a.label,
             vocab_seed: a.vocab_seed,
         },

@@ -14,7 +14,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::partial::{partial_path, Partial};
-use super::{evaluate, prompt_ids, Prediction, Ranked};
+use super::{evaluate, prompt_ids, Prediction, Ranked, Scoring};
 use crate::data::{Dataset, Sample};
 use crate::device::device_name;
 use crate::metrics::{coverage, rank_of, MetricAccumulator, Metrics, NDCG_KS, RECALL_KS};
@@ -66,6 +66,8 @@ pub struct EvalConfig {
     pub model: ModelChoice,
     /// The SRT template of the prompts (the run's recorded prompts).
     pub template: usize,
+    /// What a beam's score sums (`all` ID tokens, or only the `choices` the trie leaves).
+    pub scoring: Scoring,
     /// Output name (default: split, model, adapter and sample, e.g. `test-initial-best-anneal-best`).
     pub label: Option<String>,
     /// Seed of fresh ID-token rows (an untrained backbone).
@@ -82,6 +84,7 @@ impl Default for EvalConfig {
             seed: 0,
             model: ModelChoice::default(),
             template: 0,
+            scoring: Scoring::All,
             label: None,
             vocab_seed: 0,
         }
@@ -175,11 +178,18 @@ pub fn select_users(samples: &[Sample], limit: Option<usize>, seed: u64) -> Vec<
     s
 }
 
-/// The default label: `<split>-<model>-<adapter>[-<N>u-seed<S>]`.
+/// The default label: `<split>-<model>-<adapter>[-<N>u-seed<S>][-t<K>][-choices]` (the last
+/// two only where they differ from the defaults).
 pub fn default_label(c: &EvalConfig, model: &str, adapter: &str) -> String {
     let mut l = format!("{}-{model}-{adapter}", c.split.name());
     if let Some(n) = c.limit {
         l.push_str(&format!("-{n}u-seed{}", c.seed));
+    }
+    if c.template != 0 {
+        l.push_str(&format!("-t{}", c.template));
+    }
+    if c.scoring == Scoring::Choices {
+        l.push_str("-choices");
     }
     l
 }
@@ -286,7 +296,7 @@ pub fn evaluate_run(
     // What must match for a resumed evaluation to be the same evaluation.
     let settings = serde_json::json!({
         "split": c.split, "users": samples.len(), "limit": c.limit, "seed": c.seed,
-        "beam": c.beam, "model": rm.desc, "index": d.index_path.display().to_string(),
+        "beam": c.beam, "scoring": c.scoring, "model": rm.desc, "index": d.index_path.display().to_string(),
         "prompt": template, "dtype": format!("{dtype:?}").to_lowercase(),
         "max_history": d.max_history,
     });
@@ -316,7 +326,11 @@ pub fn evaluate_run(
         mean_prompt_tokens: mean_prompt,
         device: device_name(device),
         dtype: format!("{dtype:?}").to_lowercase(),
-        scoring: "sum of full-vocabulary log-probabilities, no length normalisation".into(),
+        scoring: match c.scoring {
+            Scoring::All => "sum of full-vocabulary log-probabilities of every ID token, no length normalisation",
+            Scoring::Choices => "sum of full-vocabulary log-probabilities of the ID tokens the trie leaves a choice for (forced tokens add nothing)",
+        }
+        .into(),
         paper_table2: paper_row(&d.ds),
         predictions: preds_path.display().to_string(),
     };
@@ -366,8 +380,11 @@ fn rank_users(
         &todo_prompts,
         &todo_samples,
         &rm.items,
-        job.config.beam,
-        job.config.batch,
+        super::Search {
+            beam: job.config.beam,
+            batch: job.config.batch,
+            scoring: job.config.scoring,
+        },
         |idx, ranked| {
             pb.inc(idx.len() as u64);
             let lines = idx

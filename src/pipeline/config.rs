@@ -139,7 +139,10 @@ pub fn apply_ablations(c: &mut PipelineConfig, ablations: &[String]) -> anyhow::
                     "semantic" => Mode::Semantic,
                     "behavior" => Mode::Behavior,
                     "unit" => Mode::Unit,
-                    _ => anyhow::bail!("--ablation {a}: index=random|semantic|behavior|unit"),
+                    "behavior-first" => Mode::BehaviorFirst,
+                    _ => anyhow::bail!(
+                        "--ablation {a}: index=random|semantic|behavior|unit|behavior-first"
+                    ),
                 };
                 tags.push(format!("index-{m}"));
             }
@@ -153,7 +156,7 @@ pub fn apply_ablations(c: &mut PipelineConfig, ablations: &[String]) -> anyhow::
                 tags.push("anneal-off".into());
             }
             _ => anyhow::bail!(
-                "--ablation {a}: expected index=random|semantic|behavior|unit, gct=off or anneal=off"
+                "--ablation {a}: expected index=random|semantic|behavior|unit|behavior-first, gct=off or anneal=off"
             ),
         }
     }

@@ -78,8 +78,11 @@ impl Hooks for StageHooks<'_> {
                 &self.valid.prompts,
                 &self.valid.samples,
                 self.items,
-                self.cfg.valid_beam,
-                self.cfg.valid_batch,
+                eval::Search {
+                    beam: self.cfg.valid_beam,
+                    batch: self.cfg.valid_batch,
+                    scoring: eval::Scoring::All,
+                },
                 // A Ctrl-C here is honoured after the save that follows validation.
                 |_, _| Ok(()),
             )?;

@@ -307,6 +307,40 @@ pub fn run_stage(
     train_loop(run, job, &d, &bb, parts, state, device, dtype)
 }
 
+/// The task builder of a stage over its samples: held-out items' text kept out, `[CON]` when
+/// GCT is on, dense SRT windows when asked.
+fn task_builder<'a>(
+    d: &'a RunData,
+    bb: &'a Backbone,
+    samples: &'a [Sample],
+    c: &TrainConfig,
+) -> TaskBuilder<'a> {
+    let heldout =
+        crate::tasks::heldout::heldout_items(d.ds.items.len(), c.heldout_fraction, c.seed);
+    let eos_id = bb.loaded.cfg.eos_token_id.as_ref().and_then(|v| {
+        v.as_u64().or_else(|| {
+            v.as_array()
+                .and_then(|a| a.first())
+                .and_then(|x| x.as_u64())
+        })
+    });
+    TaskBuilder {
+        ds: &d.ds,
+        id_tokens: &bb.items.tokens,
+        id_ids: &bb.items.ids,
+        prompts: &d.prompts,
+        tok: &bb.loaded.tokenizer,
+        samples,
+        text_items: text_items(d.ds.items.len(), &heldout),
+        limits: c.text.clone(),
+        con_id: bb.con_id.filter(|_| c.gct() && c.stage == Stage::Initial),
+        eos_id: eos_id.map(|x| x as u32),
+        srt_windows: c
+            .srt_dense
+            .then(|| crate::tasks::dense::srt_windows(samples, c.max_history)),
+    }
+}
+
 /// Tasks, validation, hooks and the loop of [`run_stage`], then the report.
 #[allow(clippy::too_many_arguments)]
 fn train_loop(
@@ -326,30 +360,7 @@ fn train_loop(
         Stage::Initial => train_samples,
         Stage::Anneal => anneal_samples(&train_samples, c),
     };
-    let heldout =
-        crate::tasks::heldout::heldout_items(d.ds.items.len(), c.heldout_fraction, c.seed);
-    let eos_id = bb.loaded.cfg.eos_token_id.as_ref().and_then(|v| {
-        v.as_u64().or_else(|| {
-            v.as_array()
-                .and_then(|a| a.first())
-                .and_then(|x| x.as_u64())
-        })
-    });
-    let builder = TaskBuilder {
-        ds: &d.ds,
-        id_tokens: &bb.items.tokens,
-        id_ids: &bb.items.ids,
-        prompts: &d.prompts,
-        tok: &bb.loaded.tokenizer,
-        samples: &samples,
-        text_items: text_items(d.ds.items.len(), &heldout),
-        limits: c.text.clone(),
-        con_id: bb.con_id.filter(|_| c.gct() && c.stage == Stage::Initial),
-        eos_id: eos_id.map(|x| x as u32),
-        srt_windows: c
-            .srt_dense
-            .then(|| crate::tasks::dense::srt_windows(&samples, c.max_history)),
-    };
+    let builder = task_builder(d, bb, &samples, c);
     let plan = builder.plan(&c.mix, c.steps * c.batch_size, c.seed)?;
     let valid = valid_set(d, &builder, &bb.items, c)?;
     let out_dir = run.train_dir(c.stage);

@@ -352,26 +352,31 @@ fn toy_catalogue(users: usize) -> Dataset {
     .unwrap()
 }
 
+/// One ID token `<a_i>` per item, a word tokenizer over them and `extra`, and the ID token ids.
+fn toy_ids(
+    ds: &Dataset,
+    extra: &[String],
+) -> (Vec<Vec<String>>, tokenizers::Tokenizer, Vec<Vec<u32>>) {
+    let id_tokens: Vec<Vec<String>> = (0..ds.items.len())
+        .map(|i| vec![format!("<a_{i}>")])
+        .collect();
+    let all: Vec<String> = id_tokens.iter().flatten().chain(extra).cloned().collect();
+    let tok = word_tokenizer(&all);
+    let vocab = tok.get_vocab(true);
+    let id_ids = id_tokens
+        .iter()
+        .map(|v| v.iter().map(|t| vocab[t]).collect())
+        .collect();
+    (id_tokens, tok, id_ids)
+}
+
 #[test]
 fn training_tasks_never_hold_validation_or_test_targets() {
     let users = 12;
     let ds = toy_catalogue(users);
     let split = ds.split(&SplitConfig::default()).unwrap();
-    let id_tokens: Vec<Vec<String>> = (0..ds.items.len())
-        .map(|i| vec![format!("<a_{i}>")])
-        .collect();
-    let all: Vec<String> = id_tokens
-        .iter()
-        .flatten()
-        .cloned()
-        .chain(["[CON]".to_string()])
-        .collect();
-    let tok = word_tokenizer(&all);
+    let (id_tokens, tok, id_ids) = toy_ids(&ds, &["[CON]".to_string()]);
     let vocab = tok.get_vocab(true);
-    let id_ids: Vec<Vec<u32>> = id_tokens
-        .iter()
-        .map(|v| v.iter().map(|t| vocab[t]).collect())
-        .collect();
     let samples = split.train_samples(20);
     let prompts = Prompts::embedded().unwrap();
     let b = TaskBuilder {
@@ -455,18 +460,10 @@ fn training_tasks_never_hold_validation_or_test_targets() {
 fn held_out_item_text_is_in_no_prompt_or_response() {
     let ds = toy_catalogue(12);
     let split = ds.split(&SplitConfig::default()).unwrap();
-    let id_tokens: Vec<Vec<String>> = (0..ds.items.len())
-        .map(|i| vec![format!("<a_{i}>")])
-        .collect();
     // Every title word is a token of its own, so a title in any input shows as its id.
     let titles: Vec<String> = ds.items.iter().map(|it| it.title.clone()).collect();
-    let all: Vec<String> = id_tokens.iter().flatten().chain(&titles).cloned().collect();
-    let tok = word_tokenizer(&all);
+    let (id_tokens, tok, id_ids) = toy_ids(&ds, &titles);
     let vocab = tok.get_vocab(true);
-    let id_ids: Vec<Vec<u32>> = id_tokens
-        .iter()
-        .map(|v| v.iter().map(|t| vocab[t]).collect())
-        .collect();
     let samples = split.train_samples(20);
     let prompts = Prompts::embedded().unwrap();
     // A quarter of the items held out, among them targets and history items of training

@@ -91,7 +91,7 @@ timeout 300 "$BIN" pipeline --config tiny --data "$S" --model synthetic:tiny --r
 log "tiny pipeline rc=$?"
 for how in "--device cuda" "--devices cuda:0"; do
   tag=$(echo "$how" | tr -d ' -:'); 
-  timeout 200 "$BIN" train --stage initial --run "$R" --data "$S" --model synthetic:tiny $how \
+  timeout 200 "$BIN" train --stage initial --run "$R" --data "$S" --model synthetic:tiny $how --overwrite \
     --steps 4 --batch-size 16 --micro-batch 4 --lr 1e-3 --warmup-steps 1 --eval-every 4 \
     --valid-users 0 --max-history 5 > "$OUT/train-$tag.log" 2>&1
   log "train $how rc=$?"

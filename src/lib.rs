@@ -11,6 +11,8 @@ pub mod index;
 pub mod llm;
 pub mod memory;
 pub mod metrics;
+pub mod pipeline;
+pub mod run;
 pub mod tasks;
 pub mod train;
 pub mod util;

@@ -30,6 +30,8 @@ enum Command {
     Recommend(commands::recommend::RecommendArgs),
     /// Trie-constrained beam search over all item IDs; Recall/NDCG reports and predictions.
     Eval(commands::eval::EvalArgs),
+    /// Most popular and cluster baselines on a run's own split and users.
+    Baselines(commands::baselines::BaselinesArgs),
     /// Fold a PEFT LoRA adapter into its base model and write a Hugging Face directory.
     Merge(commands::merge::MergeArgs),
     /// Perplexity of the held-out items' text, adapter on or off.
@@ -52,6 +54,7 @@ fn main() -> anyhow::Result<()> {
         Command::Pipeline(args) => commands::pipeline::run(args),
         Command::Recommend(args) => commands::recommend::run(args),
         Command::Eval(args) => commands::eval::run(args),
+        Command::Baselines(args) => commands::baselines::run(args),
         Command::Merge(args) => commands::merge::run(args),
         Command::Ppl(args) => commands::ppl::run(args),
         Command::Bench(cmd) => commands::bench::run(cmd),

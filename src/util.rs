@@ -58,6 +58,34 @@ pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> anyhow::Result
     atomic_write(path, &bytes)
 }
 
+/// Overlays the JSON object `over` onto `base`, key by key (objects recursively); a key that
+/// `base` lacks is refused by its dotted name.
+pub fn overlay(
+    base: &mut serde_json::Value,
+    over: &serde_json::Value,
+    at: &str,
+) -> anyhow::Result<()> {
+    let (Some(b), Some(o)) = (base.as_object_mut(), over.as_object()) else {
+        anyhow::bail!(
+            "{}: expected a JSON object",
+            if at.is_empty() { "settings" } else { at }
+        );
+    };
+    for (k, v) in o {
+        let key = if at.is_empty() {
+            k.clone()
+        } else {
+            format!("{at}.{k}")
+        };
+        match b.get_mut(k) {
+            None => anyhow::bail!("unknown key '{key}'"),
+            Some(slot) if slot.is_object() && v.is_object() => overlay(slot, v, &key)?,
+            Some(slot) => *slot = v.clone(),
+        }
+    }
+    Ok(())
+}
+
 /// A progress bar with rate and ETA, in the style every long llmbs command uses.
 pub fn progress_bar(len: u64, unit: &str) -> indicatif::ProgressBar {
     use std::io::IsTerminal;
@@ -89,6 +117,38 @@ pub fn pin_thread_count() {
         let n = candle_core::utils::get_num_threads();
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
+}
+
+/// The process-wide Ctrl-C flag, installed by the first long job that asks for it. The first
+/// Ctrl-C raises it: training stops after its current step with a checkpoint, an evaluation
+/// after its current batch (resumable), a pipeline before its next stage. A second Ctrl-C ends
+/// the process at once (exit 130), so no stage can swallow it.
+pub fn interrupt_flag() -> anyhow::Result<&'static std::sync::atomic::AtomicBool> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static FLAG: AtomicBool = AtomicBool::new(false);
+    static INSTALLED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let installed = INSTALLED.get_or_init(|| {
+        ctrlc::set_handler(|| {
+            if FLAG.swap(true, Ordering::SeqCst) {
+                eprintln!("\ninterrupted twice: stopping now");
+                std::process::exit(130);
+            }
+            eprintln!("\ninterrupt: stopping at the next safe point (Ctrl-C again to stop now)");
+        })
+        .map_err(|e| e.to_string())
+    });
+    match installed {
+        Ok(()) => Ok(&FLAG),
+        Err(e) => anyhow::bail!("installing the Ctrl-C handler: {e}"),
+    }
+}
+
+/// An error when Ctrl-C has been pressed since the flag was last cleared.
+pub fn check_interrupt() -> anyhow::Result<()> {
+    if interrupt_flag()?.load(std::sync::atomic::Ordering::SeqCst) {
+        anyhow::bail!("interrupted (Ctrl-C)");
+    }
+    Ok(())
 }
 
 /// Seconds between progress lines when stderr is a file or a pipe.

@@ -14,7 +14,7 @@ use llmbs::behavior::{
     cooccurrence_check, train, BehaviorConfig, Din, DinConfig, EncoderKind, Ranker, SasRec,
     SasRecConfig, Silent, TrainOutcome,
 };
-use llmbs::data::{Split, SplitConfig};
+use llmbs::data::{Dataset, Split, SplitConfig};
 
 /// Users walk a cycle of `n` items: the next item is always the last one + 1 (mod n).
 fn cycle_world(n: u32, users: u32) -> Vec<Vec<u32>> {
@@ -372,12 +372,13 @@ fn command_exports_table_and_report() {
             assert!(report[split]["recall"]["10"].is_number());
             assert!(report[split]["ndcg"]["5"].is_number());
         }
-        assert_eq!(report["references"].as_array().unwrap().len(), 2);
+        // The published rows belong to Beauty, not to this synthetic dataset.
+        assert_eq!(report["references"].as_array().unwrap().len(), 0);
         assert!(report["cooccurrence"]["neighbor_rate"].is_number());
         assert!(report["cooccurrence"]["random_rate"].is_number());
         assert!(report["best_epoch"].as_u64().unwrap() >= 1);
         let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
-        assert!(md.contains("SASRec with full cross-entropy"));
+        assert!(!md.contains("published"), "{md}");
         // Only finished files: no temporaries left beside the outputs.
         for d in [dir.clone(), tmp.path().join("run/embeddings")] {
             for e in std::fs::read_dir(d).unwrap() {
@@ -386,4 +387,20 @@ fn command_exports_table_and_report() {
             }
         }
     }
+}
+
+#[test]
+fn published_rows_show_only_for_the_dataset_they_were_published_on() {
+    let beauty = Dataset::load_lcrec(Path::new("../shared/data/beauty")).unwrap();
+    assert_eq!(llmbs::behavior::job::references_for(&beauty).len(), 2);
+    // Same name, other data (a slice of it): none.
+    let slice = Dataset::from_parts(
+        beauty.name.clone(),
+        beauty.users[..100].to_vec(),
+        beauty.sequences[..100].to_vec(),
+        beauty.items.clone(),
+        None,
+    )
+    .unwrap();
+    assert!(llmbs::behavior::job::references_for(&slice).is_empty());
 }

@@ -2,7 +2,9 @@
 
 use candle_core::{DType, Device};
 use llmbs::data::Sample;
-use llmbs::eval::{beam_search, evaluate, score_all_items, Trie};
+use llmbs::eval::{
+    beam_search, beam_search_with, evaluate, score_all_items, Scoring, Search, Trie,
+};
 use llmbs::llm::{init::random_model, Llama, LlamaConfig};
 
 /// A catalogue of `n` items with 3-token IDs over tokens 40..63 (and a few 2- and 4-token IDs).
@@ -22,6 +24,14 @@ fn catalogue(n: usize) -> Vec<Vec<u32>> {
     ids.push(vec![47, 33]);
     ids.push(vec![46, 34, 35, 36]);
     ids
+}
+
+fn search(beam: usize, batch: usize) -> Search {
+    Search {
+        beam,
+        batch,
+        scoring: Scoring::All,
+    }
 }
 
 fn model(seed: u64) -> Llama {
@@ -48,6 +58,38 @@ fn full_beam_equals_teacher_forced_ranking() {
             assert!((g.1 - e.1).abs() < 1e-3, "{g:?} vs {e:?}");
         }
     }
+}
+
+#[test]
+fn choice_scoring_adds_nothing_for_forced_tokens() {
+    // Distinct first tokens, every later token forced: an item's score is its first token's
+    // log-probability alone (the whole-ID log-likelihood of the one-token prefix).
+    let m = model(13);
+    let ids: Vec<Vec<u32>> = (0..12u32).map(|i| vec![40 + i, 52 + i, 20]).collect();
+    let firsts: Vec<Vec<u32>> = ids.iter().map(|id| id[..1].to_vec()).collect();
+    let trie = Trie::new(&ids).unwrap();
+    let prompt = vec![3u32, 1, 4, 1, 5];
+    let want = score_all_items(&m, &prompt, &firsts).unwrap();
+    let got = beam_search_with(
+        &m,
+        std::slice::from_ref(&prompt),
+        &trie,
+        12,
+        Scoring::Choices,
+    )
+    .unwrap()
+    .remove(0);
+    assert_eq!(got.len(), 12);
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g.0, w.0);
+        assert!((g.1 - w.1).abs() < 1e-4, "{g:?} vs {w:?}");
+    }
+    // Summing every token ranks by the whole ID instead, which differs here.
+    let all = beam_search(&m, std::slice::from_ref(&prompt), &trie, 12).unwrap();
+    assert!(all[0]
+        .iter()
+        .zip(&got)
+        .any(|(a, c)| (a.1 - c.1).abs() > 1e-3));
 }
 
 #[test]
@@ -129,7 +171,7 @@ fn target_ranked_first_scores_one() {
             target: t,
         })
         .collect();
-    let out = evaluate(&m, &prompts, &samples, &items, 4, 2, |_, _| Ok(())).unwrap();
+    let out = evaluate(&m, &prompts, &samples, &items, search(4, 2), |_, _| Ok(())).unwrap();
     assert_eq!(out.metrics.users, 2);
     assert_eq!(out.metrics.recall[&1], 1.0);
     assert_eq!(out.metrics.ndcg[&5], 1.0);
@@ -141,6 +183,6 @@ fn target_ranked_first_scores_one() {
             ..s.clone()
         })
         .collect();
-    let out = evaluate(&m, &prompts, &miss, &items, 4, 2, |_, _| Ok(())).unwrap();
+    let out = evaluate(&m, &prompts, &miss, &items, search(4, 2), |_, _| Ok(())).unwrap();
     assert_eq!(out.metrics.recall[&10], 0.0);
 }

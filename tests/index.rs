@@ -218,6 +218,11 @@ fn each_mode_has_its_shape() {
     let beh = index::synthetic::gaussian_mixture(n, 6, 30, 0.5, 6);
     let cases = [
         (Mode::Unit, vec!["s1", "s2", "b1", "b2"], vec![0, 2]),
+        (
+            Mode::BehaviorFirst,
+            vec!["b1", "b2", "s1", "s2"],
+            vec![0, 2],
+        ),
         (Mode::Semantic, vec!["s1", "s2", "s3", "s4"], vec![0]),
         (Mode::Behavior, vec!["b1", "b2", "b3", "b4"], vec![0]),
         (Mode::Random, vec!["r1", "r2", "r3", "r4"], vec![0]),
@@ -229,7 +234,7 @@ fn each_mode_has_its_shape() {
             Mode::Semantic => (Some(sem.clone()), None),
             Mode::Behavior => (None, Some(beh.clone())),
             Mode::Random => (None, None),
-            Mode::Unit => (Some(sem.clone()), Some(beh.clone())),
+            Mode::Unit | Mode::BehaviorFirst => (Some(sem.clone()), Some(beh.clone())),
         };
         let (index, _) = index::build(&cfg, keys(n), s, b, &no_progress).unwrap();
         assert_eq!(index.levels, levels, "{mode:?}");

@@ -267,10 +267,10 @@ fn an_adapter_stored_with_its_model_is_merged_on_load() {
         .unwrap()
         .build(&Device::Cpu)
         .unwrap();
-    assert!(llmbs::commands::checkpoint::merge_bundled_adapter(&mut m2, &src).unwrap());
+    assert!(llmbs::run::model::merge_bundled_adapter(&mut m2, &src).unwrap());
     assert!(!m2.has_adapter());
     assert!(max_diff(&logits(&m), &logits(&m2)) < 1e-5);
-    let desc = llmbs::commands::checkpoint::describe_with(&src, true, None);
+    let desc = llmbs::run::model::describe(&src, true, None);
     assert!(
         desc.ends_with("+ its adapter merged, adapter off"),
         "{desc}"

@@ -1,79 +1,17 @@
 //! End to end: `llmbs pipeline --config tiny` on a slice of the real Beauty with a tiny
-//! random-weight model (the real SmolLM2 tokenizer), then the skip and `--from` logic, then
-//! `llmbs recommend` on the trained run.
+//! random-weight model (the real SmolLM2 tokenizer), then the skip and `--from` logic, the
+//! reports' dataset-specific rows, `llmbs recommend` on the trained run, and `llmbs train`
+//! refusing to replace a stage.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
+
+use std::path::PathBuf;
 
 use candle_core::{DType, Device};
-use llmbs::llm::{gguf, init::random_model, tokenizer, LlamaConfig};
+use common::{beauty_slice, llmbs, s, tiny_model};
 
-const BEAUTY: &str = "../shared/data/beauty";
-
-/// The first `users` users of Beauty and every item they touch, in the LC-Rec layout.
-fn beauty_slice(dir: &Path, users: usize) {
-    let inter: serde_json::Map<String, serde_json::Value> = serde_json::from_str(
-        &std::fs::read_to_string(Path::new(BEAUTY).join("Beauty.inter.json")).unwrap(),
-    )
-    .unwrap();
-    let items: serde_json::Map<String, serde_json::Value> = serde_json::from_str(
-        &std::fs::read_to_string(Path::new(BEAUTY).join("Beauty.item.json")).unwrap(),
-    )
-    .unwrap();
-    let kept: serde_json::Map<String, serde_json::Value> = inter.into_iter().take(users).collect();
-    let mut used = std::collections::BTreeSet::new();
-    for seq in kept.values() {
-        for i in seq.as_array().unwrap() {
-            used.insert(i.to_string().trim_matches('"').to_string());
-        }
-    }
-    let kept_items: serde_json::Map<String, serde_json::Value> = items
-        .into_iter()
-        .filter(|(k, _)| used.contains(k))
-        .collect();
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(
-        dir.join("Beauty.inter.json"),
-        serde_json::to_string(&kept).unwrap(),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("Beauty.item.json"),
-        serde_json::to_string(&kept_items).unwrap(),
-    )
-    .unwrap();
-}
-
-/// A 2-layer, hidden-32 random model with the real SmolLM2 tokenizer, as a HF directory.
-fn tiny_model(dir: &Path) {
-    let (_, _, vocab) = gguf::load_gguf(
-        &llmbs::llm::load::default_model_path(),
-        &Device::Cpu,
-        DType::F32,
-    )
-    .expect("the default model (scripts/fetch-model.sh)");
-    let tok = tokenizer::from_gguf_vocab(vocab, "smollm2").unwrap();
-    let cfg = LlamaConfig::tiny(tok.get_vocab_size(true));
-    let (_, model) = random_model(&cfg, 3, DType::F32, &Device::Cpu).unwrap();
-    llmbs::llm::save::save_hf_dir(dir, &cfg, &tok, &model.weights()).unwrap();
-}
-
-fn llmbs(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_llmbs"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+/// The tiny config's evaluation: test split, 8 seeded users, the run's best model and adapter.
+const LABEL: &str = "test-initial-best-anneal-best-8u-seed0";
 
 #[test]
 fn tiny_pipeline_end_to_end_then_skips_and_reruns() {
@@ -98,6 +36,9 @@ fn tiny_pipeline_end_to_end_then_skips_and_reruns() {
     ];
     let (ok, out, err) = llmbs(&args);
     assert!(ok, "pipeline failed:\n{out}\n{err}");
+    let label = LABEL;
+    let eval_json = format!("eval/{label}.json");
+    let eval_preds = format!("eval/{label}.predictions.jsonl");
     for f in [
         "config.json",
         "data/stats.json",
@@ -119,8 +60,9 @@ fn tiny_pipeline_end_to_end_then_skips_and_reruns() {
         "train/initial/curves.svg",
         "train/initial/report.md",
         "train/anneal/report.json",
-        "eval/report.json",
-        "eval/predictions.jsonl",
+        &eval_json,
+        &eval_preds,
+        "eval/baselines-test-8u-seed0.json",
         "pipeline/report.md",
         "pipeline/report.json",
     ] {
@@ -132,18 +74,44 @@ fn tiny_pipeline_end_to_end_then_skips_and_reruns() {
     .unwrap();
     assert_eq!(state["step"], 3);
     let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("eval/report.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(run.join(&eval_json)).unwrap()).unwrap();
     assert_eq!(report["users"], 8);
-    // Beam 5 ranks 5 items per user: 8 identical lists cover 5 items, 8 disjoint ones 40.
-    // More than 5: the users do not all get the same list.
+    // Eval sees the split the run trained with (tiny: 5-item histories), not the default 20.
+    assert_eq!(report["max_history"], 5, "{report}");
+    // The run recorded its data, index and prompts before training.
+    let rec: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("train/initial/config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(rec["train"]["max_history"], 5);
+    assert!(
+        rec["prompts"]["srt"].is_array() && rec["data"] == s(&data),
+        "{rec}"
+    );
+    // The slice is not the dataset the published rows belong to: none shown.
+    let beh: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("behavior/din/report.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(beh["references"], serde_json::json!([]), "{beh}");
+    assert!(report["paper_table2"].is_null());
+    let md = std::fs::read_to_string(run.join("pipeline/report.md")).unwrap();
+    assert!(
+        md.contains("--data; the config was written for another dataset")
+            && !md.contains("The end-to-end test's config")
+            && !md.contains("Paper Table 2")
+            && md.contains("most popular"),
+        "{md}"
+    );
+    // The behavior stage's final ranking shows progress.
+    assert!(err.contains("users ranked"), "{err}");
     let covered = report["coverage10"]["items"].as_u64().unwrap();
-    assert!((6..=40).contains(&covered), "{report}");
+    assert!((10..=80).contains(&covered), "{report}");
     assert!(
         report["checkpoint"].as_str().unwrap().contains("anneal"),
         "{report}"
     );
-    let preds = std::fs::read_to_string(run.join("eval/predictions.jsonl")).unwrap();
+    let preds = std::fs::read_to_string(run.join(&eval_preds)).unwrap();
     assert_eq!(preds.lines().count(), 8);
     let peft: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(run.join("checkpoints/anneal/adapter_config.json")).unwrap(),
@@ -153,8 +121,8 @@ fn tiny_pipeline_end_to_end_then_skips_and_reruns() {
 
     // An interrupted eval (3 users written, a torn fourth line) resumed with --resume gives the
     // same predictions and metrics as the uninterrupted one.
-    let preds_path = run.join("eval/predictions.jsonl");
-    let partial = run.join("eval/predictions.jsonl.partial");
+    let preds_path = run.join(&eval_preds);
+    let partial = run.join(format!("{eval_preds}.partial"));
     let mut text = serde_json::json!({"llmbs_eval_partial": report["resume_settings"]}).to_string();
     text.push('\n');
     for l in preds.lines().take(3) {
@@ -174,12 +142,19 @@ fn tiny_pipeline_end_to_end_then_skips_and_reruns() {
         "--limit",
         "8",
         "--beam",
-        "5",
+        "10",
         "--batch",
         "4",
         "--device",
         "cpu",
     ];
+    // Without --resume an interrupted evaluation is kept, and the error names both ways on.
+    let (ok, _, err) = llmbs(&eval_args);
+    assert!(
+        !ok && err.contains("--resume") && err.contains("--overwrite"),
+        "{err}"
+    );
+    assert!(partial.exists());
     let mut resume = eval_args.to_vec();
     resume.push("--resume");
     let (ok, _, err) = llmbs(&resume);
@@ -200,8 +175,7 @@ fn tiny_pipeline_end_to_end_then_skips_and_reruns() {
     };
     assert_eq!(items(&again), items(&preds));
     let resumed: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("eval/report.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(run.join(&eval_json)).unwrap()).unwrap();
     assert_eq!(resumed["resumed_users"], 3);
     assert_eq!(resumed["metrics"], report["metrics"]);
     // A partial file from other settings is refused, naming it.
@@ -213,6 +187,23 @@ fn tiny_pipeline_end_to_end_then_skips_and_reruns() {
     let (ok, _, err) = llmbs(&resume);
     assert!(!ok && err.contains("predictions.jsonl.partial"), "{err}");
     std::fs::remove_file(&partial).unwrap();
+    // Settings whose report would be wrong or empty are refused.
+    for (flag, value) in [("--beam", "3"), ("--beam", "0"), ("--limit", "0")] {
+        let mut bad = eval_args.to_vec();
+        let at = bad.iter().position(|a| *a == flag).unwrap();
+        bad[at + 1] = value;
+        let (ok, _, err) = llmbs(&bad);
+        assert!(!ok && err.contains(&format!("{flag} {value}")), "{err}");
+    }
+    // Adapter off writes its own report beside the adapter-on one.
+    let mut off = eval_args.to_vec();
+    off.extend(["--adapter", "off"]);
+    let (ok, _, err) = llmbs(&off);
+    assert!(ok, "{err}");
+    assert!(run
+        .join("eval/test-initial-best-off-8u-seed0.json")
+        .is_file());
+    assert!(run.join(&eval_json).is_file());
 
     // Everything is up to date: every stage is skipped.
     let (ok, _, err) = llmbs(&args);
@@ -226,7 +217,7 @@ fn tiny_pipeline_end_to_end_then_skips_and_reruns() {
     assert!(ok, "{err}");
     assert_eq!(err.matches("up to date (skipped)").count(), 5, "{err}");
     assert!(
-        err.contains("pipeline: train_anneal (") && err.contains("pipeline: eval ("),
+        err.contains("pipeline: train_anneal\n") && err.contains("pipeline: eval\n"),
         "{err}"
     );
 
@@ -238,9 +229,10 @@ fn tiny_pipeline_end_to_end_then_skips_and_reruns() {
     assert!(ok, "{err}");
     assert_eq!(err.matches("reused from").count(), 5, "{err}");
     let arun = tmp.path().join("run-anneal-off");
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(arun.join("eval/report.json")).unwrap())
-            .unwrap();
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(arun.join("eval/test-initial-best-off-8u-seed0.json")).unwrap(),
+    )
+    .unwrap();
     let ck = report["checkpoint"].as_str().unwrap();
     assert!(
         ck.contains("initial-best") && ck.contains("adapter off") && !ck.contains("fresh"),
@@ -382,6 +374,26 @@ fn tiny_pipeline_end_to_end_then_skips_and_reruns() {
     assert!(w.values().all(|t| t.dtype() == DType::F32));
     let (ok, _, err) = train(&["--dtype", "f16"]);
     assert!(!ok && err.contains("f16"), "{err}");
+    // A second fresh train would replace the first: refused, naming both ways on.
+    let (ok, _, err) = train(&["--max-history", "5"]);
+    assert!(
+        !ok && err.contains("--resume") && err.contains("--overwrite"),
+        "{err}"
+    );
+    // --resume with a longer schedule is refused, naming the setting.
+    let (ok, _, err) = llmbs(&[
+        "train",
+        "--stage",
+        "initial",
+        "--run",
+        s(&run2),
+        "--resume",
+        "--steps",
+        "4",
+        "--device",
+        "cpu",
+    ]);
+    assert!(!ok && err.contains("steps: 2 -> 4"), "{err}");
 
     // A config with an unknown key is refused, naming it.
     let bad = tmp.path().join("bad.json");

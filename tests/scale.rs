@@ -337,37 +337,10 @@ fn data_parallelism_needs_the_model_recipe() {
     assert!(err.contains("recipe"), "{err}");
 }
 
-/// The first `users` users of Beauty and every item they touch, in the LC-Rec layout.
-fn beauty_slice(dir: &std::path::Path, users: usize) {
-    let read = |f: &str| -> serde_json::Map<String, serde_json::Value> {
-        let p = std::path::Path::new("../shared/data/beauty").join(f);
-        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
-    };
-    let kept: serde_json::Map<String, serde_json::Value> =
-        read("Beauty.inter.json").into_iter().take(users).collect();
-    let used: std::collections::BTreeSet<String> = kept
-        .values()
-        .flat_map(|s| s.as_array().unwrap().iter())
-        .map(|i| i.to_string().trim_matches('"').to_string())
-        .collect();
-    let items: serde_json::Map<String, serde_json::Value> = read("Beauty.item.json")
-        .into_iter()
-        .filter(|(k, _)| used.contains(k))
-        .collect();
-    std::fs::create_dir_all(dir).unwrap();
-    for (f, v) in [("Beauty.inter.json", kept), ("Beauty.item.json", items)] {
-        std::fs::write(dir.join(f), serde_json::to_string(&v).unwrap()).unwrap();
-    }
-}
-
+/// `llmbs ARGS`, which must succeed; its stderr.
 fn llmbs(args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_llmbs"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "llmbs {args:?} failed:\n{err}");
+    let (ok, out, err) = common::llmbs(args);
+    assert!(ok, "llmbs {args:?} failed:\n{out}\n{err}");
     err
 }
 
@@ -387,7 +360,7 @@ fn logged_losses(run: &std::path::Path) -> Vec<f64> {
 fn the_train_command_with_two_cpu_ranks_logs_the_one_rank_losses() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("beauty-slice");
-    beauty_slice(&data, 30);
+    common::beauty_slice(&data, 30);
     let run = tmp.path().join("run");
     let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
     let (data_s, run_s) = (s(&data), s(&run));
@@ -417,6 +390,7 @@ fn the_train_command_with_two_cpu_ranks_logs_the_one_rank_losses() {
             &data_s,
             "--model",
             "synthetic:tiny",
+            "--overwrite",
             "--steps",
             "3",
             "--batch-size",

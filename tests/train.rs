@@ -328,47 +328,57 @@ fn word_tokenizer(extra: &[String]) -> tokenizers::Tokenizer {
     tok
 }
 
-#[test]
-fn training_tasks_never_hold_validation_or_test_targets() {
-    // 12 users with disjoint items: user u owns items 6u..6u+5, bought in order.
-    let users = 12;
+/// 12 users with disjoint items: user u owns items 6u..6u+5, bought in order; item i's title
+/// is the single word `Title{i}x` (no title a prefix of another).
+fn toy_catalogue(users: usize) -> Dataset {
     let items: Vec<Item> = (0..users * 6)
         .map(|i| Item {
             id: format!("{i}"),
-            title: format!("Product {i}"),
+            title: format!("Title{i}x"),
             categories: "Beauty".into(),
             brand: None,
             description: None,
-            text: format!("Product {i}. Categories: Beauty"),
+            text: format!("Title{i}x. Categories: Beauty"),
         })
         .collect();
     let seqs: Vec<Vec<u32>> = (0..users as u32)
         .map(|u| (6 * u..6 * u + 6).collect())
         .collect();
-    let ds = Dataset::from_parts(
+    Dataset::from_parts(
         "Toy".into(),
         (0..users).map(|u| format!("u{u}")).collect(),
         seqs,
         items,
         None,
     )
-    .unwrap();
-    let split = ds.split(&SplitConfig::default()).unwrap();
+    .unwrap()
+}
+
+/// One ID token `<a_i>` per item, a word tokenizer over them and `extra`, and the ID token ids.
+fn toy_ids(
+    ds: &Dataset,
+    extra: &[String],
+) -> (Vec<Vec<String>>, tokenizers::Tokenizer, Vec<Vec<u32>>) {
     let id_tokens: Vec<Vec<String>> = (0..ds.items.len())
         .map(|i| vec![format!("<a_{i}>")])
         .collect();
-    let all: Vec<String> = id_tokens
-        .iter()
-        .flatten()
-        .cloned()
-        .chain(["[CON]".to_string()])
-        .collect();
+    let all: Vec<String> = id_tokens.iter().flatten().chain(extra).cloned().collect();
     let tok = word_tokenizer(&all);
     let vocab = tok.get_vocab(true);
-    let id_ids: Vec<Vec<u32>> = id_tokens
+    let id_ids = id_tokens
         .iter()
         .map(|v| v.iter().map(|t| vocab[t]).collect())
         .collect();
+    (id_tokens, tok, id_ids)
+}
+
+#[test]
+fn training_tasks_never_hold_validation_or_test_targets() {
+    let users = 12;
+    let ds = toy_catalogue(users);
+    let split = ds.split(&SplitConfig::default()).unwrap();
+    let (id_tokens, tok, id_ids) = toy_ids(&ds, &["[CON]".to_string()]);
+    let vocab = tok.get_vocab(true);
     let samples = split.train_samples(20);
     let prompts = Prompts::embedded().unwrap();
     let b = TaskBuilder {
@@ -446,6 +456,50 @@ fn training_tasks_never_hold_validation_or_test_targets() {
     trained.sort();
     want.sort();
     assert_eq!(trained, want);
+}
+
+#[test]
+fn held_out_item_text_is_in_no_prompt_or_response() {
+    let ds = toy_catalogue(12);
+    let split = ds.split(&SplitConfig::default()).unwrap();
+    // Every title word is a token of its own, so a title in any input shows as its id.
+    let titles: Vec<String> = ds.items.iter().map(|it| it.title.clone()).collect();
+    let (id_tokens, tok, id_ids) = toy_ids(&ds, &titles);
+    let vocab = tok.get_vocab(true);
+    let samples = split.train_samples(20);
+    let prompts = Prompts::embedded().unwrap();
+    // A quarter of the items held out, among them targets and history items of training
+    // samples.
+    let heldout = llmbs::tasks::heldout::heldout_items(ds.items.len(), 0.25, 5);
+    assert!(samples.iter().any(|s| heldout.contains(&s.target)));
+    let b = TaskBuilder {
+        ds: &ds,
+        id_tokens: &id_tokens,
+        id_ids: &id_ids,
+        prompts: &prompts,
+        tok: &tok,
+        samples: &samples,
+        text_items: llmbs::tasks::build::text_items(ds.items.len(), &heldout),
+        limits: TextLimits::default(),
+        con_id: None,
+        eos_id: Some(0),
+        srt_windows: None,
+    };
+    let hidden: HashSet<u32> = heldout
+        .iter()
+        .map(|&i| vocab[&titles[i as usize]])
+        .collect();
+    let mut kinds = HashSet::new();
+    for p in b.plan(&TaskMix::default(), 3000, 11).unwrap() {
+        let e = b.encode(&p).unwrap();
+        kinds.insert(e.kind);
+        assert!(
+            !e.input.iter().any(|t| hidden.contains(t)),
+            "{:?} shows a held-out item's title",
+            e.kind
+        );
+    }
+    assert_eq!(kinds.len(), 5, "every task appears: {kinds:?}");
 }
 
 #[test]

@@ -52,12 +52,22 @@ pub struct Evaluation {
 /// Ranks the whole catalogue for each sample's history and scores the target's rank, with and
 /// without the history's items in the ranking.
 pub fn evaluate(model: &dyn Ranker, samples: &[Sample]) -> candle_core::Result<Evaluation> {
+    evaluate_with(model, samples, &mut |_| {})
+}
+
+/// [`evaluate`], calling `done(users)` after each chunk of users (progress).
+pub fn evaluate_with(
+    model: &dyn Ranker,
+    samples: &[Sample],
+    done: &mut dyn FnMut(usize),
+) -> candle_core::Result<Evaluation> {
     let histories: Vec<&[u32]> = samples.iter().map(|s| s.history.as_slice()).collect();
     let mut all = MetricAccumulator::new(&RECALL_KS, &NDCG_KS);
     let mut excl = MetricAccumulator::new(&RECALL_KS, &NDCG_KS);
     // Enough candidates that MAX_K remain after dropping the longest history.
     let k = MAX_K + histories.iter().map(|h| h.len()).max().unwrap_or(0);
-    for (hs, ss) in histories.chunks(4096).zip(samples.chunks(4096)) {
+    // 1,024 users per chunk: big enough for the matmul, small enough for a live progress bar.
+    for (hs, ss) in histories.chunks(1024).zip(samples.chunks(1024)) {
         for (ranked, s) in top_k(model, hs, k)?.iter().zip(ss) {
             all.add(&ranked[..MAX_K.min(ranked.len())], s.target);
             let kept: Vec<u32> = ranked
@@ -68,6 +78,7 @@ pub fn evaluate(model: &dyn Ranker, samples: &[Sample]) -> candle_core::Result<E
                 .collect();
             excl.add(&kept, s.target);
         }
+        done(ss.len());
     }
     Ok(Evaluation {
         all_items: all.finish(),

@@ -14,6 +14,7 @@ pub mod ce;
 pub mod din;
 pub mod eval;
 pub mod init;
+pub mod job;
 pub mod sasrec;
 pub mod train;
 

@@ -12,7 +12,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::batch::{din_batches, din_samples, sasrec_batches, sasrec_windows, DinBatch, Window};
-use super::eval::{evaluate, Evaluation};
+use super::eval::{evaluate, evaluate_with, Evaluation};
 use super::init::{restore, seeded_init, snapshot, Init};
 use super::{
     BehaviorConfig, BehaviorError, Din, DinConfig, DinLoss, EncoderKind, Ranker, SasRec,
@@ -44,6 +44,11 @@ pub trait Observer {
     fn batch_done(&mut self, _examples: usize, _loss: f64) {}
     fn epoch_end(&mut self, _log: &EpochLog) {}
     fn note(&mut self, _msg: &str) {}
+    /// The final full ranking of `users` validation and test users begins.
+    fn ranking_start(&mut self, _users: usize) {}
+    /// `users` more users ranked.
+    fn ranked(&mut self, _users: usize) {}
+    fn ranking_end(&mut self) {}
 }
 
 /// An observer that ignores everything.
@@ -230,6 +235,54 @@ fn valid_subset(valid: &[Sample], n: usize, seed: u64) -> Vec<Sample> {
 /// Trains the encoder `cfg.encoder` on `split.train` (never on validation or test targets),
 /// selects the epoch by validation NDCG@10, and reports full-ranking validation and test
 /// metrics of the kept weights. Deterministic for a seed on CPU.
+/// One pass over an epoch's batches; the epoch's log entry without validation.
+fn run_epoch(
+    model: &Model,
+    cfg: &BehaviorConfig,
+    batches: &Batches,
+    epoch: usize,
+    opt: &mut AdamW,
+    drop_rng: &mut StdRng,
+    obs: &mut dyn Observer,
+) -> Result<EpochLog, BehaviorError> {
+    let t0 = Instant::now();
+    let (mut loss_sum, mut seen) = (0f64, 0usize);
+    for i in 0..batches.len() {
+        let (loss, n) = batch_loss(model, cfg, batches, i, drop_rng)?;
+        opt.backward_step(&loss)?;
+        let l = f64::from(loss.to_scalar::<f32>()?);
+        if !l.is_finite() {
+            return Err(BehaviorError::Diverged(l, epoch));
+        }
+        loss_sum += l * n as f64;
+        seen += n;
+        obs.batch_done(n, l);
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    Ok(EpochLog {
+        epoch,
+        loss: loss_sum / seen.max(1) as f64,
+        examples: seen,
+        seconds,
+        examples_per_s: seen as f64 / seconds.max(1e-9),
+        valid: None,
+        valid_seconds: None,
+    })
+}
+
+/// The best model's full ranking of every validation and test user.
+fn final_ranking(
+    ranker: &dyn Ranker,
+    split: &Split,
+    obs: &mut dyn Observer,
+) -> candle_core::Result<(Evaluation, Evaluation)> {
+    obs.ranking_start(split.valid.len() + split.test.len());
+    let valid = evaluate_with(ranker, &split.valid, &mut |n| obs.ranked(n))?;
+    let test = evaluate_with(ranker, &split.test, &mut |n| obs.ranked(n))?;
+    obs.ranking_end();
+    Ok((valid, test))
+}
+
 pub fn train(
     split: &Split,
     n_items: usize,
@@ -270,31 +323,9 @@ pub fn train(
     let mut best_weights = None;
     let mut stop = format!("reached {} epochs", cfg.epochs);
     for epoch in 1..=cfg.epochs {
-        let t0 = Instant::now();
         let batches = examples.batches(cfg, n_items, &mut data_rng);
         obs.epoch_start(epoch, n_examples);
-        let (mut loss_sum, mut seen) = (0f64, 0usize);
-        for i in 0..batches.len() {
-            let (loss, n) = batch_loss(&model, cfg, &batches, i, &mut drop_rng)?;
-            opt.backward_step(&loss)?;
-            let l = f64::from(loss.to_scalar::<f32>()?);
-            if !l.is_finite() {
-                return Err(BehaviorError::Diverged(l, epoch));
-            }
-            loss_sum += l * n as f64;
-            seen += n;
-            obs.batch_done(n, l);
-        }
-        let seconds = t0.elapsed().as_secs_f64();
-        let mut entry = EpochLog {
-            epoch,
-            loss: loss_sum / seen.max(1) as f64,
-            examples: seen,
-            seconds,
-            examples_per_s: seen as f64 / seconds.max(1e-9),
-            valid: None,
-            valid_seconds: None,
-        };
+        let mut entry = run_epoch(&model, cfg, &batches, epoch, &mut opt, &mut drop_rng, obs)?;
         let mut stop_now = false;
         if cfg.eval_every > 0 && (epoch % cfg.eval_every == 0 || epoch == cfg.epochs) {
             obs.note(&format!(
@@ -344,8 +375,7 @@ pub fn train(
         "best epoch {best_epoch}; full validation and test ranking"
     ));
     let t1 = Instant::now();
-    let valid = evaluate(model.ranker(), &split.valid)?;
-    let test = evaluate(model.ranker(), &split.test)?;
+    let (valid, test) = final_ranking(model.ranker(), split, obs)?;
     let final_eval_seconds = t1.elapsed().as_secs_f64();
     let table = model.ranker().item_table()?.to_device(&Device::Cpu)?;
     Ok(TrainOutcome {

@@ -5,14 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::Context;
-use serde::Serialize;
-
-use crate::data::{Dataset, SplitConfig};
-use crate::index::{
-    self, BuildReport, ExternalReport, IndexConfig, IndexStats, ItemIndex, KMeansConfig, Mode,
-    Signal, Table,
-};
+use crate::index::job::{run_job, IndexJob};
+use crate::index::{IndexConfig, IndexStats, KMeansConfig, Mode};
 
 #[derive(clap::Args, Debug)]
 pub struct IndexArgs {
@@ -78,48 +72,15 @@ pub struct IndexArgs {
     pub json: bool,
 }
 
-/// The content of `stats.json`.
-#[derive(Serialize)]
-struct StatsFile<'a> {
-    index: &'a Path,
-    inputs: serde_json::Value,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    config: Option<&'a IndexConfig>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    build: Option<&'a BuildReport>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    external: Option<&'a ExternalReport>,
-    #[serde(flatten)]
-    stats: &'a IndexStats,
-}
-
 pub fn run(args: IndexArgs) -> anyhow::Result<()> {
     let t0 = Instant::now();
-    let ds = match &args.data {
-        Some(dir) => Some(
-            Dataset::load_lcrec(dir)
-                .with_context(|| format!("loading dataset {}", dir.display()))?,
-        ),
-        None => None,
-    };
-    let stats_path = args
-        .stats
-        .clone()
-        .unwrap_or_else(|| args.out.with_file_name("stats.json"));
-    let inputs = serde_json::json!({
-        "semantic": args.semantic, "behavior": args.behavior, "data": args.data,
-        "external": args.external, "synthetic": args.synthetic,
-    });
-    let (index, mut stats, config, build, external) = if let Some(path) = &args.external {
-        let ds = ds
-            .as_ref()
-            .context("--external needs --data (the item keys to check against)")?;
-        let (index, report) = index::load_external_with(path, ds, args.strict)?;
-        eprintln!("{report}");
-        let stats = index::index_stats(&index, &report.disambiguation);
-        (index, stats, None, None, Some(report))
-    } else {
-        let cfg = IndexConfig {
+    let job = IndexJob {
+        data: args.data.clone(),
+        semantic: args.semantic.clone(),
+        behavior: args.behavior.clone(),
+        out: args.out.clone(),
+        stats: args.stats.clone(),
+        config: IndexConfig {
             mode: args.mode,
             k: args.k,
             levels_semantic: args.levels_semantic,
@@ -133,102 +94,23 @@ pub fn run(args: IndexArgs) -> anyhow::Result<()> {
                 ..KMeansConfig::default()
             },
             threads: args.threads,
-        };
-        let (index, report) = build_from_args(&args, &cfg, ds.as_ref())?;
-        let stats = index::index_stats(&index, &report.disambiguation);
-        (index, stats, Some(cfg), Some(report), None)
+        },
+        external: args.external.clone(),
+        strict: args.strict,
+        synthetic: args.synthetic.map(|n| (n, args.dim)),
     };
-    if let Some(ds) = &ds {
-        let split = ds
-            .split(&SplitConfig::default())
-            .with_context(|| format!("splitting dataset {}", ds.name))?;
-        stats.coherence = index::coherence(&index, ds, &split.train);
-    }
-    index
-        .write(&args.out)
-        .with_context(|| format!("writing index {}", args.out.display()))?;
-    let file = StatsFile {
-        index: &args.out,
-        inputs,
-        config: config.as_ref(),
-        build: build.as_ref(),
-        external: external.as_ref(),
-        stats: &stats,
-    };
-    crate::util::write_json(&stats_path, &file)
-        .with_context(|| format!("writing {}", stats_path.display()))?;
+    let done = run_job(&job)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&file)?);
+        println!("{}", serde_json::to_string_pretty(&done.file)?);
     } else {
-        print_summary(&stats, &args.out, &stats_path, t0.elapsed().as_secs_f64());
-    }
-    Ok(())
-}
-
-/// Reads (or, for benchmarks, generates) the tables the mode needs and builds the index.
-fn build_from_args(
-    args: &IndexArgs,
-    cfg: &IndexConfig,
-    ds: Option<&Dataset>,
-) -> anyhow::Result<(ItemIndex, BuildReport)> {
-    let needs = |s: Signal| cfg.layout().iter().any(|&(sig, _)| sig == s);
-    let (semantic, behavior, n) = if let Some(n) = args.synthetic {
-        let centres = ((n as f64).sqrt() as usize).max(16);
-        let sem = needs(Signal::Semantic).then(|| {
-            index::synthetic::gaussian_mixture(n, args.dim, centres, 0.5, cfg.seed ^ 0x5E)
-        });
-        let beh = needs(Signal::Behavior).then(|| {
-            index::synthetic::gaussian_mixture(n, args.dim, centres, 0.5, cfg.seed ^ 0xBE)
-        });
-        (sem, beh, n)
-    } else {
-        let expect = ds.map(|d| d.items.len());
-        let load = |path: &Option<PathBuf>, flag: &str| -> anyhow::Result<Table> {
-            let path = path
-                .as_ref()
-                .with_context(|| format!("mode {} needs {flag}", cfg.mode.name()))?;
-            let t = crate::embed::load_table(path, expect)?;
-            Table::from_tensor(&t).with_context(|| format!("reading {}", path.display()))
-        };
-        let sem = needs(Signal::Semantic)
-            .then(|| load(&args.semantic, "--semantic"))
-            .transpose()?;
-        let beh = needs(Signal::Behavior)
-            .then(|| load(&args.behavior, "--behavior"))
-            .transpose()?;
-        let n = match (expect, &sem, &beh) {
-            (Some(n), _, _) => n,
-            (None, Some(t), _) | (None, None, Some(t)) => t.rows,
-            (None, None, None) => {
-                anyhow::bail!("mode random needs --data (or a table) to know the items")
-            }
-        };
-        (sem, beh, n)
-    };
-    let keys: Vec<String> = match ds {
-        Some(ds) => ds.items.iter().map(|it| it.id.clone()).collect(),
-        None => (0..n).map(|i| i.to_string()).collect(),
-    };
-    if let (Some(s), Some(b)) = (&semantic, &behavior) {
-        anyhow::ensure!(
-            s.rows == b.rows,
-            "the semantic table has {} rows but the behavior table {}",
-            s.rows,
-            b.rows
+        print_summary(
+            &done.stats,
+            &args.out,
+            &done.stats_path,
+            t0.elapsed().as_secs_f64(),
         );
     }
-    let kmeans_levels: usize = cfg
-        .layout()
-        .iter()
-        .filter(|(s, _)| *s != Signal::Random)
-        .map(|&(_, l)| l)
-        .sum();
-    let pb = crate::util::progress_bar((n * kmeans_levels) as u64, "item-levels");
-    let on = |d: u64| pb.inc(d);
-    let res = index::build(cfg, keys, semantic, behavior, &on);
-    pb.finish_and_clear();
-    let (index, report) = res?;
-    Ok((index, report))
+    Ok(())
 }
 
 fn print_summary(stats: &IndexStats, out: &Path, stats_path: &Path, seconds: f64) {

@@ -47,10 +47,10 @@ pub fn run(a: MergeArgs) -> anyhow::Result<()> {
     );
     let loaded = Loaded::load(&src, &device, dtype)?;
     let mut model = loaded.build(&device)?;
-    if super::checkpoint::merge_bundled_adapter(&mut model, &src)? {
+    if crate::run::model::merge_bundled_adapter(&mut model, &src)? {
         eprintln!("merged the adapter stored with the base model first");
     }
-    let cfg = super::checkpoint::attach_adapter(&mut model, &a.adapter)?;
+    let cfg = crate::run::model::attach_adapter(&mut model, &a.adapter)?;
     model
         .merge_adapter()
         .with_context(|| format!("merging {}", a.adapter.display()))?;

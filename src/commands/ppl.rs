@@ -10,7 +10,9 @@ use crate::llm::{tokenizer::encode, Loaded, ModelSource};
 use crate::tasks::heldout::heldout_items;
 use crate::util::write_json;
 
-use super::checkpoint;
+use crate::run::model::{attach_adapter, describe, merge_bundled_adapter, resolve};
+use crate::run::RunDir;
+use crate::train::Stage;
 
 /// The text scored for each held-out item.
 pub const PPL_TEXT_TEMPLATE: &str = "{title}. Categories: {categories}";
@@ -21,16 +23,16 @@ pub struct PplArgs {
     #[arg(long)]
     pub data: PathBuf,
     #[command(flatten)]
-    pub m: super::checkpoint::ModelArgs,
+    pub m: super::ModelArgs,
     /// Run directory: the report goes to RUN/eval/ppl-<label>.json
     #[arg(long)]
     pub run: Option<PathBuf>,
-    /// Share of the catalogue held out (must match the training run's)
-    #[arg(long, default_value_t = 0.02)]
-    pub fraction: f64,
-    /// Seed of the held-out sample (must match the training run's)
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// Share of the catalogue held out (default: the run's recorded heldout_fraction, else 0.02)
+    #[arg(long)]
+    pub fraction: Option<f64>,
+    /// Seed of the held-out sample (default: the run's recorded seed, else 0)
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Texts per forward pass
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
@@ -49,20 +51,29 @@ pub struct PplArgs {
 
 pub fn run(a: PplArgs) -> anyhow::Result<()> {
     let (device, dtype) = a.dev.resolve()?;
-    let run = a.run.as_deref();
-    let model_arg = checkpoint::resolve_model(a.m.model.as_deref(), run);
-    let adapter = checkpoint::resolve_adapter(&a.m.adapter, run)?;
+    let run = a.run.as_ref().map(RunDir::new);
+    let resolved = resolve(run.as_ref(), &a.m.choice())?;
+    // The held-out items are the ones the run's initial stage kept out of training.
+    let trained = match &run {
+        Some(r) => r.record(Stage::Initial)?.map(|rec| rec.train),
+        None => None,
+    };
+    let fraction = a
+        .fraction
+        .or(trained.as_ref().map(|t| t.heldout_fraction))
+        .unwrap_or(0.02);
+    let seed = a.seed.or(trained.as_ref().map(|t| t.seed)).unwrap_or(0);
     let ds = Dataset::load_lcrec(&a.data)?;
-    let items = heldout_items(ds.items.len(), a.fraction, a.seed);
+    let items = heldout_items(ds.items.len(), fraction, seed);
     if items.is_empty() {
-        anyhow::bail!("--fraction {}: no held-out items", a.fraction);
+        anyhow::bail!("--fraction {fraction}: no held-out items");
     }
-    let src = ModelSource::parse(&model_arg)?;
+    let src = ModelSource::parse(&resolved.model)?;
     let loaded = Loaded::load(&src, &device, dtype)?;
     let mut model = loaded.build(&device)?;
-    let bundled = checkpoint::merge_bundled_adapter(&mut model, &src)?;
-    if let Some(dir) = &adapter {
-        checkpoint::attach_adapter(&mut model, dir)?;
+    let bundled = merge_bundled_adapter(&mut model, &src)?;
+    if let Some(dir) = &resolved.adapter {
+        attach_adapter(&mut model, dir)?;
     }
     let bos = loaded.cfg.bos_token_id;
     let mut lists = Vec::with_capacity(items.len());
@@ -74,35 +85,29 @@ pub fn run(a: PplArgs) -> anyhow::Result<()> {
         ids.truncate(a.max_tokens.max(2));
         lists.push(ids);
     }
-    let checkpoint = checkpoint::describe_with(&src, bundled, adapter.as_deref());
+    let checkpoint = describe(&src, bundled, resolved.adapter.as_deref());
     eprintln!(
         "perplexity of {} held-out item texts, {checkpoint}, on {} ({dtype:?})",
         items.len(),
         device_name(&device)
     );
     let rep = perplexity(&model, &lists, a.batch)?;
-    let label = a.label.clone().unwrap_or_else(|| {
-        let m = checkpoint::short_name(&model_arg, run);
-        match &adapter {
-            Some(p) => format!(
-                "{m}-{}",
-                checkpoint::short_name(&p.display().to_string(), run)
-            ),
-            None => m,
-        }
+    let label = a.label.clone().unwrap_or_else(|| match &resolved.adapter {
+        Some(_) => format!("{}-{}", resolved.model_name, resolved.adapter_name),
+        None => resolved.model_name.clone(),
     });
     let report = serde_json::json!({
         "label": label, "checkpoint": checkpoint, "model": src.describe(),
-        "adapter": adapter.as_ref().map(|p| p.display().to_string()),
+        "adapter": resolved.adapter.as_ref().map(|p| p.display().to_string()),
         "data": a.data.display().to_string(), "dataset": ds.name,
-        "heldout_fraction": a.fraction, "heldout_seed": a.seed, "items": items.len(),
+        "heldout_fraction": fraction, "heldout_seed": seed, "items": items.len(),
         "text_template": PPL_TEXT_TEMPLATE, "bos": bos.is_some(), "max_tokens": a.max_tokens,
         "texts": rep.texts, "tokens": rep.tokens, "nll": rep.nll, "ppl": rep.ppl,
         "seconds": rep.seconds, "device": device_name(&device),
         "dtype": format!("{dtype:?}").to_lowercase(),
     });
-    if let Some(r) = run {
-        let path = r.join("eval").join(format!("ppl-{label}.json"));
+    if let Some(r) = &run {
+        let path = r.eval_dir().join(format!("ppl-{label}.json"));
         write_json(&path, &report)?;
         eprintln!("wrote {}", path.display());
     }

@@ -10,16 +10,15 @@ use crate::data::Dataset;
 use crate::device::DeviceArgs;
 use crate::eval::beam_search;
 use crate::llm::tokenizer::encode;
-use crate::tasks::Prompts;
-
-use super::checkpoint;
+use crate::run::model::{load_run_model, resolve};
+use crate::run::{OpenOptions, RunDir};
 
 #[derive(clap::Args, Debug)]
 pub struct RecommendArgs {
     /// Run directory (its index and checkpoints are used)
     #[arg(long)]
     pub run: PathBuf,
-    /// Dataset directory; default: the `data` of RUN/config.json
+    /// Dataset directory; default: the one the run's initial stage recorded
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// A user of the dataset: their whole known sequence is the history
@@ -33,11 +32,8 @@ pub struct RecommendArgs {
     /// Beam width (at least k)
     #[arg(long, default_value_t = 20)]
     pub beam: usize,
-    /// Keep this many most recent history items
-    #[arg(long, default_value_t = crate::data::DEFAULT_MAX_HISTORY)]
-    pub max_history: usize,
     #[command(flatten)]
-    pub m: super::checkpoint::ModelArgs,
+    pub m: super::ModelArgs,
     /// Print JSON instead of a table
     #[arg(long)]
     pub json: bool,
@@ -54,23 +50,8 @@ struct Rec {
     score: f32,
 }
 
-fn data_dir(a: &RecommendArgs) -> anyhow::Result<PathBuf> {
-    if let Some(d) = &a.data {
-        return Ok(d.clone());
-    }
-    let p = a.run.join("config.json");
-    let text = std::fs::read_to_string(&p)
-        .with_context(|| format!("no --data given and {} is not readable", p.display()))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))?;
-    v["data"]
-        .as_str()
-        .map(PathBuf::from)
-        .with_context(|| format!("{}: no \"data\" key (pass --data)", p.display()))
-}
-
 /// The history as dense item indices, oldest first; unknown users or items are errors naming them.
-fn history(a: &RecommendArgs, ds: &Dataset) -> anyhow::Result<Vec<u32>> {
+fn history(a: &RecommendArgs, ds: &Dataset, max_history: usize) -> anyhow::Result<Vec<u32>> {
     let mut h: Vec<u32> = match (&a.user, &a.history) {
         (Some(u), _) => {
             let i = ds
@@ -94,27 +75,22 @@ fn history(a: &RecommendArgs, ds: &Dataset) -> anyhow::Result<Vec<u32>> {
     if h.is_empty() {
         anyhow::bail!("--history: no item ids");
     }
-    let from = h.len().saturating_sub(a.max_history);
+    let from = h.len().saturating_sub(max_history);
     h.drain(..from);
     Ok(h)
 }
 
 pub fn run(a: RecommendArgs) -> anyhow::Result<()> {
     let (device, dtype) = a.dev.resolve()?;
-    let ds = Dataset::load_lcrec(&data_dir(&a)?)?;
-    let hist = history(&a, &ds)?;
-    let index_path = super::eval::find_index(&a.run)?;
-    let (index, _) = crate::index::load_external(&index_path, &ds)?;
-    let tokens: Vec<Vec<String>> = (0..index.len()).map(|i| index.id_strings(i)).collect();
-    let rm = checkpoint::load_run_model(
-        a.m.model.as_deref(),
-        &a.m.adapter,
-        &a.run,
-        tokens,
-        0,
-        &device,
-        dtype,
-    )?;
+    let run = RunDir::new(&a.run);
+    let d = run.open(&OpenOptions {
+        data: a.data.as_deref(),
+        ..Default::default()
+    })?;
+    let hist = history(&a, &d.ds, d.max_history)?;
+    let ds = &d.ds;
+    let resolved = resolve(Some(&run), &a.m.choice())?;
+    let rm = load_run_model(resolved, d.tokens.clone(), 0, &device, dtype)?;
     if rm.fresh_rows > 0 {
         eprintln!(
             "warning: {} has no trained ID tokens ({} added untrained): run `llmbs train` first",
@@ -123,7 +99,7 @@ pub fn run(a: RecommendArgs) -> anyhow::Result<()> {
         );
     }
     let (loaded, model, items) = (&rm.loaded, &rm.model, &rm.items);
-    let prompts = Prompts::embedded()?;
+    let prompts = &d.prompts;
     let h: Vec<&[String]> = hist
         .iter()
         .map(|&i| items.tokens[i as usize].as_slice())

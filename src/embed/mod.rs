@@ -1,6 +1,7 @@
 //! Semantic item embeddings Z^s (paper Eq. 2): the mean of the backbone's last hidden state over
 //! each item text's tokens, padding excluded; plus the file format every embedding table uses.
 
+pub mod job;
 pub mod neighbors;
 
 use std::collections::HashMap;
@@ -15,7 +16,8 @@ use crate::llm::{tokenizer::encode, Llama, LlmError, Mode};
 pub const TENSOR_NAME: &str = "embeddings";
 
 /// How texts are batched for the forward pass.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EmbedConfig {
     /// Sequences per forward.
     pub batch_size: usize,

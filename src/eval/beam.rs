@@ -13,6 +13,28 @@ use crate::llm::{Llama, Mode, Positions};
 /// One user's result: (item, score) best first, distinct items.
 pub type Ranked = Vec<(u32, f32)>;
 
+/// What a hypothesis' score sums.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Scoring {
+    /// The log-probability of every ID token: the item's teacher-forced log-likelihood.
+    #[default]
+    All,
+    /// Only tokens the trie leaves a choice for: a forced token (its node's only child) adds
+    /// nothing, so an item is not penalised for tokens no other item could have taken.
+    Choices,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Hyp {
     user: usize,
@@ -73,20 +95,27 @@ pub fn beam_search(
     trie: &Trie,
     beam: usize,
 ) -> candle_core::Result<Vec<Ranked>> {
+    beam_search_with(model, prompts, trie, beam, Scoring::All)
+}
+
+/// The prompts prefilled into `cache`: each prompt's length and the log-probabilities of the
+/// ID tokens after its last position.
+fn prefill(
+    model: &Llama,
+    prompts: &[Vec<u32>],
+    cache: &mut crate::llm::KvCache,
+    cols: &std::ops::Range<u32>,
+) -> candle_core::Result<(Vec<usize>, Vec<Vec<f32>>)> {
     let dev = model.device().clone();
     let u = prompts.len();
-    if u == 0 {
-        return Ok(Vec::new());
-    }
     let lens: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
-    let mut cache = model.new_cache();
     // Tokens every prompt of the batch starts with (the instruction text) are prefilled once
     // and shared; each prompt keeps at least its last token for its own logits.
     let shared =
         common_prefix(prompts).min(lens.iter().copied().min().unwrap_or(1).saturating_sub(1));
     if shared > 0 {
         let prefix = Tensor::new(&prompts[0][..shared], &dev)?.unsqueeze(0)?;
-        model.forward_hidden(&prefix, None, None, Some(&mut cache), Mode::Infer)?;
+        model.forward_hidden(&prefix, None, None, Some(&mut *cache), Mode::Infer)?;
         cache.reorder(&Tensor::zeros(u, DType::U32, &dev)?)?;
     }
     let t = lens.iter().map(|l| l - shared).max().unwrap_or(1).max(1);
@@ -103,15 +132,33 @@ pub fn beam_search(
     let valid = Tensor::from_vec(valid, (u, t), &dev)?;
     // The prompt is prefilled once per user, not once per beam; only its last position pays
     // for the LM head.
-    let hidden = model.forward_hidden(&ids, None, Some(&valid), Some(&mut cache), Mode::Infer)?;
+    let hidden = model.forward_hidden(&ids, None, Some(&valid), Some(cache), Mode::Infer)?;
     let last: Vec<(usize, usize)> = lens
         .iter()
         .enumerate()
         .map(|(r, &l)| (r, (l - shared).max(1) - 1))
         .collect();
+    let lp = log_probs(model, &Llama::gather(&hidden, &last)?, cols)?;
+    Ok((lens, lp))
+}
+
+/// [`beam_search`] with a choice of what the scores sum.
+pub fn beam_search_with(
+    model: &Llama,
+    prompts: &[Vec<u32>],
+    trie: &Trie,
+    beam: usize,
+    scoring: Scoring,
+) -> candle_core::Result<Vec<Ranked>> {
+    let dev = model.device().clone();
+    let u = prompts.len();
+    if u == 0 {
+        return Ok(Vec::new());
+    }
+    let mut cache = model.new_cache();
     let cols = trie.token_range();
     let off = cols.start as usize;
-    let mut lp = log_probs(model, &Llama::gather(&hidden, &last)?, &cols)?;
+    let (lens, mut lp) = prefill(model, prompts, &mut cache, &cols)?;
     let mut live: Vec<Hyp> = (0..u)
         .map(|user| Hyp {
             user,
@@ -126,13 +173,15 @@ pub fn beam_search(
         // Expand every live hypothesis along its trie edges; keep the best `beam` per user.
         let mut per_user: Vec<Vec<(f32, usize, u32, u32)>> = vec![Vec::new(); u]; // (score, hyp, token, child)
         for (h, hyp) in live.iter().enumerate() {
-            for &(tok, child) in trie.children(hyp.node) {
-                per_user[hyp.user].push((
-                    hyp.score + lp[hyp.row][tok as usize - off],
-                    h,
-                    tok,
-                    child,
-                ));
+            let edges = trie.children(hyp.node);
+            let forced = scoring == Scoring::Choices && edges.len() == 1;
+            for &(tok, child) in edges {
+                let gain = if forced {
+                    0.0
+                } else {
+                    lp[hyp.row][tok as usize - off]
+                };
+                per_user[hyp.user].push((hyp.score + gain, h, tok, child));
             }
         }
         let mut next: Vec<(Hyp, u32)> = Vec::new(); // (new hypothesis with parent row, token)

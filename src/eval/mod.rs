@@ -1,9 +1,11 @@
 //! Evaluation (paper 3.4.3, 4.1.2): trie-constrained beam search over all item IDs, exact
 //! Recall/NDCG over full rankings, predictions and reports.
 
+pub mod baselines;
 pub mod beam;
 pub mod partial;
 pub mod ppl;
+pub mod run;
 pub mod trie;
 
 use std::time::Instant;
@@ -17,7 +19,7 @@ use crate::llm::{tokenizer::encode, Llama};
 use crate::metrics::{MetricAccumulator, Metrics};
 use crate::tasks::Prompts;
 
-pub use beam::{beam_search, score_all_items, Ranked};
+pub use beam::{beam_search, beam_search_with, score_all_items, Ranked, Scoring};
 pub use ppl::{perplexity, PplReport};
 pub use trie::Trie;
 
@@ -86,6 +88,14 @@ pub fn prompt_ids(
         .collect()
 }
 
+/// How a beam search runs: width, users per batch, what scores sum.
+#[derive(Debug, Clone, Copy)]
+pub struct Search {
+    pub beam: usize,
+    pub batch: usize,
+    pub scoring: Scoring,
+}
+
 /// Beam search for every sample in batches of `batch` users, with metrics. `on_batch` sees
 /// each batch's sample indices and results as they come (progress, partial files).
 pub fn evaluate(
@@ -93,8 +103,7 @@ pub fn evaluate(
     prompts_ids: &[Vec<u32>],
     samples: &[Sample],
     items: &ItemIds,
-    beam: usize,
-    batch: usize,
+    search: Search,
     mut on_batch: impl FnMut(&[usize], &[Ranked]) -> anyhow::Result<()>,
 ) -> anyhow::Result<EvalOutput> {
     let start = Instant::now();
@@ -104,9 +113,9 @@ pub fn evaluate(
     let mut order: Vec<usize> = (0..samples.len()).collect();
     order.sort_by_key(|&i| (prompts_ids[i].len(), i));
     let mut results: Vec<Option<Ranked>> = vec![None; samples.len()];
-    for chunk in order.chunks(batch.max(1)) {
+    for chunk in order.chunks(search.batch.max(1)) {
         let ps: Vec<Vec<u32>> = chunk.iter().map(|&i| prompts_ids[i].clone()).collect();
-        let out = beam_search(model, &ps, &items.trie, beam)?;
+        let out = beam_search_with(model, &ps, &items.trie, search.beam, search.scoring)?;
         on_batch(chunk, &out)?;
         for (&i, r) in chunk.iter().zip(out) {
             results[i] = Some(r);

@@ -113,57 +113,7 @@ pub fn load_external_with(
         msg: e.to_string(),
     })?;
     let n = ds.items.len();
-    let mut raw: Vec<Option<Vec<String>>> = vec![None; n];
-    for (key, value) in entries.0 {
-        let entry = |msg: String| IndexError::Entry {
-            path: p(),
-            key: key.clone(),
-            msg,
-        };
-        let Some(item) = ds.item_index(&key) else {
-            return Err(IndexError::UnknownItem {
-                path: p(),
-                key,
-                dataset: ds.name.clone(),
-            });
-        };
-        let serde_json::Value::Array(list) = value else {
-            return Err(entry(format!("expected a list of tokens, found {value}")));
-        };
-        if list.is_empty() {
-            return Err(entry("empty token list".into()));
-        }
-        let mut toks = Vec::with_capacity(list.len());
-        for (j, t) in list.into_iter().enumerate() {
-            match t {
-                serde_json::Value::String(s) if !s.trim().is_empty() => toks.push(s),
-                other => {
-                    return Err(entry(format!(
-                        "token {j} is {other}, expected a non-empty string"
-                    )))
-                }
-            }
-        }
-        let slot = &mut raw[item as usize];
-        if slot.is_some() {
-            return Err(IndexError::DuplicateKey { path: p(), key });
-        }
-        *slot = Some(toks);
-    }
-    let missing: Vec<&str> = raw
-        .iter()
-        .zip(&ds.items)
-        .filter(|(r, _)| r.is_none())
-        .map(|(_, it)| it.id.as_str())
-        .collect();
-    if let Some(first) = missing.first() {
-        return Err(IndexError::MissingItems {
-            path: p(),
-            count: missing.len(),
-            first: first.to_string(),
-        });
-    }
-    let raw: Vec<Vec<String>> = raw.into_iter().flatten().collect();
+    let raw = item_tokens(path, entries, ds)?;
     let mut vocab: Vec<String> = Vec::new();
     let mut lookup: HashMap<&str, u32> = HashMap::new();
     let mut ids = Vec::with_capacity(n);
@@ -222,6 +172,67 @@ pub fn load_external_with(
             examples,
         },
     ))
+}
+
+/// Each item's token list, in dataset order; unknown, duplicate, missing or malformed
+/// entries are errors naming the file and key.
+fn item_tokens(
+    path: &Path,
+    entries: Entries,
+    ds: &Dataset,
+) -> Result<Vec<Vec<String>>, IndexError> {
+    let p = || path.to_path_buf();
+    let mut raw: Vec<Option<Vec<String>>> = vec![None; ds.items.len()];
+    for (key, value) in entries.0 {
+        let entry = |msg: String| IndexError::Entry {
+            path: p(),
+            key: key.clone(),
+            msg,
+        };
+        let Some(item) = ds.item_index(&key) else {
+            return Err(IndexError::UnknownItem {
+                path: p(),
+                key,
+                dataset: ds.name.clone(),
+            });
+        };
+        let serde_json::Value::Array(list) = value else {
+            return Err(entry(format!("expected a list of tokens, found {value}")));
+        };
+        if list.is_empty() {
+            return Err(entry("empty token list".into()));
+        }
+        let mut toks = Vec::with_capacity(list.len());
+        for (j, t) in list.into_iter().enumerate() {
+            match t {
+                serde_json::Value::String(s) if !s.trim().is_empty() => toks.push(s),
+                other => {
+                    return Err(entry(format!(
+                        "token {j} is {other}, expected a non-empty string"
+                    )))
+                }
+            }
+        }
+        let slot = &mut raw[item as usize];
+        if slot.is_some() {
+            return Err(IndexError::DuplicateKey { path: p(), key });
+        }
+        *slot = Some(toks);
+    }
+    let missing: Vec<&str> = raw
+        .iter()
+        .zip(&ds.items)
+        .filter(|(r, _)| r.is_none())
+        .map(|(_, it)| it.id.as_str())
+        .collect();
+    if let Some(first) = missing.first() {
+        return Err(IndexError::MissingItems {
+            path: p(),
+            count: missing.len(),
+            first: first.to_string(),
+        });
+    }
+    Ok(raw.into_iter().flatten().collect())
 }
 
 /// Up to `max` groups of items that share an ID, as item keys, in dataset order.

@@ -5,6 +5,7 @@
 pub mod build;
 pub mod external;
 pub mod ids;
+pub mod job;
 pub mod kmeans;
 pub mod stats;
 pub mod synthetic;
@@ -74,9 +75,15 @@ pub enum IndexError {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
-    /// Semantic levels from Z^s, then behavior levels from Z^b.
+    /// Semantic levels from Z^s, then behavior levels from Z^b (the paper's order).
     #[default]
     Unit,
+    /// Behavior levels first, then semantic ones: with k = 256 over ~12k items the second
+    /// semantic token already splits the catalogue to single items, so in the paper's order the
+    /// behavior tokens are forced and beam pruning never sees behavior; this order lets it.
+    #[serde(rename = "behavior-first")]
+    #[value(name = "behavior-first")]
+    BehaviorFirst,
     /// Every level from Z^s.
     Semantic,
     /// Every level from Z^b.
@@ -90,6 +97,7 @@ impl Mode {
     pub fn name(self) -> &'static str {
         match self {
             Mode::Unit => "unit",
+            Mode::BehaviorFirst => "behavior-first",
             Mode::Semantic => "semantic",
             Mode::Behavior => "behavior",
             Mode::Random => "random",
@@ -159,6 +167,10 @@ impl IndexConfig {
             Mode::Unit => vec![
                 (Signal::Semantic, self.levels_semantic),
                 (Signal::Behavior, self.levels_behavior),
+            ],
+            Mode::BehaviorFirst => vec![
+                (Signal::Behavior, self.levels_behavior),
+                (Signal::Semantic, self.levels_semantic),
             ],
             Mode::Semantic => vec![(Signal::Semantic, all)],
             Mode::Behavior => vec![(Signal::Behavior, all)],

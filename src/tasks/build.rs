@@ -87,6 +87,22 @@ impl TaskMix {
 
     /// Parses `srt=2,id2text=0.25,...` (unnamed tasks keep their weight).
     pub fn parse_into(&mut self, s: &str) -> anyhow::Result<()> {
+        for (k, v) in Self::parse_pairs(s)? {
+            match k {
+                "srt" => self.srt = v,
+                "id2text" => self.id2text = v,
+                "text2id" => self.text2id = v,
+                "hist_text2id" => self.hist_text2id = v,
+                _ => self.hist_id2text = v,
+            }
+        }
+        Ok(())
+    }
+
+    /// The `task=weight` pairs of `srt=2,id2text=0.25,...`, checked.
+    pub fn parse_pairs(s: &str) -> anyhow::Result<Vec<(&'static str, f64)>> {
+        const TASKS: [&str; 5] = ["srt", "id2text", "text2id", "hist_text2id", "hist_id2text"];
+        let mut out = Vec::new();
         for part in s.split(',').filter(|p| !p.trim().is_empty()) {
             let (k, v) = part
                 .split_once('=')
@@ -98,18 +114,15 @@ impl TaskMix {
             if !(v >= 0.0 && v.is_finite()) {
                 anyhow::bail!("task mix '{part}': weights must be finite and >= 0");
             }
-            match k.trim() {
-                "srt" => self.srt = v,
-                "id2text" => self.id2text = v,
-                "text2id" => self.text2id = v,
-                "hist_text2id" => self.hist_text2id = v,
-                "hist_id2text" => self.hist_id2text = v,
-                other => anyhow::bail!(
-                    "task mix: unknown task '{other}' (srt, id2text, text2id, hist_text2id, hist_id2text)"
-                ),
-            }
+            let Some(&k) = TASKS.iter().find(|t| **t == k.trim()) else {
+                anyhow::bail!(
+                    "task mix: unknown task '{}' (srt, id2text, text2id, hist_text2id, hist_id2text)",
+                    k.trim()
+                );
+            };
+            out.push((k, v));
         }
-        Ok(())
+        Ok(out)
     }
 }
 
@@ -174,7 +187,9 @@ pub struct TaskBuilder<'a> {
     pub prompts: &'a Prompts,
     pub tok: &'a Tokenizer,
     pub samples: &'a [Sample],
-    /// Items whose text never enters training (held out for the perplexity check).
+    /// The items whose text may enter training, ascending: every item but the ones held out
+    /// for the perplexity check (`text_items`), whose titles and categories appear in no prompt
+    /// and no response of any task.
     pub text_items: Vec<u32>,
     pub limits: TextLimits,
     pub con_id: Option<u32>,
@@ -187,13 +202,33 @@ pub struct TaskBuilder<'a> {
 impl TaskBuilder<'_> {
     /// How many source rows a task has.
     pub fn rows(&self, k: TaskKind) -> usize {
+        self.rows_of(k).len()
+    }
+
+    /// Whether `item`'s text may enter training.
+    fn text_ok(&self, item: u32) -> bool {
+        self.text_items.binary_search(&item).is_ok()
+    }
+
+    /// The source rows a task draws from. The text tasks skip what would show a held-out item's
+    /// text: `hist_id2text` a held-out target, `hist_text2id` a history with no other title.
+    pub fn rows_of(&self, k: TaskKind) -> Vec<usize> {
+        let all = |n: usize| (0..n).collect::<Vec<usize>>();
+        let samples = (0..self.samples.len()).map(|r| (r, &self.samples[r]));
         match k {
-            TaskKind::Srt => self
+            TaskKind::Srt => all(self
                 .srt_windows
                 .as_ref()
-                .map_or(self.samples.len(), |w| w.len()),
-            TaskKind::HistText2Id | TaskKind::HistId2Text => self.samples.len(),
-            TaskKind::Id2Text | TaskKind::Text2Id => self.text_items.len(),
+                .map_or(self.samples.len(), |w| w.len())),
+            TaskKind::HistText2Id => samples
+                .filter(|(_, s)| s.history.iter().any(|&i| self.text_ok(i)))
+                .map(|(r, _)| r)
+                .collect(),
+            TaskKind::HistId2Text => samples
+                .filter(|(_, s)| self.text_ok(s.target))
+                .map(|(r, _)| r)
+                .collect(),
+            TaskKind::Id2Text | TaskKind::Text2Id => all(self.text_items.len()),
         }
     }
 
@@ -234,7 +269,7 @@ impl TaskBuilder<'_> {
             let kind = kinds[ki].0;
             let (perm, pos) = &mut perms[ki];
             if *pos >= perm.len() {
-                *perm = (0..self.rows(kind)).collect();
+                *perm = self.rows_of(kind);
                 perm.shuffle(&mut rng);
                 *pos = 0;
             }
@@ -319,8 +354,14 @@ impl TaskBuilder<'_> {
             }
             TaskKind::HistText2Id => {
                 let s = &self.samples[p.row];
-                let from = s.history.len().saturating_sub(self.limits.text_history);
-                let titles: Vec<String> = s.history[from..]
+                let shown: Vec<u32> = s
+                    .history
+                    .iter()
+                    .copied()
+                    .filter(|&i| self.text_ok(i))
+                    .collect();
+                let from = shown.len().saturating_sub(self.limits.text_history);
+                let titles: Vec<String> = shown[from..]
                     .iter()
                     .map(|&i| format!("\"{}\"", self.short_title(i)))
                     .collect();

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_PROMPTS: &str = include_str!("../../configs/prompts.json");
 
 /// Prompt templates: `wrapper` holds `{instruction}`; each task template holds `{history}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Prompts {
     pub wrapper: String,
     pub history_separator: String,

@@ -9,7 +9,6 @@ use std::time::Instant;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use super::plot::{svg, Series};
 use super::step::Trainer;
 use super::TrainConfig;
 use crate::tasks::build::{Encoded, Planned, TaskBuilder};
@@ -26,6 +25,10 @@ pub struct ValidRecord {
     /// ~10 here whatever its recall (absent in logs written before it existed).
     #[serde(default)]
     pub coverage10: Option<usize>,
+    /// Standard error of NDCG@10 over the sample's users: how much of a difference between two
+    /// validations is noise.
+    #[serde(default)]
+    pub ndcg10_se: Option<f64>,
     pub users: usize,
     pub seconds: f64,
 }
@@ -66,7 +69,7 @@ pub trait Hooks {
 }
 
 /// How a `fit` ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Ended {
     Finished,
     Interrupted,
@@ -202,68 +205,4 @@ pub fn fit(
         ended = Ended::Interrupted;
     }
     Ok(ended)
-}
-
-/// The loss and validation curves of a JSONL log as an SVG.
-pub fn plot_log(log_path: &Path, out: &Path) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(log_path)
-        .with_context(|| format!("reading {}", log_path.display()))?;
-    let (mut loss, mut ce, mut vloss, mut r10, mut n10) = (vec![], vec![], vec![], vec![], vec![]);
-    for line in text.lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        let step = v["step"].as_f64().unwrap_or(f64::NAN);
-        if let Some(l) = v["loss"].as_f64() {
-            loss.push((step, l));
-            ce.push((step, v["ce"].as_f64().unwrap_or(f64::NAN)));
-        }
-        if let Some(l) = v["valid_loss"].as_f64() {
-            vloss.push((step, l));
-        }
-        if let Some(r) = v["recall10"].as_f64() {
-            r10.push((step, r));
-        }
-        if let Some(n) = v["ndcg10"].as_f64() {
-            n10.push((step, n));
-        }
-    }
-    let body = svg(&[
-        (
-            "training loss",
-            vec![
-                Series {
-                    name: "loss (CE + GCT)",
-                    color: "#1f77b4",
-                    points: loss,
-                },
-                Series {
-                    name: "response CE",
-                    color: "#ff7f0e",
-                    points: ce,
-                },
-                Series {
-                    name: "validation CE",
-                    color: "#2ca02c",
-                    points: vloss,
-                },
-            ],
-        ),
-        (
-            "validation (beam search)",
-            vec![
-                Series {
-                    name: "Recall@10",
-                    color: "#d62728",
-                    points: r10,
-                },
-                Series {
-                    name: "NDCG@10",
-                    color: "#9467bd",
-                    points: n10,
-                },
-            ],
-        ),
-    ]);
-    crate::util::atomic_write(out, body.as_bytes())
 }

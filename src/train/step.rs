@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Result};
 use rand::SeedableRng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::batch::{bucket, MicroBatch};
 use super::dist::{agree, Communicator, Reducer};
@@ -35,7 +35,7 @@ pub struct StepConfig {
 }
 
 /// What one step measured (a line of the JSONL log).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepStats {
     pub step: usize,
     pub lr: f64,

@@ -1,6 +1,103 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests: tensor comparison, a slice of the real Beauty, a
+//! tiny random model with the real SmolLM2 tokenizer, the binary, and the tiny pipeline.
+#![allow(dead_code)]
 
-use candle_core::Tensor;
+use std::path::Path;
+use std::process::Command;
+
+use candle_core::{DType, Device, Tensor};
+use llmbs::llm::{gguf, init::random_model, tokenizer, LlamaConfig};
+use llmbs::pipeline::{load_config, PipelineJob};
+use llmbs::run::RunDir;
+
+pub const BEAUTY: &str = "../shared/data/beauty";
+
+/// The first `users` users of Beauty and every item they touch, in the LC-Rec layout.
+pub fn beauty_slice(dir: &Path, users: usize) {
+    let inter: serde_json::Map<String, serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(BEAUTY).join("Beauty.inter.json")).unwrap(),
+    )
+    .unwrap();
+    let items: serde_json::Map<String, serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(BEAUTY).join("Beauty.item.json")).unwrap(),
+    )
+    .unwrap();
+    let kept: serde_json::Map<String, serde_json::Value> = inter.into_iter().take(users).collect();
+    let mut used = std::collections::BTreeSet::new();
+    for seq in kept.values() {
+        for i in seq.as_array().unwrap() {
+            used.insert(i.to_string().trim_matches('"').to_string());
+        }
+    }
+    let kept_items: serde_json::Map<String, serde_json::Value> = items
+        .into_iter()
+        .filter(|(k, _)| used.contains(k))
+        .collect();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("Beauty.inter.json"),
+        serde_json::to_string(&kept).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("Beauty.item.json"),
+        serde_json::to_string(&kept_items).unwrap(),
+    )
+    .unwrap();
+}
+
+/// A 2-layer, hidden-32 random model with the real SmolLM2 tokenizer, as a HF directory.
+pub fn tiny_model(dir: &Path) {
+    let (_, _, vocab) = gguf::load_gguf(
+        &llmbs::llm::load::default_model_path(),
+        &Device::Cpu,
+        DType::F32,
+    )
+    .expect("the default model (scripts/fetch-model.sh)");
+    let tok = tokenizer::from_gguf_vocab(vocab, "smollm2").unwrap();
+    let cfg = LlamaConfig::tiny(tok.get_vocab_size(true));
+    let (_, model) = random_model(&cfg, 3, DType::F32, &Device::Cpu).unwrap();
+    llmbs::llm::save::save_hf_dir(dir, &cfg, &tok, &model.weights()).unwrap();
+}
+
+pub fn llmbs(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_llmbs"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The `tiny` pipeline over a 40-user slice of Beauty and a tiny model, made in `dir`, into
+/// `dir/run`, quiet, on the CPU.
+pub fn tiny_pipeline(dir: &Path) -> PipelineJob {
+    let data = dir.join("data");
+    let model = dir.join("model");
+    beauty_slice(&data, 40);
+    tiny_model(&model);
+    let mut config = load_config("tiny").unwrap();
+    config.data = data.display().to_string();
+    config.model = model.display().to_string();
+    PipelineJob {
+        config,
+        run: RunDir::new(dir.join("run")),
+        reuse_from: Vec::new(),
+        from: None,
+        to: None,
+        data_overridden: true,
+        device: Device::Cpu,
+        quiet: true,
+    }
+}
 
 /// The largest absolute element difference of two tensors of the same shape.
 pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {

@@ -1,0 +1,190 @@
+//! Non-learned baselines on the very split and users an evaluation ranks, so a report compares
+//! like with like: the most popular training items, and "popular in the newest item's
+//! cluster" (walking the history from the newest item back, the most popular items sharing its
+//! first semantic or behavior ID token, history items skipped, until 10).
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::run::{select_users, SplitName};
+use crate::data::Sample;
+use crate::metrics::{MetricAccumulator, Metrics};
+use crate::run::{RunData, RunDir};
+use crate::util::{atomic_write, write_json};
+
+/// How many items each baseline ranks.
+const TOP: usize = 10;
+
+/// `eval/baselines-<split>[-<N>u-seed<S>].json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BaselineReport {
+    pub label: String,
+    pub dataset: String,
+    pub split: SplitName,
+    pub users: usize,
+    pub limit: Option<usize>,
+    pub seed: u64,
+    /// Baseline name and its metrics, in a fixed order.
+    pub rows: Vec<(String, Metrics)>,
+}
+
+/// Items by training popularity (each user's training part), most popular first; ties go to
+/// the lower item index.
+fn popularity(train: &[Vec<u32>], n_items: usize) -> Vec<u32> {
+    let mut count = vec![0usize; n_items];
+    for seq in train {
+        for &i in seq {
+            count[i as usize] += 1;
+        }
+    }
+    let mut ranked: Vec<u32> = (0..n_items as u32).collect();
+    ranked.sort_by_key(|&i| (std::cmp::Reverse(count[i as usize]), i));
+    ranked
+}
+
+/// Each item's first ID token starting with `prefix` (e.g. `<s1_`), if every item has one.
+fn first_token<'a>(tokens: &'a [Vec<String>], prefix: &str) -> Option<Vec<&'a str>> {
+    tokens
+        .iter()
+        .map(|id| {
+            id.iter()
+                .find(|t| t.starts_with(prefix))
+                .map(|t| t.as_str())
+        })
+        .collect()
+}
+
+/// The cluster baseline's list for one history.
+fn by_cluster(s: &Sample, groups: &HashMap<&str, Vec<u32>>, key: &[&str]) -> Vec<u32> {
+    let mut seen: std::collections::HashSet<u32> = s.history.iter().copied().collect();
+    let mut out = Vec::with_capacity(TOP);
+    for &h in s.history.iter().rev() {
+        for &it in groups
+            .get(key[h as usize])
+            .map(|v| v.as_slice())
+            .unwrap_or_default()
+        {
+            if seen.insert(it) {
+                out.push(it);
+                if out.len() == TOP {
+                    return out;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The baselines' metrics on `samples`.
+pub fn baseline_rows(d: &RunData, samples: &[Sample]) -> Vec<(String, Metrics)> {
+    let ranked = popularity(&d.split.train, d.ds.items.len());
+    let mut rows = Vec::new();
+    let mut acc = MetricAccumulator::default();
+    for s in samples {
+        acc.add(&ranked[..TOP.min(ranked.len())], s.target);
+    }
+    rows.push(("most popular".to_string(), acc.finish()));
+    for (prefix, name) in [
+        ("<s1_", "popular in the newest item's <s1> cluster"),
+        ("<b1_", "popular in the newest item's <b1> cluster"),
+    ] {
+        let Some(key) = first_token(&d.tokens, prefix) else {
+            continue;
+        };
+        let mut groups: HashMap<&str, Vec<u32>> = HashMap::new();
+        for &it in &ranked {
+            groups.entry(key[it as usize]).or_default().push(it);
+        }
+        let mut acc = MetricAccumulator::default();
+        for s in samples {
+            acc.add(&by_cluster(s, &groups, &key), s.target);
+        }
+        rows.push((name.to_string(), acc.finish()));
+    }
+    rows
+}
+
+/// The baselines on a run's split and user sample (as `llmbs eval --limit N --seed S` picks
+/// them); writes `eval/<label>.{json,md}`.
+pub fn run_baselines(
+    run: &RunDir,
+    d: &RunData,
+    split: SplitName,
+    limit: Option<usize>,
+    seed: u64,
+) -> anyhow::Result<BaselineReport> {
+    let all = match split {
+        SplitName::Test => &d.split.test,
+        SplitName::Valid => &d.split.valid,
+    };
+    let samples = select_users(all, limit, seed);
+    let mut label = format!("baselines-{}", split.name());
+    if let Some(n) = limit {
+        label.push_str(&format!("-{n}u-seed{seed}"));
+    }
+    let report = BaselineReport {
+        label: label.clone(),
+        dataset: d.ds.name.clone(),
+        split,
+        users: samples.len(),
+        limit,
+        seed,
+        rows: baseline_rows(d, &samples),
+    };
+    write_json(&run.eval_dir().join(format!("{label}.json")), &report)?;
+    atomic_write(
+        &run.eval_dir().join(format!("{label}.md")),
+        report.markdown().as_bytes(),
+    )?;
+    Ok(report)
+}
+
+impl BaselineReport {
+    pub fn markdown(&self) -> String {
+        let mut md = format!(
+            "# Baselines: {} ({} split, {} users{})\n\n",
+            self.dataset,
+            self.split.name(),
+            self.users,
+            self.limit.map_or(String::new(), |_| format!(
+                ", seeded sample, seed {}",
+                self.seed
+            ))
+        );
+        if let Some((_, m)) = self.rows.first() {
+            let head = m.markdown_header();
+            let mut lines = head.lines();
+            let (names, rule) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
+            md.push_str(&format!("| baseline {names}\n| --- {rule}\n"));
+        }
+        for (name, m) in &self.rows {
+            md.push_str(&format!("| {name} {}\n", m.to_markdown_row()));
+        }
+        md
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn popularity_and_cluster_lists_by_hand() {
+        // Item 2 appears 3 times, 0 twice, 1 and 3 once: 2, 0, 1, 3 (ties to the lower index).
+        let train = vec![vec![2, 0, 2], vec![0, 2, 1, 3]];
+        assert_eq!(popularity(&train, 4), vec![2, 0, 1, 3]);
+        let key = ["a", "b", "a", "b"];
+        let mut groups: HashMap<&str, Vec<u32>> = HashMap::new();
+        for it in [2u32, 0, 1, 3] {
+            groups.entry(key[it as usize]).or_default().push(it);
+        }
+        // Newest item 1 is in cluster b (1, 3): 3 (1 is history); then item 0's cluster a: 2.
+        let s = Sample {
+            user: 0,
+            history: vec![0, 1],
+            target: 2,
+        };
+        assert_eq!(by_cluster(&s, &groups, &key), vec![3, 2]);
+    }
+}

@@ -1,0 +1,511 @@
+//! Evaluating a run (paper 3.4.3, 4.1.2): the run's model on its own split, prompts and IDs,
+//! beam search over every chosen user, `eval/<label>.{json,md}` and
+//! `eval/<label>.predictions.jsonl`, where the label names the split, model, adapter and user
+//! sample so differently configured evaluations never overwrite each other.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use candle_core::{DType, Device};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use super::partial::{partial_path, Partial};
+use super::{evaluate, prompt_ids, Prediction, Ranked, Scoring};
+use crate::data::{Dataset, Sample};
+use crate::device::device_name;
+use crate::metrics::{coverage, rank_of, MetricAccumulator, Metrics, NDCG_KS, RECALL_KS};
+use crate::run::model::{load_run_model, resolve, ModelChoice, RunModel};
+use crate::run::{OpenOptions, RunDir};
+use crate::util::{atomic_write, atomic_write_with, progress_bar, write_json};
+
+/// The paper's Table 2 rows (R@5, R@10, N@5, N@10), by dataset name and size (users, items):
+/// a published row belongs to that dataset only.
+const PAPER_ROWS: &[(&str, usize, usize, [f64; 4])] =
+    &[("Beauty", 22_363, 12_101, [0.0548, 0.0830, 0.0369, 0.0459])];
+
+/// The paper's row for `ds`, if it is the dataset the row was published on.
+pub fn paper_row(ds: &Dataset) -> Option<[f64; 4]> {
+    PAPER_ROWS
+        .iter()
+        .find(|(n, u, i, _)| *n == ds.name && *u == ds.users.len() && *i == ds.items.len())
+        .map(|r| r.3)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum SplitName {
+    Test,
+    Valid,
+}
+
+impl SplitName {
+    pub fn name(self) -> &'static str {
+        match self {
+            SplitName::Test => "test",
+            SplitName::Valid => "valid",
+        }
+    }
+}
+
+/// One evaluation's settings (a pipeline config's `eval` entries are these).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalConfig {
+    pub split: SplitName,
+    /// Beam width: the number of ranked items (at least the largest K reported, 10).
+    pub beam: usize,
+    /// Users per beam-search batch.
+    pub batch: usize,
+    /// A seeded random sample of this many users (None: all).
+    pub limit: Option<usize>,
+    pub seed: u64,
+    pub model: ModelChoice,
+    /// The SRT template of the prompts (the run's recorded prompts).
+    pub template: usize,
+    /// What a beam's score sums (`all` ID tokens, or only the `choices` the trie leaves).
+    pub scoring: Scoring,
+    /// Output name (default: split, model, adapter and sample, e.g. `test-initial-best-anneal-best`).
+    pub label: Option<String>,
+    /// Seed of fresh ID-token rows (an untrained backbone).
+    pub vocab_seed: u64,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            split: SplitName::Test,
+            beam: 20,
+            batch: 8,
+            limit: None,
+            seed: 0,
+            model: ModelChoice::default(),
+            template: 0,
+            scoring: Scoring::All,
+            label: None,
+            vocab_seed: 0,
+        }
+    }
+}
+
+impl EvalConfig {
+    /// Refuses settings whose report would be wrong or empty, naming the flag.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let k = RECALL_KS
+            .iter()
+            .chain(&NDCG_KS)
+            .copied()
+            .max()
+            .unwrap_or(10);
+        if self.beam < k {
+            anyhow::bail!(
+                "--beam {}: the report ranks {k} items (R@{k}, N@{k}), so the beam must be at least {k}",
+                self.beam
+            );
+        }
+        if self.limit == Some(0) {
+            anyhow::bail!("--limit 0: no users to evaluate (leave it out for all users)");
+        }
+        if self.batch == 0 {
+            anyhow::bail!("--batch 0: at least one user per batch");
+        }
+        Ok(())
+    }
+}
+
+/// An evaluation of a run.
+#[derive(Debug, Clone, Default)]
+pub struct EvalJob {
+    pub config: EvalConfig,
+    /// Overrides of the run's recorded data, index and prompts (only where it has none).
+    pub data: Option<PathBuf>,
+    pub index: Option<PathBuf>,
+    pub prompts: Option<PathBuf>,
+    /// Continue an interrupted evaluation of the same label and settings.
+    pub resume: bool,
+    /// Replace an interrupted evaluation's partial predictions.
+    pub overwrite: bool,
+    pub quiet: bool,
+}
+
+/// `eval/<label>.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvalReport {
+    pub label: String,
+    pub dataset: String,
+    pub split: SplitName,
+    pub users: usize,
+    pub all_users: bool,
+    pub metrics: Metrics,
+    pub coverage10: Coverage,
+    pub seconds: f64,
+    pub users_per_s: f64,
+    pub resumed_users: usize,
+    /// What a resumed evaluation must match.
+    pub resume_settings: serde_json::Value,
+    pub config: EvalConfig,
+    pub model: String,
+    pub checkpoint: String,
+    pub index: String,
+    pub prompt: String,
+    pub max_history: usize,
+    pub mean_prompt_tokens: f64,
+    pub device: String,
+    pub dtype: String,
+    pub scoring: String,
+    pub paper_table2: Option<[f64; 4]>,
+    pub predictions: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Coverage {
+    pub items: usize,
+    pub fraction: f64,
+}
+
+/// The users of a split an evaluation covers: all, or a seeded sample of `limit` (user order).
+pub fn select_users(samples: &[Sample], limit: Option<usize>, seed: u64) -> Vec<Sample> {
+    let mut s = samples.to_vec();
+    if let Some(n) = limit {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        s.shuffle(&mut rng);
+        s.truncate(n);
+        s.sort_by_key(|x| x.user);
+    }
+    s
+}
+
+/// The default label: `<split>-<model>-<adapter>[-<N>u-seed<S>][-t<K>][-choices]` (the last
+/// two only where they differ from the defaults).
+pub fn default_label(c: &EvalConfig, model: &str, adapter: &str) -> String {
+    let mut l = format!("{}-{model}-{adapter}", c.split.name());
+    if let Some(n) = c.limit {
+        l.push_str(&format!("-{n}u-seed{}", c.seed));
+    }
+    if c.template != 0 {
+        l.push_str(&format!("-t{}", c.template));
+    }
+    if c.scoring == Scoring::Choices {
+        l.push_str("-choices");
+    }
+    l
+}
+
+/// One line of the predictions file: user, target, its rank, the top items with scores and
+/// titles.
+fn prediction_line(ds: &Dataset, s: &Sample, r: &Ranked) -> anyhow::Result<serde_json::Value> {
+    let list: Vec<u32> = r.iter().map(|x| x.0).collect();
+    let p = Prediction {
+        user: ds.users[s.user as usize].clone(),
+        target: ds.items[s.target as usize].id.clone(),
+        rank: rank_of(&list, s.target, list.len()),
+        top: r
+            .iter()
+            .map(|&(i, sc)| (ds.items[i as usize].id.clone(), sc))
+            .collect(),
+    };
+    let mut v = serde_json::to_value(&p)?;
+    v["top_titles"] = r
+        .iter()
+        .map(|&(i, _)| ds.items[i as usize].title.clone())
+        .collect();
+    Ok(v)
+}
+
+/// The rankings already in a partial file, by sample position.
+fn done_from_partial(
+    ds: &Dataset,
+    samples: &[Sample],
+    lines: &[serde_json::Value],
+    file: &std::path::Path,
+) -> anyhow::Result<Vec<Option<Ranked>>> {
+    let mut done: Vec<Option<Ranked>> = vec![None; samples.len()];
+    let by_user: HashMap<&str, usize> = samples
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (ds.users[s.user as usize].as_str(), i))
+        .collect();
+    for v in lines {
+        let p: Prediction = serde_json::from_value(v.clone())
+            .with_context(|| format!("{}: {v}", file.display()))?;
+        let top = p
+            .top
+            .iter()
+            .map(|(id, sc)| ds.item_index(id).map(|x| (x, *sc)))
+            .collect::<Option<Vec<_>>>();
+        let (Some(&i), Some(top)) = (by_user.get(p.user.as_str()), top) else {
+            anyhow::bail!(
+                "{}: user {} or one of its items is not in this evaluation",
+                file.display(),
+                p.user
+            );
+        };
+        done[i] = Some(top);
+    }
+    Ok(done)
+}
+
+/// Evaluates `run` as `job` says; writes the report and predictions and returns the report.
+pub fn evaluate_run(
+    run: &RunDir,
+    job: &EvalJob,
+    device: &Device,
+    dtype: DType,
+) -> anyhow::Result<EvalReport> {
+    let c = &job.config;
+    c.validate()?;
+    let d = run.open(&OpenOptions {
+        data: job.data.as_deref(),
+        index: job.index.as_deref(),
+        prompts: job.prompts.as_deref(),
+    })?;
+    let resolved = resolve(Some(run), &c.model)?;
+    let label = c
+        .label
+        .clone()
+        .unwrap_or_else(|| default_label(c, &resolved.model_name, &resolved.adapter_name));
+    let rm = load_run_model(resolved, d.tokens.clone(), c.vocab_seed, device, dtype)?;
+    let split = match c.split {
+        SplitName::Test => &d.split.test,
+        SplitName::Valid => &d.split.valid,
+    };
+    let samples = select_users(split, c.limit, c.seed);
+    let prompts = prompt_ids(
+        &samples,
+        &rm.items,
+        &d.prompts,
+        c.template,
+        &rm.loaded.tokenizer,
+    )?;
+    let mean_prompt =
+        prompts.iter().map(|p| p.len()).sum::<usize>() as f64 / prompts.len().max(1) as f64;
+    eprintln!(
+        "evaluating {} {} users as '{label}', beam {}, batch {}, {} on {} (mean prompt {mean_prompt:.0} tokens)",
+        samples.len(),
+        c.split.name(),
+        c.beam,
+        c.batch,
+        rm.desc,
+        device_name(device)
+    );
+    let preds_path = run.eval_dir().join(format!("{label}.predictions.jsonl"));
+    let template = d.prompts.srt[c.template % d.prompts.srt.len()].clone();
+    // What must match for a resumed evaluation to be the same evaluation.
+    let settings = serde_json::json!({
+        "split": c.split, "users": samples.len(), "limit": c.limit, "seed": c.seed,
+        "beam": c.beam, "scoring": c.scoring, "model": rm.desc, "index": d.index_path.display().to_string(),
+        "prompt": template, "dtype": format!("{dtype:?}").to_lowercase(),
+        "max_history": d.max_history,
+    });
+    let (ranked, seconds, resumed, partial) =
+        rank_users(job, &rm, &d.ds, &samples, &prompts, &preds_path, &settings)?;
+    write_predictions(&preds_path, &d.ds, &samples, &ranked)?;
+    // Only now that the predictions are whole does the partial file go.
+    partial.finish()?;
+    let report = EvalReport {
+        label: label.clone(),
+        dataset: d.ds.name.clone(),
+        split: c.split,
+        users: samples.len(),
+        all_users: c.limit.is_none(),
+        metrics: Metrics::default(),
+        coverage10: Coverage::default(),
+        seconds,
+        users_per_s: (samples.len() - resumed) as f64 / seconds.max(1e-9),
+        resumed_users: resumed,
+        resume_settings: settings,
+        config: c.clone(),
+        model: rm.src.describe(),
+        checkpoint: rm.desc.clone(),
+        index: d.index_path.display().to_string(),
+        prompt: template,
+        max_history: d.max_history,
+        mean_prompt_tokens: mean_prompt,
+        device: device_name(device),
+        dtype: format!("{dtype:?}").to_lowercase(),
+        scoring: match c.scoring {
+            Scoring::All => "sum of full-vocabulary log-probabilities of every ID token, no length normalisation",
+            Scoring::Choices => "sum of full-vocabulary log-probabilities of the ID tokens the trie leaves a choice for (forced tokens add nothing)",
+        }
+        .into(),
+        paper_table2: paper_row(&d.ds),
+        predictions: preds_path.display().to_string(),
+    };
+    finish(run, report, &samples, &ranked, d.ds.items.len(), job.quiet)
+}
+
+/// Beam search over the users not already in an interrupted run's partial file (appending
+/// each batch to it); returns every user's ranking, the seconds spent, how many users the
+/// partial file held, and the partial file (removed once the predictions are written).
+fn rank_users(
+    job: &EvalJob,
+    rm: &RunModel,
+    ds: &Dataset,
+    samples: &[Sample],
+    prompts: &[Vec<u32>],
+    preds_path: &std::path::Path,
+    settings: &serde_json::Value,
+) -> anyhow::Result<(Vec<Ranked>, f64, usize, Partial)> {
+    let stop = crate::util::interrupt_flag()?;
+    let partial_file = partial_path(preds_path);
+    if partial_file.exists() && !job.resume && !job.overwrite {
+        anyhow::bail!(
+            "{} holds an interrupted evaluation: continue it with --resume, or start over with --overwrite",
+            partial_file.display()
+        );
+    }
+    let (mut partial, done_lines) = Partial::open(preds_path, settings, job.resume)?;
+    let mut done = done_from_partial(ds, samples, &done_lines, &partial_file)?;
+    let todo: Vec<usize> = (0..samples.len()).filter(|&i| done[i].is_none()).collect();
+    if !done_lines.is_empty() {
+        eprintln!(
+            "resuming: {} users from {}, {} to go",
+            samples.len() - todo.len(),
+            partial_file.display(),
+            todo.len()
+        );
+    }
+    let todo_samples: Vec<Sample> = todo.iter().map(|&i| samples[i].clone()).collect();
+    let todo_prompts: Vec<Vec<u32>> = todo.iter().map(|&i| prompts[i].clone()).collect();
+    let pb = if job.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        progress_bar(todo.len() as u64, "users")
+    };
+    let out = evaluate(
+        &rm.model,
+        &todo_prompts,
+        &todo_samples,
+        &rm.items,
+        super::Search {
+            beam: job.config.beam,
+            batch: job.config.batch,
+            scoring: job.config.scoring,
+        },
+        |idx, ranked| {
+            pb.inc(idx.len() as u64);
+            let lines = idx
+                .iter()
+                .zip(ranked)
+                .map(|(&i, r)| prediction_line(ds, &todo_samples[i], r))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            partial.append(&lines)?;
+            if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                anyhow::bail!(
+                    "interrupted: {} holds the users done so far (continue with --resume)",
+                    partial_file.display()
+                );
+            }
+            Ok(())
+        },
+    )?;
+    pb.finish_and_clear();
+    for (&i, r) in todo.iter().zip(out.ranked) {
+        done[i] = Some(r);
+    }
+    let ranked: Vec<Ranked> = done.into_iter().map(|r| r.unwrap_or_default()).collect();
+    Ok((ranked, out.seconds, samples.len() - todo.len(), partial))
+}
+
+/// The final predictions file, one line per user in sample order.
+fn write_predictions(
+    path: &std::path::Path,
+    ds: &Dataset,
+    samples: &[Sample],
+    ranked: &[Ranked],
+) -> anyhow::Result<()> {
+    atomic_write_with(path, |tmp| {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(tmp)?);
+        for (s, r) in samples.iter().zip(ranked) {
+            writeln!(f, "{}", prediction_line(ds, s, r)?)?;
+        }
+        f.flush()?;
+        Ok(())
+    })
+}
+
+/// Fills in the metrics and coverage, writes `eval/<label>.{json,md}`.
+fn finish(
+    run: &RunDir,
+    mut report: EvalReport,
+    samples: &[Sample],
+    ranked: &[Ranked],
+    n_items: usize,
+    quiet: bool,
+) -> anyhow::Result<EvalReport> {
+    let mut acc = MetricAccumulator::default();
+    let lists: Vec<Vec<u32>> = ranked
+        .iter()
+        .map(|r| r.iter().map(|x| x.0).collect())
+        .collect();
+    for (s, l) in samples.iter().zip(&lists) {
+        acc.add(l, s.target);
+    }
+    let (items, fraction) = coverage(lists.iter().map(|l| l.as_slice()), 10, n_items);
+    report.metrics = acc.finish();
+    report.coverage10 = Coverage { items, fraction };
+    let label = &report.label;
+    write_json(&run.eval_dir().join(format!("{label}.json")), &report)?;
+    let md = report.markdown();
+    atomic_write(&run.eval_dir().join(format!("{label}.md")), md.as_bytes())?;
+    if !quiet {
+        println!("{md}");
+    }
+    Ok(report)
+}
+
+impl EvalReport {
+    pub fn markdown(&self) -> String {
+        let m = &self.metrics;
+        let sample = match self.config.limit {
+            Some(_) => format!(", seeded sample, seed {}", self.config.seed),
+            None => String::new(),
+        };
+        let mut md = format!(
+            "# llmbs eval: {} ({} split, {} users{sample}): {}\n\n{}\n{}\n",
+            self.dataset,
+            self.split.name(),
+            self.users,
+            self.label,
+            m.markdown_header(),
+            m.to_markdown_row()
+        );
+        md.push_str(&format!(
+            "\nCoverage@10: {} distinct items in the users' top-10 lists ({:.2}% of the catalogue).\n",
+            self.coverage10.items,
+            100.0 * self.coverage10.fraction
+        ));
+        if let Some(r) = self.paper_table2 {
+            md.push_str(&format!(
+                "\nPaper Table 2 (LLM-BS, LLaMA-7B): R@5 {:.4}, R@10 {:.4}, N@5 {:.4}, N@10 {:.4}\n",
+                r[0], r[1], r[2], r[3]
+            ));
+        }
+        let resumed = if self.resumed_users > 0 {
+            format!(
+                " for {} users; {} more came from an interrupted run",
+                self.users - self.resumed_users,
+                self.resumed_users
+            )
+        } else {
+            String::new()
+        };
+        md.push_str(&format!(
+            "\nLoaded: {}. Index: {}. Prompt: srt[{}], history of at most {} items. Beam {}, batch {}, {} {}: {:.2} users/s ({:.0} s{resumed}).\n",
+            self.checkpoint,
+            self.index,
+            self.config.template,
+            self.max_history,
+            self.config.beam,
+            self.config.batch,
+            self.device,
+            self.dtype,
+            self.users_per_s,
+            self.seconds,
+        ));
+        md
+    }
+}

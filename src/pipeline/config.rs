@@ -1,0 +1,191 @@
+//! Pipeline configs: a file names the data and backbone and, per stage, any subset of that
+//! stage's typed config (the rest keep the stage's defaults); resolved, the config is one
+//! typed value written to `RUN/config.json` before any work.
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::behavior::{BehaviorConfig, EncoderKind};
+use crate::embed::EmbedConfig;
+use crate::eval::run::EvalConfig;
+use crate::index::{IndexConfig, Mode};
+use crate::train::{Stage, TrainConfig};
+use crate::util::overlay;
+
+/// A resolved pipeline config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Run name: outputs go to `runs/<name>/`.
+    pub name: String,
+    /// One line on what the config is for.
+    pub description: String,
+    /// Dataset directory (LC-Rec JSON), relative to the working directory.
+    pub data: String,
+    /// Backbone of `embed` and the initial stage (`default`, a .gguf, a HF directory, a Hub id).
+    pub model: String,
+    /// Another run whose finished stages with the same inputs are linked instead of rerun.
+    pub reuse: Option<String>,
+    pub embed: EmbedConfig,
+    pub behavior: BehaviorConfig,
+    pub index: IndexConfig,
+    pub train_initial: TrainConfig,
+    /// None switches the anneal stage off (the paper's "w/o AAT" ablation).
+    pub train_anneal: Option<TrainConfig>,
+    /// Each evaluation of the eval stage.
+    pub eval: Vec<EvalConfig>,
+    /// Most-popular and cluster baselines on every evaluation's users.
+    pub baselines: bool,
+}
+
+/// The configs compiled into the binary, by name.
+pub const EMBEDDED: [(&str, &str); 5] = [
+    (
+        "beauty-smoke",
+        include_str!("../../configs/beauty-smoke.json"),
+    ),
+    ("beauty", include_str!("../../configs/beauty.json")),
+    (
+        "beauty-cpu-dense",
+        include_str!("../../configs/beauty-cpu-dense.json"),
+    ),
+    (
+        "beauty-cpu-prefix",
+        include_str!("../../configs/beauty-cpu-prefix.json"),
+    ),
+    ("tiny", include_str!("../../configs/tiny.json")),
+];
+
+/// Reads a config file, or an embedded config by name; errors name the file and key.
+pub fn load_config(s: &str) -> anyhow::Result<PipelineConfig> {
+    let (text, name) = match EMBEDDED.iter().find(|(n, _)| *n == s) {
+        Some((n, t)) => (t.to_string(), format!("configs/{n}.json (embedded)")),
+        None => (
+            std::fs::read_to_string(s).with_context(|| {
+                let names: Vec<&str> = EMBEDDED.iter().map(|e| e.0).collect();
+                format!(
+                    "reading pipeline config {s} (embedded: {})",
+                    names.join(", ")
+                )
+            })?,
+            s.to_string(),
+        ),
+    };
+    let raw: Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing pipeline config {name}"))?;
+    resolve(&raw).with_context(|| format!("pipeline config {name}"))
+}
+
+/// The stage defaults with the file's sections laid over them.
+pub fn resolve(raw: &Value) -> anyhow::Result<PipelineConfig> {
+    let obj = raw.as_object().context("expected a JSON object")?;
+    let encoder = match obj.get("behavior").and_then(|b| b.get("encoder")) {
+        Some(e) => serde_json::from_value(e.clone()).context("behavior.encoder")?,
+        None => EncoderKind::Din,
+    };
+    let mut v = serde_json::json!({
+        "name": "", "description": "", "data": "", "model": "default", "reuse": null,
+        "embed": EmbedConfig::default(),
+        "behavior": BehaviorConfig::new(encoder),
+        "index": IndexConfig::default(),
+        "train_initial": TrainConfig::new(Stage::Initial),
+        "train_anneal": TrainConfig::new(Stage::Anneal),
+        "eval": [], "baselines": true,
+    });
+    for (k, val) in obj {
+        let slot = v.get_mut(k).with_context(|| format!("unknown key '{k}'"))?;
+        match (k.as_str(), val) {
+            ("train_anneal", Value::Null) => *slot = Value::Null,
+            ("eval", Value::Array(list)) => {
+                let mut out = Vec::new();
+                for (i, e) in list.iter().enumerate() {
+                    let mut d = serde_json::to_value(EvalConfig::default())?;
+                    overlay(&mut d, e, &format!("eval[{i}]"))?;
+                    out.push(d);
+                }
+                *slot = Value::Array(out);
+            }
+            (_, Value::Object(_)) if slot.is_object() => overlay(slot, val, k)?,
+            _ => *slot = val.clone(),
+        }
+    }
+    // A stage section cannot change which stage it is.
+    v["train_initial"]["stage"] = serde_json::to_value(Stage::Initial)?;
+    if v["train_anneal"].is_object() {
+        v["train_anneal"]["stage"] = serde_json::to_value(Stage::Anneal)?;
+    }
+    let c: PipelineConfig = serde_json::from_value(v)?;
+    c.train_initial.validate()?;
+    if let Some(a) = &c.train_anneal {
+        a.validate()?;
+    }
+    for e in &c.eval {
+        e.validate()?;
+    }
+    anyhow::ensure!(!c.name.is_empty(), "'name' is required");
+    anyhow::ensure!(!c.data.is_empty(), "'data' is required");
+    Ok(c)
+}
+
+/// Applies `--ablation` switches (paper Table 4, Figure 5); returns the run-name suffix.
+pub fn apply_ablations(c: &mut PipelineConfig, ablations: &[String]) -> anyhow::Result<String> {
+    let mut tags = Vec::new();
+    for a in ablations {
+        match a.split_once('=') {
+            Some(("index", m)) => {
+                c.index.mode = match m {
+                    "random" => Mode::Random,
+                    "semantic" => Mode::Semantic,
+                    "behavior" => Mode::Behavior,
+                    "unit" => Mode::Unit,
+                    "behavior-first" => Mode::BehaviorFirst,
+                    _ => anyhow::bail!(
+                        "--ablation {a}: index=random|semantic|behavior|unit|behavior-first"
+                    ),
+                };
+                tags.push(format!("index-{m}"));
+            }
+            Some(("gct", "off")) => {
+                c.train_initial.lambda_s = 0.0;
+                c.train_initial.lambda_b = 0.0;
+                tags.push("gct-off".into());
+            }
+            Some(("anneal", "off")) => {
+                c.train_anneal = None;
+                tags.push("anneal-off".into());
+            }
+            _ => anyhow::bail!(
+                "--ablation {a}: expected index=random|semantic|behavior|unit|behavior-first, gct=off or anneal=off"
+            ),
+        }
+    }
+    Ok(if tags.is_empty() {
+        String::new()
+    } else {
+        format!("-{}", tags.join("-"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_embedded_config_resolves() {
+        for (name, _) in EMBEDDED {
+            let c = load_config(name).unwrap();
+            assert_eq!(c.train_initial.stage, Stage::Initial);
+            assert!(!c.eval.is_empty(), "{name}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let bad = serde_json::json!({"name": "x", "data": "d", "train_initial": {"stepz": 3}});
+        let e = format!("{:#}", resolve(&bad).unwrap_err());
+        assert!(e.contains("train_initial.stepz"), "{e}");
+        let bad = serde_json::json!({"name": "x", "data": "d", "eval": [{"beam": 3}]});
+        assert!(format!("{:#}", resolve(&bad).unwrap_err()).contains("--beam 3"));
+    }
+}

@@ -1,0 +1,128 @@
+//! What a stage does at its validation and save points: validation CE and beam-search
+//! Recall/NDCG@10 on a fixed seeded sample of validation users (the best kept by NDCG@10), and
+//! checkpoint directories written whole (model or adapter, optimizer, projectors, state).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::Tensor;
+use candle_nn::VarMap;
+
+use super::checkpoint::{save_tensors, write_dir};
+use super::run::{Hooks, TrainState, ValidRecord};
+use super::setup::{named, varmap_vars};
+use super::step::Trainer;
+use super::{Stage, TrainConfig};
+use crate::data::Sample;
+use crate::eval::{self, ItemIds};
+use crate::llm::LlamaConfig;
+use crate::metrics::{coverage, ndcg_standard_error};
+use crate::tasks::build::Encoded;
+use crate::util::write_json;
+
+/// The fixed validation sample of a stage.
+pub struct ValidSet {
+    /// SRT samples (template 0) for the validation CE.
+    pub encoded: Vec<Encoded>,
+    /// The users ranked by beam search, and their prompts.
+    pub samples: Vec<Sample>,
+    pub prompts: Vec<Vec<u32>>,
+}
+
+pub struct StageHooks<'a> {
+    pub cfg: &'a TrainConfig,
+    pub ckpt: PathBuf,
+    pub best_dir: PathBuf,
+    pub model_cfg: &'a LlamaConfig,
+    pub tokenizer: &'a tokenizers::Tokenizer,
+    /// Model weights by HF name (trainable ones are the variables' tensors).
+    pub weights: &'a HashMap<String, Tensor>,
+    pub lora: Option<&'a VarMap>,
+    pub gct: Option<&'a VarMap>,
+    pub valid: ValidSet,
+    pub items: &'a ItemIds,
+    /// PEFT's `base_model_name_or_path`.
+    pub source: String,
+}
+
+impl StageHooks<'_> {
+    fn write_model(&self, dir: &std::path::Path) -> anyhow::Result<()> {
+        if self.cfg.stage == Stage::Initial {
+            crate::llm::save::save_hf_dir(dir, self.model_cfg, self.tokenizer, self.weights)?;
+        }
+        if let Some(vm) = self.lora {
+            let t = named(&varmap_vars(vm, ""), "");
+            crate::llm::peft::save_adapter(dir, &self.cfg.lora, &self.source, &t)?;
+        }
+        Ok(())
+    }
+}
+
+impl Hooks for StageHooks<'_> {
+    fn validate(&mut self, t: &Trainer) -> anyhow::Result<ValidRecord> {
+        let start = std::time::Instant::now();
+        let valid_loss = t.response_loss(&self.valid.encoded)?;
+        let mut rec = ValidRecord {
+            step: t.step,
+            valid_loss,
+            recall10: None,
+            ndcg10: None,
+            coverage10: None,
+            ndcg10_se: None,
+            users: self.valid.samples.len(),
+            seconds: 0.0,
+        };
+        if !self.valid.samples.is_empty() {
+            let out = eval::evaluate(
+                &t.model,
+                &self.valid.prompts,
+                &self.valid.samples,
+                self.items,
+                eval::Search {
+                    beam: self.cfg.valid_beam,
+                    batch: self.cfg.valid_batch,
+                    scoring: eval::Scoring::All,
+                },
+                // A Ctrl-C here is honoured after the save that follows validation.
+                |_, _| Ok(()),
+            )?;
+            let lists: Vec<Vec<u32>> = out
+                .ranked
+                .iter()
+                .map(|r| r.iter().map(|x| x.0).collect())
+                .collect();
+            rec.recall10 = out.metrics.recall.get(&10).copied();
+            rec.ndcg10 = out.metrics.ndcg.get(&10).copied();
+            let n_items = self.items.tokens.len();
+            rec.coverage10 = Some(coverage(lists.iter().map(|l| l.as_slice()), 10, n_items).0);
+            let pairs = lists.iter().zip(&self.valid.samples);
+            rec.ndcg10_se = Some(ndcg_standard_error(
+                pairs.map(|(l, s)| (l.as_slice(), s.target)),
+                10,
+            ));
+        }
+        rec.seconds = start.elapsed().as_secs_f64();
+        Ok(rec)
+    }
+
+    fn save(&mut self, t: &Trainer, state: &TrainState, best: bool) -> anyhow::Result<()> {
+        write_dir(&self.ckpt, |d| {
+            self.write_model(d)?;
+            t.opt.save(&t.params, &d.join("optimizer.safetensors"))?;
+            if let Some(vm) = self.gct {
+                save_tensors(
+                    &named(&varmap_vars(vm, ""), ""),
+                    &d.join("projectors.safetensors"),
+                )?;
+            }
+            write_json(&d.join("state.json"), state)
+        })?;
+        if best {
+            write_dir(&self.best_dir, |d| {
+                self.write_model(d)?;
+                write_json(&d.join("metrics.json"), &state.best)
+            })?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,510 @@
+//! One training stage, from a run directory to its checkpoints and report (paper 3.4.1, the
+//! initial stage with GCT; 3.4.2, the Annealing Adapter): what `llmbs train`, `llmbs pipeline`
+//! and the tests call. Reruns lose nothing: a stage that exists needs `Start::Resume` (which
+//! refuses settings that differ from the saved ones) or `Start::Overwrite`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use candle_core::{DType, Device};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+use super::assemble::{assemble, backbone, Assembled, Backbone};
+use super::hooks::{StageHooks, ValidSet};
+use super::report::{plot_log, read_log, TrainReport};
+use super::run::{fit, Ended, TrainState};
+use super::{AnnealSelect, Stage, TrainConfig};
+use crate::data::Sample;
+use crate::device::device_name;
+use crate::eval;
+use crate::llm::ModelSource;
+use crate::run::{OpenOptions, RunData, RunDir, StageRecord};
+use crate::tasks::build::{text_items, Planned, TaskBuilder, TaskKind};
+use crate::tasks::Prompts;
+use crate::util::{atomic_write, write_json};
+
+/// How a stage treats what a run already holds of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Refuses to touch an existing stage.
+    Fresh,
+    /// Continues the latest checkpoint; the settings must be the saved ones.
+    Resume,
+    /// Deletes the stage's checkpoints and logs first.
+    Overwrite,
+}
+
+/// A stage to train.
+#[derive(Debug, Clone)]
+pub struct StageJob {
+    pub config: TrainConfig,
+    /// Dataset directory: needed by a fresh initial stage; later ones use the recorded one.
+    pub data: Option<PathBuf>,
+    /// Initial: the backbone (`default`). Anneal: the run's best initial checkpoint.
+    pub model: Option<String>,
+    /// Item index; default: the run's only `index/*.index.json` (later stages: the recorded one).
+    pub index: Option<PathBuf>,
+    /// Prompt file; default: the embedded one (later stages: the recorded prompts).
+    pub prompts: Option<PathBuf>,
+    pub start: Start,
+    /// No progress bar (tests).
+    pub quiet: bool,
+}
+
+/// Settings that only bound one invocation, so a resumed run may change them (memory and
+/// communication settings do not change what is trained).
+const RUNTIME_KEYS: [&str; 3] = ["max_minutes", "checkpoint_activations", "dp_reduce"];
+
+/// The keys whose values differ between two configs, as `key: saved -> asked`.
+pub fn config_diff(saved: &TrainConfig, asked: &TrainConfig) -> anyhow::Result<Vec<String>> {
+    let (a, b) = (serde_json::to_value(saved)?, serde_json::to_value(asked)?);
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+        anyhow::bail!("train config is not a JSON object");
+    };
+    Ok(a.iter()
+        .filter(|(k, _)| !RUNTIME_KEYS.contains(&k.as_str()))
+        .filter(|(k, v)| b.get(*k) != Some(v))
+        .map(|(k, v)| format!("{k}: {v} -> {}", b.get(k).cloned().unwrap_or_default()))
+        .collect())
+}
+
+/// The saved state of the stage's latest complete checkpoint.
+pub fn saved_state(run: &RunDir, stage: Stage) -> anyhow::Result<(PathBuf, TrainState)> {
+    let ckpt = run.checkpoint_dir(stage);
+    let dir = run
+        .latest_checkpoint(stage, "state.json")
+        .with_context(|| format!("--resume: no complete checkpoint at {}", ckpt.display()))?;
+    let p = dir.join("state.json");
+    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+    let state: TrainState =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))?;
+    Ok((dir, state))
+}
+
+/// What the run holds of the stage, handled as `job.start` says: the checkpoint to resume
+/// from and its state, or nothing.
+fn begin(run: &RunDir, job: &StageJob) -> anyhow::Result<Option<(PathBuf, TrainState)>> {
+    let stage = job.config.stage;
+    let name = stage.name();
+    match job.start {
+        Start::Resume => {
+            let (dir, state) = saved_state(run, stage)?;
+            let diff = config_diff(&state.config, &job.config)?;
+            if !diff.is_empty() {
+                anyhow::bail!(
+                    "--resume continues {} as it was configured, but these settings differ: {}. \
+                     Drop them to continue, or start over with --overwrite (a longer schedule \
+                     is a new run: --model {} in another run directory)",
+                    dir.display(),
+                    diff.join("; "),
+                    run.best_dir(stage).display()
+                );
+            }
+            Ok(Some((dir, state)))
+        }
+        Start::Overwrite => {
+            for d in run.stage_outputs(stage) {
+                if d.exists() {
+                    std::fs::remove_dir_all(&d)
+                        .with_context(|| format!("--overwrite: removing {}", d.display()))?;
+                }
+            }
+            Ok(None)
+        }
+        Start::Fresh => {
+            let there: Vec<String> = run
+                .stage_outputs(stage)
+                .iter()
+                .filter(|d| d.exists())
+                .map(|d| d.display().to_string())
+                .collect();
+            if !there.is_empty() {
+                anyhow::bail!(
+                    "{} already holds a {name} stage ({}): continue it with --resume, or \
+                     replace it with --overwrite",
+                    run.root().display(),
+                    there.join(", ")
+                );
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// The data the stage trains on: a fresh initial stage defines it; a resumed or anneal stage
+/// reads what the initial stage recorded (and refuses other choices).
+fn inputs(run: &RunDir, job: &StageJob, resumed: bool) -> anyhow::Result<RunData> {
+    let c = &job.config;
+    if c.stage == Stage::Initial && !resumed {
+        let data = job
+            .data
+            .as_deref()
+            .context("the initial stage needs --data (the dataset directory)")?;
+        let index = match &job.index {
+            Some(p) => p.clone(),
+            None => run.find_index()?,
+        };
+        let prompts = match &job.prompts {
+            Some(p) => Prompts::load(p)?,
+            None => Prompts::embedded()?,
+        };
+        return RunData::load(data, &index, prompts, c.max_history, None);
+    }
+    let opt = OpenOptions {
+        data: job.data.as_deref(),
+        index: job.index.as_deref(),
+        prompts: job.prompts.as_deref(),
+    };
+    let d = run.open(&opt)?;
+    if d.trained.is_none() {
+        anyhow::bail!(
+            "{}: no initial stage recorded ({}): train `--stage initial` first",
+            run.root().display(),
+            run.record_path(Stage::Initial).display()
+        );
+    }
+    if d.max_history != c.max_history {
+        anyhow::bail!(
+            "max_history {}: the initial stage of {} used {} (both stages and eval share one split)",
+            c.max_history,
+            run.root().display(),
+            d.max_history
+        );
+    }
+    Ok(d)
+}
+
+/// The backbone a stage starts from.
+fn source(run: &RunDir, job: &StageJob, resume: Option<&Path>) -> anyhow::Result<String> {
+    Ok(match (resume, job.config.stage, &job.model) {
+        // A resumed initial run reloads its own checkpoint, a complete HF directory.
+        (Some(d), Stage::Initial, _) => d.display().to_string(),
+        (_, _, Some(m)) => m.clone(),
+        (_, Stage::Initial, None) => "default".to_string(),
+        (_, Stage::Anneal, None) => run
+            .best_checkpoint(Stage::Initial, "model.safetensors")
+            .with_context(|| {
+                format!(
+                    "no initial checkpoint in {}/checkpoints: run `llmbs train --stage initial` first",
+                    run.root().display()
+                )
+            })?
+            .display()
+            .to_string(),
+    })
+}
+
+/// The anneal stage's high-grade subset (paper 3.4.2).
+fn anneal_samples(train: &[Sample], c: &TrainConfig) -> Vec<Sample> {
+    match c.anneal_select {
+        AnnealSelect::LatestPerUser => {
+            let mut last: HashMap<u32, &Sample> = HashMap::new();
+            for s in train {
+                last.insert(s.user, s); // samples come oldest first per user
+            }
+            let mut v: Vec<Sample> = last.into_values().cloned().collect();
+            v.sort_by_key(|s| s.user);
+            v
+        }
+        AnnealSelect::LongHistories => train
+            .iter()
+            .filter(|s| s.history.len() >= c.anneal_min_history)
+            .cloned()
+            .collect(),
+    }
+}
+
+/// A fixed seeded sample of validation users: `valid_users` ranked by beam search, and at
+/// least 64 for the validation CE.
+fn valid_set(
+    d: &RunData,
+    builder: &TaskBuilder,
+    items: &eval::ItemIds,
+    c: &TrainConfig,
+) -> anyhow::Result<ValidSet> {
+    let mut valid: Vec<Sample> = d.split.valid.clone();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(c.seed ^ 0x7A11D);
+    valid.shuffle(&mut rng);
+    valid.truncate(c.valid_users.max(64));
+    valid.sort_by_key(|s| s.user);
+    let vb = TaskBuilder {
+        samples: &valid,
+        con_id: None,
+        text_items: Vec::new(),
+        srt_windows: None,
+        ..builder.clone()
+    };
+    let encoded = (0..valid.len())
+        .map(|row| {
+            vb.encode(&Planned {
+                kind: TaskKind::Srt,
+                row,
+                template: 0,
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let samples: Vec<Sample> = valid.iter().take(c.valid_users).cloned().collect();
+    let prompts = eval::prompt_ids(&samples, items, &d.prompts, 0, builder.tok)?;
+    Ok(ValidSet {
+        encoded,
+        samples,
+        prompts,
+    })
+}
+
+fn check_dtype(device: &Device, dtype: DType) -> anyhow::Result<()> {
+    match dtype {
+        DType::F32 => Ok(()),
+        DType::BF16 if device.is_cpu() => {
+            eprintln!(
+                "bf16 on the CPU: correct but slower than f32 (CPU matmuls are fastest in f32)"
+            );
+            Ok(())
+        }
+        DType::BF16 => Ok(()),
+        other => anyhow::bail!(
+            "dtype {other:?}: training computes in f32 or bf16 (f16 would need loss scaling)"
+        ),
+    }
+}
+
+/// Trains one stage into `run` and writes `train/<stage>/{config.json, log.jsonl, curves.svg,
+/// report.json, report.md}`. An interrupted stage saves its last full step and returns an
+/// error naming `--resume`.
+pub fn run_stage(
+    run: &RunDir,
+    job: &StageJob,
+    device: &Device,
+    dtype: DType,
+) -> anyhow::Result<TrainReport> {
+    run_stage_on(run, job, std::slice::from_ref(device), false, dtype)?
+        .context("a single-device stage always reports")
+}
+
+/// [`run_stage`] data-parallel, one rank per device (`devices[0]` holds rank 0; several
+/// machines: `docs/scale.md`). None in a process without global rank 0, which trains and
+/// writes nothing.
+pub fn run_stage_parallel(
+    run: &RunDir,
+    job: &StageJob,
+    devices: &[Device],
+    dtype: DType,
+) -> anyhow::Result<Option<TrainReport>> {
+    run_stage_on(run, job, devices, true, dtype)
+}
+
+fn run_stage_on(
+    run: &RunDir,
+    job: &StageJob,
+    devices: &[Device],
+    parallel: bool,
+    dtype: DType,
+) -> anyhow::Result<Option<TrainReport>> {
+    let device = devices.first().context("no device")?;
+    check_dtype(device, dtype)?;
+    let c = &job.config;
+    c.validate()?;
+    let prev = begin(run, job)?;
+    let resume_dir = prev.as_ref().map(|p| p.0.clone());
+    let d = inputs(run, job, prev.is_some())?;
+    let src = source(run, job, resume_dir.as_deref())?;
+    let bb = backbone(&src, &d.tokens, &d.ds, c, prev.is_none(), device, dtype)?;
+    let mut parts = assemble(
+        &bb,
+        d.ds.items.len(),
+        run,
+        c,
+        resume_dir.as_deref(),
+        dtype,
+        device,
+    )?;
+    parts.trainer.step = prev.as_ref().map_or(0, |p| p.1.step);
+    if parallel {
+        parts
+            .trainer
+            .enable_data_parallel(devices, c.dp_reduce.dtype())?;
+        let world = parts.trainer.dp.as_ref().map_or(1, |p| p.world());
+        eprintln!(
+            "data parallel: {world} ranks ({} here), gradients summed in {:?}",
+            devices.len(),
+            c.dp_reduce
+        );
+        if parts.trainer.dp.as_ref().is_some_and(|p| !p.is_leader()) {
+            follow_stage(&d, &bb, parts, c)?;
+            return Ok(None);
+        }
+    }
+    run.write_record(&StageRecord {
+        data: d.data_dir.clone(),
+        index: d.index_path.clone(),
+        model: job.model.clone().unwrap_or_else(|| src.clone()),
+        prompts: d.prompts.clone(),
+        train: c.clone(),
+    })?;
+    let state = prev.map(|p| p.1);
+    train_loop(run, job, &d, &bb, parts, state, device, dtype).map(Some)
+}
+
+/// The steps of a process without global rank 0 (another machine's ranks): the plan every
+/// process builds alike, no validation, no files.
+fn follow_stage(
+    d: &RunData,
+    bb: &Backbone,
+    mut parts: Assembled,
+    c: &TrainConfig,
+) -> anyhow::Result<()> {
+    let train_samples = d.split.train_samples(c.max_history);
+    let samples = match c.stage {
+        Stage::Initial => train_samples,
+        Stage::Anneal => anneal_samples(&train_samples, c),
+    };
+    let builder = task_builder(d, bb, &samples, c);
+    let plan = builder.plan(&c.mix, c.steps * c.batch_size, c.seed)?;
+    let stop = crate::util::interrupt_flag()?;
+    super::parallel::follow(&mut parts.trainer, &plan, &builder, c.batch_size, stop)
+}
+
+/// The task builder of a stage over its samples: held-out items' text kept out, `[CON]` when
+/// GCT is on, dense SRT windows when asked.
+fn task_builder<'a>(
+    d: &'a RunData,
+    bb: &'a Backbone,
+    samples: &'a [Sample],
+    c: &TrainConfig,
+) -> TaskBuilder<'a> {
+    let heldout =
+        crate::tasks::heldout::heldout_items(d.ds.items.len(), c.heldout_fraction, c.seed);
+    let eos_id = bb.loaded.cfg.eos_token_id.as_ref().and_then(|v| {
+        v.as_u64().or_else(|| {
+            v.as_array()
+                .and_then(|a| a.first())
+                .and_then(|x| x.as_u64())
+        })
+    });
+    TaskBuilder {
+        ds: &d.ds,
+        id_tokens: &bb.items.tokens,
+        id_ids: &bb.items.ids,
+        prompts: &d.prompts,
+        tok: &bb.loaded.tokenizer,
+        samples,
+        text_items: text_items(d.ds.items.len(), &heldout),
+        limits: c.text.clone(),
+        con_id: bb.con_id.filter(|_| c.gct() && c.stage == Stage::Initial),
+        eos_id: eos_id.map(|x| x as u32),
+        srt_windows: c
+            .srt_dense
+            .then(|| crate::tasks::dense::srt_windows(samples, c.max_history)),
+    }
+}
+
+/// Tasks, validation, hooks and the loop of [`run_stage`], then the report.
+#[allow(clippy::too_many_arguments)]
+fn train_loop(
+    run: &RunDir,
+    job: &StageJob,
+    d: &RunData,
+    bb: &Backbone,
+    mut parts: Assembled,
+    prev: Option<TrainState>,
+    device: &Device,
+    dtype: DType,
+) -> anyhow::Result<TrainReport> {
+    let c = &job.config;
+    let stage = c.stage.name();
+    let train_samples = d.split.train_samples(c.max_history);
+    let samples = match c.stage {
+        Stage::Initial => train_samples,
+        Stage::Anneal => anneal_samples(&train_samples, c),
+    };
+    let builder = task_builder(d, bb, &samples, c);
+    let plan = builder.plan(&c.mix, c.steps * c.batch_size, c.seed)?;
+    let valid = valid_set(d, &builder, &bb.items, c)?;
+    let out_dir = run.train_dir(c.stage);
+    let mut state = prev.unwrap_or(TrainState {
+        stage: stage.to_string(),
+        step: 0,
+        total_steps: c.steps,
+        best: None,
+        validations: Vec::new(),
+        seconds: 0.0,
+        config: c.clone(),
+        model: bb.src.describe(),
+        index: d.index_path.display().to_string(),
+    });
+    state.total_steps = c.steps;
+    state.config = c.clone();
+    let mut hooks = StageHooks {
+        cfg: c,
+        ckpt: run.checkpoint_dir(c.stage),
+        best_dir: run.best_dir(c.stage),
+        model_cfg: &bb.loaded.cfg,
+        tokenizer: &bb.loaded.tokenizer,
+        weights: &parts.weights,
+        lora: parts.lora.as_ref(),
+        gct: parts.gct.as_ref(),
+        valid,
+        items: &bb.items,
+        // PEFT's base_model_name_or_path: a plain path or Hub id that transformers can open.
+        source: match &bb.src {
+            ModelSource::Gguf(p) | ModelSource::HfDir(p) => p.display().to_string(),
+            ModelSource::Hub(id) => id.clone(),
+            ModelSource::Synthetic(_) => bb.src.describe(),
+        },
+    };
+    let stop = crate::util::interrupt_flag()?;
+    eprintln!(
+        "train {stage}: {} trainable parameters ({:?}), {} steps x {} samples (micro-batch {}), {} task samples from {} rows, GCT {}, {} on {}",
+        parts.n_params,
+        c.tune,
+        c.steps,
+        c.batch_size,
+        c.micro_batch,
+        plan.len(),
+        samples.len(),
+        if builder.con_id.is_some() { "on" } else { "off" },
+        bb.src.describe(),
+        device_name(device)
+    );
+    let log_path = out_dir.join("log.jsonl");
+    let ended = fit(
+        &mut parts.trainer,
+        &plan,
+        &builder,
+        c,
+        &mut state,
+        &mut hooks,
+        &log_path,
+        stop,
+        job.quiet,
+    )?;
+    parts.trainer.release_data_parallel()?;
+    let log = read_log(&log_path)?;
+    plot_log(&log, &out_dir.join("curves.svg"))?;
+    let compute = format!("{dtype:?}").to_lowercase();
+    let mut report = TrainReport::new(
+        &state,
+        &log,
+        ended,
+        parts.n_params,
+        device_name(device),
+        compute,
+    );
+    report.peak_memory = Some(crate::memory::peak(device));
+    write_json(&out_dir.join("report.json"), &report)?;
+    let md = report.markdown();
+    atomic_write(&out_dir.join("report.md"), md.as_bytes())?;
+    if !job.quiet {
+        println!("{md}");
+    }
+    if ended == Ended::Interrupted {
+        anyhow::bail!(
+            "interrupted: checkpoint at step {} in {} (continue with --resume)",
+            state.step,
+            run.checkpoint_dir(c.stage).display()
+        );
+    }
+    Ok(report)
+}

@@ -1,0 +1,88 @@
+//! The run directory through the library, as the pipeline and commands call it: a tiny
+//! pipeline in-process, then a stage replaced with `Start::Overwrite`, a trained run refusing
+//! other prompts, and the recorded settings a later stage reads.
+
+mod common;
+
+use candle_core::{DType, Device};
+use common::tiny_pipeline;
+use llmbs::eval::run::{evaluate_run, EvalConfig, EvalJob};
+use llmbs::pipeline::run_pipeline;
+use llmbs::run::OpenOptions;
+use llmbs::train::stage::saved_state;
+use llmbs::train::{run_stage, Stage, StageJob, Start, TrainConfig};
+
+#[test]
+fn stages_are_replaced_only_when_asked_and_read_the_recorded_settings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let job = tiny_pipeline(tmp.path());
+    run_pipeline(&job).unwrap();
+    let run = job.run;
+    let (_, state) = saved_state(&run, Stage::Initial).unwrap();
+    assert_eq!(state.step, 3);
+
+    // The anneal stage reads the data, index and prompts the initial stage recorded: no paths.
+    let mut anneal = state.config.clone();
+    anneal.stage = Stage::Anneal;
+    let over = serde_json::json!({"steps": 1, "eval_every": 1, "valid_users": 2, "batch_size": 4,
+        "micro_batch": 4, "max_history": 5, "tune": "lora", "lambda_s": 0.0, "lambda_b": 0.0,
+        "mix": {"srt": 1.0, "id2text": 0.0, "text2id": 0.0, "hist_text2id": 0.0, "hist_id2text": 0.0}});
+    let cfg = TrainConfig::resolve(&TrainConfig::new(Stage::Anneal), None, &over).unwrap();
+    let job = StageJob {
+        config: cfg.clone(),
+        data: None,
+        model: None,
+        index: None,
+        prompts: None,
+        start: Start::Fresh,
+        quiet: true,
+    };
+    let err = run_stage(&run, &job, &Device::Cpu, DType::F32).unwrap_err();
+    assert!(format!("{err:#}").contains("--overwrite"), "{err:#}");
+    let job = StageJob {
+        start: Start::Overwrite,
+        ..job
+    };
+    let rep = run_stage(&run, &job, &Device::Cpu, DType::F32).unwrap();
+    assert_eq!((rep.steps, rep.config.steps), (1, 1));
+    // The replaced stage's log holds only the new run.
+    let log = std::fs::read_to_string(run.train_dir(Stage::Anneal).join("log.jsonl")).unwrap();
+    assert_eq!(
+        log.lines().filter(|l| l.contains("\"lr\"")).count(),
+        1,
+        "{log}"
+    );
+
+    // A split other than the initial stage's is refused (eval reads that one too).
+    let mut other = cfg.clone();
+    other.max_history = 20;
+    let bad = StageJob {
+        config: other,
+        ..job.clone()
+    };
+    let err = run_stage(&run, &bad, &Device::Cpu, DType::F32).unwrap_err();
+    assert!(format!("{err:#}").contains("max_history 20"), "{err:#}");
+
+    // A trained run keeps its prompts: another prompt file is refused by name.
+    let prompts = tmp.path().join("prompts.json");
+    std::fs::write(&prompts, llmbs::tasks::DEFAULT_PROMPTS).unwrap();
+    let opened = run.open(&OpenOptions {
+        prompts: Some(&prompts),
+        ..Default::default()
+    });
+    assert!(opened.is_err_and(|e| e.to_string().contains("prompts.json")));
+    let e = EvalJob {
+        config: EvalConfig {
+            limit: Some(4),
+            beam: 10,
+            template: 2,
+            ..Default::default()
+        },
+        quiet: true,
+        ..Default::default()
+    };
+    let r = evaluate_run(&run, &e, &Device::Cpu, DType::F32).unwrap();
+    let recorded = run.record(Stage::Initial).unwrap().unwrap().prompts;
+    assert_eq!(r.prompt, recorded.srt[2]);
+    assert_eq!(r.max_history, 5);
+}

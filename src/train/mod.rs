@@ -14,6 +14,7 @@ pub mod parallel;
 pub mod plot;
 pub mod report;
 pub mod run;
+pub mod samples;
 pub mod scale;
 pub mod setup;
 pub mod stage;

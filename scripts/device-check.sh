@@ -80,7 +80,8 @@ cpu = {r["workload"]: r["tokens_per_s"] for r in rows if r["device"] == "cpu" an
 doc["gpu_over_cpu"] = {f'{r["workload"]}-{r["dtype"]}': r["tokens_per_s"] / cpu[r["workload"]]
                        for r in rows if r["device"] == "cuda" and r["workload"] in cpu}
 try:
-    doc["eval"] = json.load(open(f"{out}/eval-run/eval/report.json"))
+    import glob
+    doc["eval"] = json.load(open(sorted(glob.glob(f"{out}/eval-run/eval/test-*.json"))[0]))
 except Exception as e:
     doc["eval"] = f"no report: {e}"
 print(json.dumps(doc, indent=1))
@@ -89,32 +90,13 @@ PY
 return 0
 }
 
-# Issue 8 on the GPU: the initial stage on the index and Z^s/Z^b carried in dev-carry/p3 (the
-# CPU run's, so the two runs differ only in the hardware and the steps), bf16 compute over f32
-# weights, then every test user through beam search with the best checkpoint.
+# The quality run (issue 15): the initial stage on the index and Z^s/Z^b carried in dev-carry/p3
+# (the CPU run's `llmbs pipeline --config beauty --to index`, so the two differ only in hardware
+# and steps), the anneal stage, every test user with the adapter on and off, the baselines.
 if [ "$STAGE" = train ]; then
-  R="$OUT/train-run"
-  if [ ! -d "$R/index" ]; then
-    mkdir -p "$R/index" "$R/embeddings"
-    cp "$CARRY/p3/index/"* "$R/index/"
-    for f in "$CARRY/p3/embeddings/"*.gz; do gunzip -c "$f" > "$R/embeddings/$(basename "${f%.gz}")"; done
-  fi
-  log "train: $(ls "$R/index" "$R/embeddings" | tr '\n' ' ')"
-  timeout "${TRAIN_TIMEOUT:-480}" "$BIN" train --stage initial --run "$R" --data "$CARRY/p2/beauty" \
-    --model "$GGUF" --device cuda --dtype "${TRAIN_DTYPE:-bf16}" --steps "${TRAIN_STEPS:-250}" \
-    --batch-size "${TRAIN_BATCH:-128}" --micro-batch "${TRAIN_MICRO:-32}" --lr "${TRAIN_LR:-2e-4}" \
-    --warmup-steps 10 --eval-every "${TRAIN_EVAL_EVERY:-50}" --valid-users 500 \
-    --mix "${TRAIN_MIX:-srt=4}" ${TRAIN_DENSE---srt-dense} \
-    --max-minutes "${TRAIN_MINUTES:-5}" > "$OUT/train.log" 2>&1
-  log "train rc=$? $(grep -m1 'tokens/s' "$R/train/initial/report.md" 2>/dev/null)"
-  timeout "${EVAL_TIMEOUT:-400}" "$BIN" eval --run "$R" --data "$CARRY/p2/beauty" --split test \
-    --batch "${EVAL_BATCH:-128}" --device cuda --dtype f32 > "$OUT/eval.log" 2>&1
-  log "eval rc=$? $(grep -m1 'users/s' "$OUT/eval.log")"
-  log "done"
-  if [ -n "$RESULTS" ]; then
-    cp "$OUT/log.txt" "$OUT/train.log" "$OUT/eval.log" "$RESULTS/" 2>/dev/null
-    tar czf "$RESULTS/train-results.tgz" -C "$R" train eval 2>/dev/null
-  fi
+  BIN="$BIN" GGUF="$GGUF" DATA="$CARRY/p2/beauty" RUN_SEED="$CARRY/p3" \
+    scripts/gpu-quality-run.sh "$OUT/quality" "$RESULTS"
+  log "quality run done"
   exit 0
 fi
 
@@ -171,7 +153,7 @@ for bu in "1 16" "64 256"; do
 done
 fi
 timeout "${EVAL_TIMEOUT:-400}" "$BIN" eval --run "$OUT/eval-run" --data "$CARRY/p2/beauty" --model "$GGUF" \
-  --index "${EVAL_INDEX:-$CARRY/p2/beauty/Beauty.letter-index.json}" --split test --batch "${EVAL_BATCH:-128}" --device cuda --dtype f32 \
+  --adapter off --label test-untrained --index "${EVAL_INDEX:-$CARRY/p2/beauty/Beauty.letter-index.json}" --split test --batch "${EVAL_BATCH:-128}" --device cuda --dtype f32 \
   > "$OUT/eval.log" 2>&1
 log "eval rc=$? $(grep -m1 'users/s' "$OUT/eval.log")"
 summarize
@@ -179,6 +161,6 @@ log "done"
 if [ -n "$RESULTS" ]; then
   cp "$OUT/log.txt" "$RESULTS/"
   tar czf "$RESULTS/results.tgz" -C "$OUT" --exclude='*.safetensors' --exclude='predictions*.jsonl' . 2>/dev/null
-  gzip -c "$OUT/eval-run/eval/predictions.jsonl" > "$RESULTS/predictions.jsonl.gz" 2>/dev/null
+  gzip -c "$OUT/eval-run/eval/test-untrained.predictions.jsonl" > "$RESULTS/predictions.jsonl.gz" 2>/dev/null
 fi
 cat "$OUT/device-check.json"

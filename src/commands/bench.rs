@@ -183,20 +183,29 @@ fn run_llm(a: LlmBenchArgs) -> anyhow::Result<()> {
                     },
                     &params,
                 )?;
-                let inputs = ids.narrow(1, 0, t - 1)?;
-                let targets = ids.narrow(1, 1, t - 1)?.flatten_all()?;
+                // The trainer's loss path: the LM head and cross-entropy at every position
+                // but the last, gradients into the optimizer's buffers, clipping folded into
+                // the update.
+                let at: Vec<(usize, usize)> = (0..b)
+                    .flat_map(|r| (0..t - 1).map(move |p| (r, p)))
+                    .collect();
+                let id_rows: Vec<Vec<u32>> = ids.to_vec2()?;
+                let targets: Vec<u32> = at.iter().map(|&(r, p)| id_rows[r][p + 1]).collect();
                 let mut runs = time_runs(a.runs, &dev, || {
-                    let logits = model.forward_logits(&inputs, Mode::Train)?;
-                    let loss = candle_nn::loss::cross_entropy(&logits.flatten_to(1)?, &targets)?;
-                    let g = loss.backward()?;
+                    let bufs = opt.grad_buffers(&params)?;
+                    let active = bufs.activate();
+                    let hidden = model.forward_hidden(&ids, None, None, None, Mode::Train)?;
+                    let ce = crate::train::loss::response_ce_sum(&model, &hidden, &at, &targets)?;
+                    let g = (ce / targets.len() as f64)?.backward()?;
+                    drop(active);
                     if w == "train" {
                         let mut grads: Vec<Option<Tensor>> = params
                             .vars
                             .iter()
                             .map(|v| g.get(v.as_tensor()).cloned())
                             .collect();
-                        crate::train::optim::clip_grad_norm(&mut grads, 1.0)?;
-                        opt.step(&params, &grads, 5e-5)?;
+                        bufs.merge(&mut grads)?;
+                        opt.clip_and_step(&params, &grads, 5e-5, 1.0)?;
                     }
                     Ok(())
                 })?;

@@ -7,17 +7,38 @@ use rayon::prelude::*;
 
 const CHUNK: usize = 16 * 1024;
 
-/// False when `LLMBS_NO_FUSED_CPU` is set (A/B measurements, debugging).
-pub fn fused_enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("LLMBS_NO_FUSED_CPU").is_none())
+thread_local! {
+    static FUSED_OVERRIDE: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
 }
 
-fn use_fused(t: &Tensor) -> bool {
+/// False when `LLMBS_NO_FUSED_CPU` is set (A/B measurements, debugging) or when this thread is
+/// inside [`with_fused`]`(false, ..)`.
+pub fn fused_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    FUSED_OVERRIDE
+        .with(|o| o.get())
+        .unwrap_or_else(|| *ON.get_or_init(|| std::env::var_os("LLMBS_NO_FUSED_CPU").is_none()))
+}
+
+/// Runs `f` with the fused kernels switched on or off on this thread (the switch is read when
+/// a forward builds its ops), whatever `LLMBS_NO_FUSED_CPU` says: fused-vs-composed tests and
+/// A/B benchmarks in one process.
+pub fn with_fused<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<bool>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            FUSED_OVERRIDE.with(|o| o.set(self.0));
+        }
+    }
+    let _restore = Restore(FUSED_OVERRIDE.with(|o| o.replace(Some(on))));
+    f()
+}
+
+pub(crate) fn use_fused(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32 && fused_enabled()
 }
 
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, name: &str) -> Result<&'a [f32]> {
+pub(crate) fn slice<'a>(s: &'a CpuStorage, l: &Layout, name: &str) -> Result<&'a [f32]> {
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
         None => candle_core::bail!("{name}: input must be contiguous"),
@@ -108,6 +129,10 @@ impl CustomOp2 for SiluMul {
         _: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        if use_fused(grad) {
+            let (dg, du) = silu_mul_bwd_cpu(g, u, &grad.contiguous()?)?;
+            return Ok((Some(dg), Some(du)));
+        }
         let sig = candle_nn::ops::sigmoid(g)?;
         let silu = (g * &sig)?;
         // d silu / dg = sig * (1 + g * (1 - sig))
@@ -116,6 +141,49 @@ impl CustomOp2 for SiluMul {
         let du = (grad * silu)?;
         Ok((Some(dg), Some(du)))
     }
+}
+
+/// Both input gradients of `silu(g) * u` in one pass over g, u and the output gradient (the
+/// composed backward makes eight passes and as many temporaries):
+/// dg = grad * u * sig * (1 + g * (1 - sig)), du = grad * silu(g).
+fn silu_mul_bwd_cpu(g: &Tensor, u: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
+    let n = g.elem_count();
+    let mut out = vec![0f32; 2 * n];
+    {
+        let (gs, gl) = g.storage_and_layout();
+        let (us, ul) = u.storage_and_layout();
+        let (ds, dl) = grad.storage_and_layout();
+        let (g, u, d) = match (&*gs, &*us, &*ds) {
+            (
+                candle_core::Storage::Cpu(g),
+                candle_core::Storage::Cpu(u),
+                candle_core::Storage::Cpu(d),
+            ) => (
+                slice(g, gl, "silu_mul bwd")?,
+                slice(u, ul, "silu_mul bwd")?,
+                slice(d, dl, "silu_mul bwd")?,
+            ),
+            _ => candle_core::bail!("silu_mul bwd: expected CPU tensors"),
+        };
+        let (dg, du) = out.split_at_mut(n);
+        dg.par_chunks_mut(CHUNK)
+            .zip(du.par_chunks_mut(CHUNK))
+            .enumerate()
+            .for_each(|(c, (dg, du))| {
+                let o = c * CHUNK;
+                for j in 0..dg.len() {
+                    let (x, up, gr) = (g[o + j], u[o + j], d[o + j]);
+                    let sig = 1.0 / (1.0 + (-x).exp());
+                    dg[j] = gr * up * sig * (1.0 + x * (1.0 - sig));
+                    du[j] = gr * x * sig;
+                }
+            });
+    }
+    let both = Tensor::from_vec(out, 2 * n, g.device())?;
+    Ok((
+        both.narrow(0, 0, n)?.reshape(g.shape())?,
+        both.narrow(0, n, n)?.reshape(g.shape())?,
+    ))
 }
 
 /// `silu(g) * u` (the SwiGLU gate).

@@ -156,7 +156,7 @@ impl Proj {
         let rows = x.elem_count() / in_dim.max(1);
         // One 2-D GEMM over all rows: cheaper than candle's broadcast batched matmul.
         let x2 = x.reshape((rows, in_dim))?;
-        let mut y = x2.matmul(&self.weight.t()?)?;
+        let mut y = crate::llm::ops::linear::linear(&x2, &self.weight)?;
         if adapter {
             if let Some(l) = &self.lora {
                 let xd = if train && l.dropout > 0.0 {

@@ -11,9 +11,11 @@ use super::cache::KvCache;
 use super::config::LlamaConfig;
 use super::kernels;
 use super::lora::{LoraConfig, Proj};
+use super::ops;
 
-/// Which kernels a forward uses: `Train` composes differentiable ops (candle's fused softmax,
-/// RMSNorm and RoPE kernels have no backward); `Infer` uses the fused ones.
+/// Which kernels a forward uses: `Train` uses ops with a backward pass (ours in `ops` on the
+/// CPU, composed candle ops elsewhere: candle's fused softmax, RMSNorm and RoPE kernels have
+/// none); `Infer` may use candle's fused inference kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Train,
@@ -37,7 +39,7 @@ impl RmsNorm {
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         match mode {
             Mode::Infer => candle_nn::ops::rms_norm(x, &self.weight, self.eps as f32),
-            Mode::Train => candle_nn::ops::rms_norm_slow(x, &self.weight, self.eps as f32),
+            Mode::Train => ops::norm::rms_norm(x, &self.weight, self.eps),
         }
     }
 }
@@ -157,12 +159,23 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (h, kv, hd) = (self.n_heads, self.n_kv, self.head_dim);
-        let q = self.q_proj.forward_with(x, st.adapter, st.train());
-        let k = self.k_proj.forward_with(x, st.adapter, st.train());
-        let v = self.v_proj.forward_with(x, st.adapter, st.train());
-        let q = q?.reshape((b, t, h, hd))?.transpose(1, 2)?.contiguous()?;
-        let k = k?.reshape((b, t, kv, hd))?.transpose(1, 2)?.contiguous()?;
-        let v = v?.reshape((b, t, kv, hd))?.transpose(1, 2)?.contiguous()?;
+        let q = self.q_proj.forward_with(x, st.adapter, st.train())?;
+        let k = self.k_proj.forward_with(x, st.adapter, st.train())?;
+        let v = self.v_proj.forward_with(x, st.adapter, st.train())?;
+        if cache.is_none() && mask.past == 0 {
+            let shape = ops::attn::AttnShape {
+                n_heads: h,
+                n_kv: kv,
+                head_dim: hd,
+            };
+            let cs = (&cs.0, &cs.1);
+            if let Some(y) = ops::attn::attention(&q, &k, &v, cs, Some(&mask.valid), shape)? {
+                return self.o_proj.forward_with(&y, st.adapter, st.train());
+            }
+        }
+        let q = q.reshape((b, t, h, hd))?.transpose(1, 2)?.contiguous()?;
+        let k = k.reshape((b, t, kv, hd))?.transpose(1, 2)?.contiguous()?;
+        let v = v.reshape((b, t, kv, hd))?.transpose(1, 2)?.contiguous()?;
         let q = rope.apply(&q, &cs.0, &cs.1, st.mode)?;
         let k = rope.apply(&k, &cs.0, &cs.1, st.mode)?;
         let (k, v) = match cache {
@@ -322,6 +335,11 @@ impl Llama {
         &self.embed_tokens
     }
 
+    /// The output head [vocab, d] (the embedding itself when tied).
+    pub fn lm_head(&self) -> &Tensor {
+        &self.lm_head
+    }
+
     /// Attaches LoRA adapters (PEFT naming under `vb`: `model.layers.{i}.self_attn.q_proj.lora_A.weight`
     /// etc.) to the projections named in `cfg.target_modules`.
     pub fn attach_lora(&mut self, cfg: &LoraConfig, vb: VarBuilder) -> Result<()> {
@@ -407,10 +425,7 @@ impl Llama {
             mode,
             adapter: self.adapter_enabled,
         };
-        let mut x = self
-            .embed_tokens
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, t, ()))?;
+        let mut x = ops::embed::embedding(&self.embed_tokens, ids)?; // [b, t, d]
         for (i, layer) in self.layers.iter().enumerate() {
             let h = layer.input_layernorm.forward(&x, mode)?;
             let c = cache.as_deref_mut().map(|c| (c, i));

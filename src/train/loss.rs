@@ -18,6 +18,10 @@ pub fn response_ce_sum(
     targets: &[u32],
 ) -> Result<Tensor> {
     let h = Llama::gather(hidden, at)?; // [n, d]
+                                        // One op for head + cross-entropy where there is a fused kernel (crate::llm::ops::ce).
+    if let Some(loss) = crate::llm::ops::ce::head_ce_sum(&h, model.lm_head(), targets)? {
+        return Ok(loss);
+    }
     let logits = model.logits(&h)?; // [n, vocab]
     nll_sum(&logits, targets)
 }

@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::batch::{bucket, MicroBatch};
 use super::loss::{response_ce_sum, Gct};
 use super::mixed::MixedPrecision;
-use super::optim::{clip_grad_norm, cosine_lr, AdamW, Params};
+use super::optim::{cosine_lr, AdamW, Params};
 use crate::llm::{Llama, Mode};
 use crate::tasks::build::Encoded;
 
@@ -90,6 +90,9 @@ impl Trainer {
             None => None,
         };
         let model = low.as_ref().unwrap_or(&self.model);
+        // The fused ops add weight gradients into these buffers (llm::ops::grad).
+        let bufs = self.opt.grad_buffers(&self.params)?;
+        let active = bufs.activate();
         for group in bucket(samples, c.micro_batch) {
             if stop.load(Ordering::SeqCst) {
                 return Ok(None);
@@ -120,12 +123,15 @@ impl Trainer {
                 }
             }
         }
+        drop(active);
         if stop.load(Ordering::SeqCst) {
             return Ok(None);
         }
-        let grad_norm = clip_grad_norm(&mut grads, c.clip_norm)?;
+        bufs.merge(&mut grads)?;
         let lr = cosine_lr(c.lr, self.step, c.total, c.warmup, c.min_lr_ratio);
-        self.opt.step(&self.params, &grads, lr)?;
+        let grad_norm = self
+            .opt
+            .clip_and_step(&self.params, &grads, lr, c.clip_norm)?;
         self.step += 1;
         let ce = ce / resp_tokens.max(1) as f64;
         let (gs, gb) = if n_gct > 0 {

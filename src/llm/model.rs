@@ -159,17 +159,26 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (h, kv, hd) = (self.n_heads, self.n_kv, self.head_dim);
+        let shape = ops::attn::AttnShape {
+            n_heads: h,
+            n_kv: kv,
+            head_dim: hd,
+        };
+        let projs = [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj];
+        let plain = !(st.adapter && projs.iter().any(|p| p.has_lora()));
+        let no_cache = cache.is_none() && mask.past == 0;
+        let csr = (&cs.0, &cs.1);
+        if no_cache && plain {
+            let w = projs.map(|p| p.weight());
+            if let Some(y) = ops::attn::attention_block(x, w, csr, Some(&mask.valid), shape)? {
+                return Ok(y);
+            }
+        }
         let q = self.q_proj.forward_with(x, st.adapter, st.train())?;
         let k = self.k_proj.forward_with(x, st.adapter, st.train())?;
         let v = self.v_proj.forward_with(x, st.adapter, st.train())?;
-        if cache.is_none() && mask.past == 0 {
-            let shape = ops::attn::AttnShape {
-                n_heads: h,
-                n_kv: kv,
-                head_dim: hd,
-            };
-            let cs = (&cs.0, &cs.1);
-            if let Some(y) = ops::attn::attention(&q, &k, &v, cs, Some(&mask.valid), shape)? {
+        if no_cache {
+            if let Some(y) = ops::attn::attention(&q, &k, &v, csr, Some(&mask.valid), shape)? {
                 return self.o_proj.forward_with(&y, st.adapter, st.train());
             }
         }
@@ -233,6 +242,13 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor, st: &State) -> Result<Tensor> {
+        let projs = [&self.gate_proj, &self.up_proj, &self.down_proj];
+        if !(st.adapter && projs.iter().any(|p| p.has_lora())) {
+            let [g, u, d] = projs.map(|p| p.weight());
+            if let Some(y) = ops::mlp::mlp(x, g, u, d)? {
+                return Ok(y);
+            }
+        }
         let g = self.gate_proj.forward_with(x, st.adapter, st.train())?;
         let u = self.up_proj.forward_with(x, st.adapter, st.train())?;
         let y = kernels::silu_mul(&g, &u)?;

@@ -10,10 +10,12 @@
 //! dS = P * (dP - rowsum(dP * P)), dQ = scale * dS K, dK = scale * dS^T Q, and the inverse
 //! rotation takes dQ, dK back through RoPE. Query rows that see no key give zeros.
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{sgemm, tensor, with_cpu, View};
+use super::{matmul_acc, matmul_t, sgemm, tensor, with_cpu, View, Weight};
 use crate::llm::kernels::{slice, use_fused};
 
 /// The geometry of one attention call.
@@ -222,6 +224,39 @@ struct GroupGrads {
     dv: Vec<f32>,
 }
 
+impl Attention {
+    /// The attention output `[b, t, h * hd]` of q/k/v projections.
+    fn forward(&self, q: &[f32], k: &[f32], v: &[f32]) -> Result<Vec<f32>> {
+        let nh = self.s.n_heads;
+        let heads: Vec<Vec<f32>> = (0..self.b * nh)
+            .into_par_iter()
+            .map(|i| self.head_fwd(q, k, v, i / nh, i % nh))
+            .collect::<Result<_>>()?;
+        let blocks: Vec<&[f32]> = heads.iter().map(|h| h.as_slice()).collect();
+        Ok(self.assemble(&blocks, nh))
+    }
+
+    /// (dq, dk, dv) in the layouts of q, k, v from the output gradient `g`.
+    fn backward(&self, ins: [&[f32]; 4]) -> Result<[Vec<f32>; 3]> {
+        let nkv = self.s.n_kv;
+        let groups: Vec<GroupGrads> = (0..self.b * nkv)
+            .into_par_iter()
+            .map(|i| self.group_bwd(ins, i / nkv, i % nkv))
+            .collect::<Result<_>>()?;
+        let dq: Vec<&[f32]> = groups
+            .iter()
+            .flat_map(|g| g.dq.iter().map(|d| d.as_slice()))
+            .collect();
+        let dk: Vec<&[f32]> = groups.iter().map(|g| g.dk.as_slice()).collect();
+        let dv: Vec<&[f32]> = groups.iter().map(|g| g.dv.as_slice()).collect();
+        Ok([
+            self.assemble(&dq, self.s.n_heads),
+            self.assemble(&dk, nkv),
+            self.assemble(&dv, nkv),
+        ])
+    }
+}
+
 impl CustomOp3 for Attention {
     fn name(&self) -> &'static str {
         "llmbs-attention"
@@ -239,14 +274,7 @@ impl CustomOp3 for Attention {
         let q = slice(s1, l1, "attention")?;
         let k = slice(s2, l2, "attention")?;
         let v = slice(s3, l3, "attention")?;
-        let nh = self.s.n_heads;
-        let heads: Vec<Vec<f32>> = (0..self.b * nh)
-            .into_par_iter()
-            .map(|i| self.head_fwd(q, k, v, i / nh, i % nh))
-            .collect::<Result<_>>()?;
-        let blocks: Vec<&[f32]> = heads.iter().map(|h| h.as_slice()).collect();
-        let y = self.assemble(&blocks, nh);
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        Ok((CpuStorage::F32(self.forward(q, k, v)?), l1.shape().clone()))
     }
 
     fn bwd(
@@ -258,26 +286,130 @@ impl CustomOp3 for Attention {
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = g.contiguous()?;
-        let nkv = self.s.n_kv;
-        let groups: Vec<GroupGrads> = with_cpu(&[q, k, v, &g], "attention bwd", |s| {
-            let ins = [s[0], s[1], s[2], s[3]];
-            (0..self.b * nkv)
-                .into_par_iter()
-                .map(|i| self.group_bwd(ins, i / nkv, i % nkv))
-                .collect()
+        let [dq, dk, dv] = with_cpu(&[q, k, v, &g], "attention bwd", |s| {
+            self.backward([s[0], s[1], s[2], s[3]])
         })?;
-        let dq: Vec<&[f32]> = groups
-            .iter()
-            .flat_map(|g| g.dq.iter().map(|d| d.as_slice()))
-            .collect();
-        let dk: Vec<&[f32]> = groups.iter().map(|g| g.dk.as_slice()).collect();
-        let dv: Vec<&[f32]> = groups.iter().map(|g| g.dv.as_slice()).collect();
         Ok((
-            Some(tensor(self.assemble(&dq, self.s.n_heads), q.dims(), q)?),
-            Some(tensor(self.assemble(&dk, nkv), k.dims(), k)?),
-            Some(tensor(self.assemble(&dv, nkv), v.dims(), v)?),
+            Some(tensor(dq, q.dims(), q)?),
+            Some(tensor(dk, k.dims(), k)?),
+            Some(tensor(dv, v.dims(), v)?),
         ))
     }
+}
+
+/// The whole attention sub-layer `o(attention(q(x), k(x), v(x)))` as one op (see
+/// [`attention_block`]).
+struct AttnBlock {
+    core: Attention,
+    /// q, k, v, o projections.
+    w: [Weight; 4],
+    /// (q, k, v, attention output) from the forward, taken by the backward.
+    saved: Mutex<Option<[Vec<f32>; 4]>>,
+}
+
+impl AttnBlock {
+    fn qkv(&self, x: &[f32], w: &[&[f32]], d: usize) -> Result<[Vec<f32>; 3]> {
+        let rows = x.len() / d;
+        Ok([
+            matmul_t(x, w[0], rows, d)?,
+            matmul_t(x, w[1], rows, d)?,
+            matmul_t(x, w[2], rows, d)?,
+        ])
+    }
+}
+
+impl CustomOp1 for AttnBlock {
+    fn name(&self) -> &'static str {
+        "llmbs-attention-block"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s, l, "attention block")?;
+        let d = *l.shape().dims().last().unwrap_or(&1);
+        let ws: Vec<&Tensor> = self.w.iter().map(|w| &w.w).collect();
+        let (saved, out) = with_cpu(&ws, "attention block", |w| {
+            let [q, k, v] = self.qkv(x, w, d)?;
+            let y = self.core.forward(&q, &k, &v)?;
+            let hd = self.core.s.n_heads * self.core.s.head_dim;
+            let out = matmul_t(&y, w[3], x.len() / d, hd)?;
+            Ok(([q, k, v, y], out))
+        })?;
+        if let Ok(mut slot) = self.saved.lock() {
+            *slot = Some(saved);
+        }
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _out: &Tensor, dout: &Tensor) -> Result<Option<Tensor>> {
+        let dout = dout.contiguous()?;
+        let d = x.dim(candle_core::D::Minus1)?;
+        let kept = self.saved.lock().ok().and_then(|mut s| s.take());
+        let ts = [
+            x,
+            &dout,
+            &self.w[0].w,
+            &self.w[1].w,
+            &self.w[2].w,
+            &self.w[3].w,
+        ];
+        let dx = with_cpu(&ts, "attention block bwd", |s| {
+            let (x, dout, w) = (s[0], s[1], &s[2..]);
+            let rows = x.len() / d;
+            let hd = self.core.s.n_heads * self.core.s.head_dim;
+            let [q, k, v, y] = match kept {
+                Some(saved) => saved,
+                None => {
+                    let [q, k, v] = self.qkv(x, w, d)?;
+                    let y = self.core.forward(&q, &k, &v)?;
+                    [q, k, v, y]
+                }
+            };
+            self.w[3].add_grad(dout, &y, (d, hd, rows))?;
+            let mut dy = y;
+            matmul_acc(&mut dy, dout, w[3], hd, false)?;
+            let grads = self.core.backward([&q, &k, &v, &dy])?;
+            let mut dx = vec![0f32; x.len()];
+            for (i, g) in grads.iter().enumerate() {
+                let out = g.len() / rows.max(1);
+                self.w[i].add_grad(g, x, (out, d, rows))?;
+                matmul_acc(&mut dx, g, w[i], d, i > 0)?;
+            }
+            Ok(dx)
+        })?;
+        Ok(Some(tensor(dx, x.dims(), x)?))
+    }
+}
+
+/// The attention core for q [b, t, h * hd], k and v [b, t, kv * hd]; None when the shapes or
+/// tables do not fit the fused kernel.
+fn core(
+    (b, t): (usize, usize),
+    (cos, sin): (&Tensor, &Tensor),
+    valid: Option<&Tensor>,
+    s: AttnShape,
+) -> Result<Attention> {
+    if s.n_kv == 0 || s.n_heads % s.n_kv != 0 || s.head_dim % 2 != 0 {
+        candle_core::bail!("attention: unsupported {s:?}")
+    }
+    let half = s.head_dim / 2;
+    let per_row = cos.rank() == 3;
+    let want: &[usize] = if per_row { &[b, t, half] } else { &[t, half] };
+    if cos.dims() != want || sin.dims() != want {
+        candle_core::bail!("attention: RoPE tables {:?}, expected {want:?}", cos.dims())
+    }
+    let flat = |x: &Tensor| x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>();
+    Ok(Attention {
+        s,
+        b,
+        t,
+        scale: 1.0 / (s.head_dim as f32).sqrt(),
+        cos: flat(cos)?,
+        sin: flat(sin)?,
+        per_row,
+        valid: valid
+            .map(|v| v.to_dtype(DType::U8)?.flatten_all()?.to_vec1::<u8>())
+            .transpose()?,
+    })
 }
 
 /// Fused attention: q [b, t, h * hd], k and v [b, t, kv * hd] (projection outputs, before
@@ -288,21 +420,16 @@ pub fn attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    (cos, sin): (&Tensor, &Tensor),
+    cs: (&Tensor, &Tensor),
     valid: Option<&Tensor>,
     s: AttnShape,
 ) -> Result<Option<Tensor>> {
-    if !(use_fused(q) && use_fused(k) && use_fused(v) && cos.dtype() == DType::F32) {
+    if !(use_fused(q) && use_fused(k) && use_fused(v)) {
         return Ok(None);
     }
     let (b, t, _) = q.dims3()?;
     let hd = s.head_dim;
-    if q.dims() != [b, t, s.n_heads * hd]
-        || k.dims() != [b, t, s.n_kv * hd]
-        || v.dims() != k.dims()
-        || s.n_kv == 0
-        || s.n_heads % s.n_kv != 0
-        || hd % 2 != 0
+    if q.dims() != [b, t, s.n_heads * hd] || k.dims() != [b, t, s.n_kv * hd] || v.dims() != k.dims()
     {
         candle_core::bail!(
             "attention: q {:?}, k {:?}, v {:?} do not fit {s:?}",
@@ -311,22 +438,53 @@ pub fn attention(
             v.dims()
         )
     }
-    let flat = |x: &Tensor| x.flatten_all()?.to_vec1::<f32>();
-    let op = Attention {
-        s,
-        b,
-        t,
-        scale: 1.0 / (s.head_dim as f32).sqrt(),
-        cos: flat(cos)?,
-        sin: flat(sin)?,
-        per_row: cos.rank() == 3,
-        valid: valid
-            .map(|v| v.to_dtype(DType::U8)?.flatten_all()?.to_vec1::<u8>())
-            .transpose()?,
-    };
+    let op = core((b, t), cs, valid, s)?;
     Ok(Some(q.contiguous()?.apply_op3(
         &k.contiguous()?,
         &v.contiguous()?,
         op,
     )?))
+}
+
+/// The attention sub-layer `x [b, t, d] -> o(attention(q(x), k(x), v(x))) [b, t, d]` as one
+/// op: `w` holds the q, k, v, o projection weights ([h * hd, d], [kv * hd, d] twice,
+/// [d, h * hd]). None where it does not apply (not the CPU, not f32, or a weight whose
+/// gradient must go through candle's autograd); the caller then composes the projections with
+/// [`attention`].
+pub fn attention_block(
+    x: &Tensor,
+    w: [&Tensor; 4],
+    cs: (&Tensor, &Tensor),
+    valid: Option<&Tensor>,
+    s: AttnShape,
+) -> Result<Option<Tensor>> {
+    if !use_fused(x) {
+        return Ok(None);
+    }
+    let (Some(wq), Some(wk), Some(wv), Some(wo)) = (
+        Weight::new(w[0]),
+        Weight::new(w[1]),
+        Weight::new(w[2]),
+        Weight::new(w[3]),
+    ) else {
+        return Ok(None);
+    };
+    let (b, t, d) = x.dims3()?;
+    let (hq, hkv) = (s.n_heads * s.head_dim, s.n_kv * s.head_dim);
+    if wq.w.dims() != [hq, d]
+        || wk.w.dims() != [hkv, d]
+        || wv.w.dims() != [hkv, d]
+        || wo.w.dims() != [d, hq]
+    {
+        candle_core::bail!(
+            "attention block: x {:?} and weights do not fit {s:?}",
+            x.dims()
+        )
+    }
+    let op = AttnBlock {
+        core: core((b, t), cs, valid, s)?,
+        w: [wq, wk, wv, wo],
+        saved: Mutex::new(None),
+    };
+    Ok(Some(x.contiguous()?.apply_op1(op)?))
 }

@@ -26,8 +26,8 @@ impl CustomOp2 for Linear {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (x, w) = (slice(s1, l1, "linear")?, slice(s2, l2, "linear")?);
-        let (rows, d_in) = l1.shape().dims2()?;
-        let (d_out, _) = l2.shape().dims2()?;
+        let (d_out, d_in) = l2.shape().dims2()?;
+        let rows = x.len() / d_in;
         let mut y = vec![0f32; rows * d_out];
         sgemm(
             (rows, d_out, d_in),
@@ -38,7 +38,11 @@ impl CustomOp2 for Linear {
             View::t(w, d_in),
             true,
         )?;
-        Ok((CpuStorage::F32(y), Shape::from((rows, d_out))))
+        let mut dims = l1.shape().dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = d_out;
+        }
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
     }
 
     fn bwd(
@@ -49,15 +53,15 @@ impl CustomOp2 for Linear {
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let g = g.contiguous()?;
-        let (rows, d_in) = x.dims2()?;
-        let (d_out, _) = w.dims2()?;
+        let (d_out, d_in) = w.dims2()?;
+        let rows = x.elem_count() / d_in;
         with_cpu(&[x, w, &g], "linear bwd", |s| {
             let (xs, ws, gs) = (s[0], s[1], s[2]);
             let dx = if x.track_op() {
                 let mut dx = vec![0f32; rows * d_in];
                 let (gv, wv) = (View::rows(gs, d_out), View::rows(ws, d_in));
                 sgemm((rows, d_in, d_out), &mut dx, d_in, false, gv, wv, true)?;
-                Some(tensor(dx, &[rows, d_in], x)?)
+                Some(tensor(dx, x.dims(), x)?)
             } else {
                 None
             };
@@ -81,11 +85,18 @@ impl CustomOp2 for Linear {
     }
 }
 
-/// x: [rows, in], w: [out, in] -> [rows, out].
+/// x: [..., in], w: [out, in] -> [..., out].
 pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    if use_fused(x) && use_fused(w) && w.is_contiguous() && x.rank() == 2 {
+    let fits = w.rank() == 2 && x.rank() >= 1 && x.dims().last() == w.dims().get(1);
+    if use_fused(x) && use_fused(w) && w.is_contiguous() && fits {
         x.contiguous()?.apply_op2(w, Linear { sink: sink_for(w) })
     } else {
-        x.matmul(&w.t()?)
+        let d_in = w.dim(1)?;
+        let mut dims = x.dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = w.dim(0)?;
+        }
+        let rows = x.elem_count() / d_in.max(1);
+        x.reshape((rows, d_in))?.matmul(&w.t()?)?.reshape(dims)
     }
 }

@@ -12,6 +12,7 @@ pub mod ce;
 pub mod embed;
 pub mod grad;
 pub mod linear;
+pub mod mlp;
 pub mod norm;
 
 use candle_core::{CpuStorage, InplaceOp1, Layout, Result, Storage, Tensor};
@@ -160,6 +161,70 @@ pub(crate) fn sgemm(
         );
     }
     Ok(())
+}
+
+/// A weight that a block op reads itself rather than taking as an input: its gradient goes to
+/// its buffer, or nowhere when it is frozen.
+pub(crate) struct Weight {
+    pub w: Tensor,
+    pub sink: Option<grad::Sink>,
+}
+
+impl Weight {
+    /// None when `w` cannot be read directly (not contiguous f32 on the CPU) or needs a
+    /// gradient that has nowhere to go but candle's autograd (no active buffer for it).
+    pub fn new(w: &Tensor) -> Option<Self> {
+        if !(crate::llm::kernels::use_fused(w) && w.is_contiguous()) {
+            return None;
+        }
+        let sink = grad::sink_for(w);
+        if sink.is_none() && w.track_op() {
+            return None;
+        }
+        Some(Self { w: w.clone(), sink })
+    }
+
+    /// `dW (+)= a^T [n, k] · b [k, m]` given `a` as `[k, n]` rows and `b` as `[k, m]` rows, when
+    /// the weight trains.
+    pub fn add_grad(&self, a: &[f32], b: &[f32], (n, m, k): (usize, usize, usize)) -> Result<()> {
+        match &self.sink {
+            Some(s) => s.accumulate(|buf| {
+                sgemm(
+                    (n, m, k),
+                    buf,
+                    m,
+                    true,
+                    View::t(a, n),
+                    View::rows(b, m),
+                    true,
+                )
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// `y [rows, out] = x [rows, in] · w^T` for a contiguous `w [out, in]`, into a new vector.
+pub(crate) fn matmul_t(x: &[f32], w: &[f32], rows: usize, d_in: usize) -> Result<Vec<f32>> {
+    let d_out = w.len() / d_in.max(1);
+    let mut y = vec![0f32; rows * d_out];
+    let (xv, wv) = (View::rows(x, d_in), View::t(w, d_in));
+    sgemm((rows, d_out, d_in), &mut y, d_out, false, xv, wv, true)?;
+    Ok(y)
+}
+
+/// `dx [rows, in] (+)= dy [rows, out] · w [out, in]`.
+pub(crate) fn matmul_acc(
+    dx: &mut [f32],
+    dy: &[f32],
+    w: &[f32],
+    d_in: usize,
+    acc: bool,
+) -> Result<()> {
+    let d_out = w.len() / d_in.max(1);
+    let rows = dy.len() / d_out.max(1);
+    let (gv, wv) = (View::rows(dy, d_out), View::rows(w, d_in));
+    sgemm((rows, d_in, d_out), dx, d_in, acc, gv, wv, true)
 }
 
 /// A new contiguous f32 tensor of `shape` on `like`'s device from host data.

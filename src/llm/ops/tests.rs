@@ -414,3 +414,85 @@ fn buffers_accumulate_across_backward_passes_and_zero() {
     assert_eq!(again, once);
     assert_eq!(DType::F32, bufs.grad(0).unwrap().dtype());
 }
+
+#[test]
+fn mlp_block_matches_the_composed_mlp() {
+    let composed = |x: &Tensor, g: &Tensor, u: &Tensor, d: &Tensor| {
+        let mm = |a: &Tensor, w: &Tensor| a.broadcast_matmul(&w.t().unwrap()).unwrap();
+        mm(
+            &(candle_nn::ops::silu(&mm(x, g)).unwrap() * mm(x, u)).unwrap(),
+            d,
+        )
+    };
+    for (shape, inter, seed) in [(vec![2usize, 3, 8], 12usize, 80u64), (vec![5, 6], 7, 81)] {
+        let d = *shape.last().unwrap();
+        let x = var(&shape, seed);
+        let (g, u) = (var(&[inter, d], seed + 1), var(&[inter, d], seed + 2));
+        let dw = var(&[d, inter], seed + 3);
+        check(
+            "mlp",
+            &[&x, &g, &u, &dw],
+            true,
+            || super::mlp::mlp(&x, &g, &u, &dw).unwrap().unwrap(),
+            || composed(&x, &g, &u, &dw),
+        );
+        // Frozen weights: only x has a gradient, and the op still applies.
+        let (gf, uf, df) = (
+            rand(&[inter, d], 5),
+            rand(&[inter, d], 6),
+            rand(&[d, inter], 7),
+        );
+        check(
+            "mlp frozen",
+            &[&x],
+            true,
+            || super::mlp::mlp(&x, &gf, &uf, &df).unwrap().unwrap(),
+            || composed(&x, &gf, &uf, &df),
+        );
+    }
+    // A trainable weight without a buffer cannot go through the op.
+    let (x, g) = (var(&[2, 4], 90), var(&[3, 4], 91));
+    let none = with_fused(true, || {
+        super::mlp::mlp(&x, &g, &g, &rand(&[4, 3], 92)).unwrap()
+    });
+    assert!(none.is_none());
+}
+
+#[test]
+fn attention_block_matches_projections_and_attention() {
+    let (b, t, d, h, kv, hd) = (2usize, 6usize, 12usize, 4usize, 2usize, 4usize);
+    let x = var(&[b, t, d], 100);
+    let wq = var(&[h * hd, d], 101);
+    let wk = var(&[kv * hd, d], 102);
+    let wv = var(&[kv * hd, d], 103);
+    let wo = var(&[d, h * hd], 104);
+    let (cos, sin) = rope_tables(t, hd / 2, Some(b));
+    let valid = vec![vec![1u8; t], vec![1, 1, 1, 1, 0, 0]];
+    let valid_t = Tensor::new(valid.clone(), &Device::Cpu).unwrap();
+    let s = AttnShape {
+        n_heads: h,
+        n_kv: kv,
+        head_dim: hd,
+    };
+    let mm = |a: &Tensor, w: &Tensor| a.broadcast_matmul(&w.t().unwrap()).unwrap();
+    check(
+        "attention block",
+        &[&x, &wq, &wk, &wv, &wo],
+        true,
+        || {
+            let w = [
+                wq.as_tensor(),
+                wk.as_tensor(),
+                wv.as_tensor(),
+                wo.as_tensor(),
+            ];
+            super::attn::attention_block(&x, w, (&cos, &sin), Some(&valid_t), s)
+                .unwrap()
+                .unwrap()
+        },
+        || {
+            let (q, k, v) = (mm(&x, &wq), mm(&x, &wk), mm(&x, &wv));
+            mm(&attention_composed(&q, &k, &v, &cos, &sin, &valid, s), &wo)
+        },
+    );
+}

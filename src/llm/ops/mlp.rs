@@ -1,0 +1,136 @@
+//! The SwiGLU MLP `down(silu(gate(x)) * up(x))` as one op when its three weights either train
+//! into gradient buffers or are frozen: one autograd node instead of four (each of which
+//! costs candle a zero tensor and an addition in the backward), the gate and up activations
+//! kept inside the op for the backward, the weight gradients added in place.
+//!
+//! Backward, with a = silu(g) * u: dWd += dy^T a, da = dy Wd, dg = da * u * silu'(g),
+//! du = da * silu(g), dWg += dg^T x, dWu += du^T x, dx = dg Wg + du Wu.
+
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::{matmul_acc, matmul_t, tensor, with_cpu, Weight};
+use crate::llm::kernels::{slice, use_fused};
+
+const CHUNK: usize = 1 << 14;
+
+struct Mlp {
+    gate: Weight,
+    up: Weight,
+    down: Weight,
+    /// (g, u) `[rows, inter]` from the forward, taken by the backward.
+    saved: Mutex<Option<(Vec<f32>, Vec<f32>)>>,
+}
+
+fn silu_mul(g: &[f32], u: &[f32]) -> Vec<f32> {
+    let mut a = vec![0f32; g.len()];
+    a.par_chunks_mut(CHUNK)
+        .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
+        .for_each(|(a, (g, u))| {
+            for j in 0..a.len() {
+                a[j] = g[j] / (1.0 + (-g[j]).exp()) * u[j];
+            }
+        });
+    a
+}
+
+impl Mlp {
+    fn gate_up(&self, x: &[f32], w: [&[f32]; 2], d: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+        let rows = x.len() / d;
+        Ok((matmul_t(x, w[0], rows, d)?, matmul_t(x, w[1], rows, d)?))
+    }
+}
+
+impl CustomOp1 for Mlp {
+    fn name(&self) -> &'static str {
+        "llmbs-mlp"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s, l, "mlp")?;
+        let ws = [&self.gate.w, &self.up.w, &self.down.w];
+        let d = *l.shape().dims().last().unwrap_or(&1);
+        let rows = x.len() / d.max(1);
+        let (g, u, y) = with_cpu(&ws, "mlp", |w| {
+            let (g, u) = self.gate_up(x, [w[0], w[1]], d)?;
+            let a = silu_mul(&g, &u);
+            let y = matmul_t(&a, w[2], rows, g.len() / rows.max(1))?;
+            Ok((g, u, y))
+        })?;
+        if let Ok(mut slot) = self.saved.lock() {
+            *slot = Some((g, u));
+        }
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let dy = dy.contiguous()?;
+        let d = x.dim(candle_core::D::Minus1)?;
+        let kept = self.saved.lock().ok().and_then(|mut s| s.take());
+        let ts = [x, &dy, &self.gate.w, &self.up.w, &self.down.w];
+        let dx = with_cpu(&ts, "mlp bwd", |s| {
+            let (x, dy, wg, wu, wd) = (s[0], s[1], s[2], s[3], s[4]);
+            let rows = x.len() / d;
+            let (mut g, mut u) = match kept {
+                Some(gu) => gu,
+                None => self.gate_up(x, [wg, wu], d)?,
+            };
+            let inter = g.len() / rows.max(1);
+            let mut a = silu_mul(&g, &u);
+            self.down.add_grad(dy, &a, (d, inter, rows))?;
+            // da = dy · Wd, into a's buffer.
+            matmul_acc(&mut a, dy, wd, inter, false)?;
+            g.par_chunks_mut(CHUNK)
+                .zip(u.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK)))
+                .for_each(|(g, (u, da))| {
+                    for j in 0..g.len() {
+                        let (x, up) = (g[j], u[j]);
+                        let sig = 1.0 / (1.0 + (-x).exp());
+                        g[j] = da[j] * up * sig * (1.0 + x * (1.0 - sig));
+                        u[j] = da[j] * x * sig;
+                    }
+                });
+            self.gate.add_grad(&g, x, (inter, d, rows))?;
+            self.up.add_grad(&u, x, (inter, d, rows))?;
+            let mut dx = vec![0f32; x.len()];
+            matmul_acc(&mut dx, &g, wg, d, false)?;
+            matmul_acc(&mut dx, &u, wu, d, true)?;
+            Ok(dx)
+        })?;
+        Ok(Some(tensor(dx, x.dims(), x)?))
+    }
+}
+
+/// `down(silu(gate(x)) * up(x))` for x [..., d] and weights [inter, d], [inter, d], [d, inter],
+/// or None where the op does not apply (not the CPU, not f32, or a weight whose gradient
+/// must go through candle's autograd).
+pub fn mlp(x: &Tensor, gate: &Tensor, up: &Tensor, down: &Tensor) -> Result<Option<Tensor>> {
+    if !use_fused(x) {
+        return Ok(None);
+    }
+    let (Some(gate), Some(up), Some(down)) =
+        (Weight::new(gate), Weight::new(up), Weight::new(down))
+    else {
+        return Ok(None);
+    };
+    let d = x.dim(candle_core::D::Minus1)?;
+    let (inter, dg) = gate.w.dims2()?;
+    if dg != d || up.w.dims() != [inter, d] || down.w.dims() != [d, inter] {
+        candle_core::bail!(
+            "mlp: x {:?}, gate {:?}, up {:?}, down {:?}",
+            x.dims(),
+            gate.w.dims(),
+            up.w.dims(),
+            down.w.dims()
+        )
+    }
+    let op = Mlp {
+        gate,
+        up,
+        down,
+        saved: Mutex::new(None),
+    };
+    Ok(Some(x.contiguous()?.apply_op1(op)?))
+}

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 use rand::SeedableRng;
 use serde::Serialize;
 
@@ -81,7 +81,14 @@ impl Trainer {
         let step_seed = c.seed ^ (self.step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let mut rng = rand::rngs::StdRng::seed_from_u64(step_seed);
         self.model.seed_dropout(step_seed ^ 0xD0_0D);
+        // bf16 on a CPU with AVX512-BF16: the f32 model with bf16 matmul inputs (llm::ops).
+        let cpu_bf16 = self.mixed.as_ref().is_some_and(|m| m.dtype == DType::BF16)
+            && self.model.device().is_cpu()
+            && crate::llm::ops::bf16_matmul_available()
+            && crate::llm::kernels::fused_enabled();
+        let _bf16 = crate::llm::ops::Bf16Matmul::new(cpu_bf16);
         let low = match &self.mixed {
+            Some(_) if cpu_bf16 => None,
             Some(mp) => {
                 let mut m = mp.model(&self.model)?;
                 m.seed_dropout(step_seed ^ 0xD0_0D);

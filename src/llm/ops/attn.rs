@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{matmul_acc, matmul_t, sgemm, tensor, with_cpu, View, Weight};
+use super::{matmul_acc, matmul_t, sgemm, tensor, with_cpu, Gemm, View, Weight};
 use crate::llm::kernels::{slice, use_fused};
 
 /// The geometry of one attention call.
@@ -99,7 +99,7 @@ impl Attention {
         let (t, hd) = (self.t, self.s.head_dim);
         let mut p = vec![0f32; t * t];
         let (qv, kt) = (View::rows(q, hd), View::t(k, hd));
-        sgemm((t, t, hd), &mut p, t, false, qv, kt, false)?;
+        sgemm((t, t, hd), &mut p, t, false, qv, kt, Gemm::Serial)?;
         let valid = self.valid.as_ref().map(|v| &v[bi * t..(bi + 1) * t]);
         let visible = |j: usize| match valid {
             Some(v) => v[j] != 0,
@@ -147,7 +147,7 @@ impl Attention {
             false,
             View::rows(&p, t),
             View::rows(&vv, hd),
-            false,
+            Gemm::Serial,
         )?;
         Ok(y)
     }
@@ -167,9 +167,25 @@ impl Attention {
             let p = self.probs(&qr, &kr, bi)?;
             let dy = self.gather(g, self.rows(bi, h, nh));
             let (pv, dyv) = (View::rows(&p, t), View::rows(&dy, hd));
-            sgemm((t, hd, t), &mut dv, hd, true, View::t(&p, t), dyv, false)?;
+            sgemm(
+                (t, hd, t),
+                &mut dv,
+                hd,
+                true,
+                View::t(&p, t),
+                dyv,
+                Gemm::Serial,
+            )?;
             let mut ds = vec![0f32; t * t];
-            sgemm((t, t, hd), &mut ds, t, false, dyv, View::t(&vv, hd), false)?;
+            sgemm(
+                (t, t, hd),
+                &mut ds,
+                t,
+                false,
+                dyv,
+                View::t(&vv, hd),
+                Gemm::Serial,
+            )?;
             for (dsr, pr) in ds.chunks_mut(t).zip(pv.data.chunks(t)) {
                 let dot: f32 = dsr.iter().zip(pr).map(|(a, b)| a * b).sum();
                 for (d, &pj) in dsr.iter_mut().zip(pr) {
@@ -185,7 +201,7 @@ impl Attention {
                 false,
                 dsv,
                 View::rows(&kr, hd),
-                false,
+                Gemm::Serial,
             )?;
             sgemm(
                 (t, hd, t),
@@ -194,7 +210,7 @@ impl Attention {
                 true,
                 View::t(&ds, t),
                 View::rows(&qr, hd),
-                false,
+                Gemm::Serial,
             )?;
             dq.push(self.rope(&dqr, Rows { off: 0, stride: hd }, bi, true));
         }
@@ -227,6 +243,7 @@ struct GroupGrads {
 impl Attention {
     /// The attention output `[b, t, h * hd]` of q/k/v projections.
     fn forward(&self, q: &[f32], k: &[f32], v: &[f32]) -> Result<Vec<f32>> {
+        let _t = super::timing::scope("attention core fwd");
         let nh = self.s.n_heads;
         let heads: Vec<Vec<f32>> = (0..self.b * nh)
             .into_par_iter()
@@ -238,6 +255,7 @@ impl Attention {
 
     /// (dq, dk, dv) in the layouts of q, k, v from the output gradient `g`.
     fn backward(&self, ins: [&[f32]; 4]) -> Result<[Vec<f32>; 3]> {
+        let _t = super::timing::scope("attention core bwd");
         let nkv = self.s.n_kv;
         let groups: Vec<GroupGrads> = (0..self.b * nkv)
             .into_par_iter()
@@ -310,10 +328,11 @@ struct AttnBlock {
 impl AttnBlock {
     fn qkv(&self, x: &[f32], w: &[&[f32]], d: usize) -> Result<[Vec<f32>; 3]> {
         let rows = x.len() / d;
+        let m = self.w[0].mode;
         Ok([
-            matmul_t(x, w[0], rows, d)?,
-            matmul_t(x, w[1], rows, d)?,
-            matmul_t(x, w[2], rows, d)?,
+            matmul_t(x, w[0], rows, d, m)?,
+            matmul_t(x, w[1], rows, d, m)?,
+            matmul_t(x, w[2], rows, d, m)?,
         ])
     }
 }
@@ -324,6 +343,7 @@ impl CustomOp1 for AttnBlock {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _t = super::timing::scope("attention block fwd");
         let x = slice(s, l, "attention block")?;
         let d = *l.shape().dims().last().unwrap_or(&1);
         let ws: Vec<&Tensor> = self.w.iter().map(|w| &w.w).collect();
@@ -331,7 +351,7 @@ impl CustomOp1 for AttnBlock {
             let [q, k, v] = self.qkv(x, w, d)?;
             let y = self.core.forward(&q, &k, &v)?;
             let hd = self.core.s.n_heads * self.core.s.head_dim;
-            let out = matmul_t(&y, w[3], x.len() / d, hd)?;
+            let out = matmul_t(&y, w[3], x.len() / d, hd, self.w[3].mode)?;
             Ok(([q, k, v, y], out))
         })?;
         if let Ok(mut slot) = self.saved.lock() {
@@ -341,6 +361,7 @@ impl CustomOp1 for AttnBlock {
     }
 
     fn bwd(&self, x: &Tensor, _out: &Tensor, dout: &Tensor) -> Result<Option<Tensor>> {
+        let _t = super::timing::scope("attention block bwd");
         let dout = dout.contiguous()?;
         let d = x.dim(candle_core::D::Minus1)?;
         let kept = self.saved.lock().ok().and_then(|mut s| s.take());
@@ -366,13 +387,13 @@ impl CustomOp1 for AttnBlock {
             };
             self.w[3].add_grad(dout, &y, (d, hd, rows))?;
             let mut dy = y;
-            matmul_acc(&mut dy, dout, w[3], hd, false)?;
+            matmul_acc(&mut dy, dout, w[3], (hd, false), self.w[3].mode)?;
             let grads = self.core.backward([&q, &k, &v, &dy])?;
             let mut dx = vec![0f32; x.len()];
             for (i, g) in grads.iter().enumerate() {
                 let out = g.len() / rows.max(1);
                 self.w[i].add_grad(g, x, (out, d, rows))?;
-                matmul_acc(&mut dx, g, w[i], d, i > 0)?;
+                matmul_acc(&mut dx, g, w[i], (d, i > 0), self.w[i].mode)?;
             }
             Ok(dx)
         })?;

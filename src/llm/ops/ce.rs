@@ -11,12 +11,13 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::grad::{sink_for, Sink};
-use super::{sgemm, tensor, with_cpu, View};
+use super::{gemm_mode, sgemm, tensor, with_cpu, Gemm, View};
 use crate::llm::kernels::{slice, use_fused};
 
 struct HeadCe {
     targets: Vec<u32>,
     sink: Option<Sink>,
+    mode: Gemm,
     /// softmax(h W^T) `[n, vocab]` from the forward, taken by the backward.
     probs: Mutex<Option<Vec<f32>>>,
 }
@@ -34,7 +35,7 @@ impl HeadCe {
             false,
             View::rows(h, d),
             View::t(w, d),
-            true,
+            self.mode,
         )?;
         let loss: f64 = p
             .par_chunks_mut(vocab)
@@ -68,6 +69,7 @@ impl CustomOp2 for HeadCe {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _t = super::timing::scope("head ce fwd");
         let (h, w) = (slice(s1, l1, "head_ce")?, slice(s2, l2, "head_ce")?);
         let d = l1.shape().dims2()?.1;
         let (p, loss) = self.probs(h, w, d)?;
@@ -84,6 +86,7 @@ impl CustomOp2 for HeadCe {
         _loss: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let _t = super::timing::scope("head ce bwd");
         let scale = g.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
         let (n, d) = h.dims2()?;
         let vocab = w.dim(0)?;
@@ -103,19 +106,19 @@ impl CustomOp2 for HeadCe {
                 });
             let mut dh = vec![0f32; n * d];
             let (pv, wv) = (View::rows(&p, vocab), View::rows(ws, d));
-            sgemm((n, d, vocab), &mut dh, d, false, pv, wv, true)?;
+            sgemm((n, d, vocab), &mut dh, d, false, pv, wv, self.mode)?;
             let dh = tensor(dh, &[n, d], h)?;
             // dW [vocab, d] = dlogits^T [vocab, n] · h [n, d]
             let (pt, hv) = (View::t(&p, vocab), View::rows(hs, d));
             let dims = (vocab, d, n);
             let dw = match &self.sink {
                 Some(sink) => {
-                    sink.accumulate(|buf| sgemm(dims, buf, d, true, pt, hv, true))?;
+                    sink.accumulate(|buf| sgemm(dims, buf, d, true, pt, hv, self.mode))?;
                     None
                 }
                 None if w.track_op() => {
                     let mut dw = vec![0f32; vocab * d];
-                    sgemm(dims, &mut dw, d, false, pt, hv, true)?;
+                    sgemm(dims, &mut dw, d, false, pt, hv, self.mode)?;
                     Some(tensor(dw, &[vocab, d], w)?)
                 }
                 None => None,
@@ -147,6 +150,7 @@ pub fn head_ce_sum(h: &Tensor, w: &Tensor, targets: &[u32]) -> Result<Option<Ten
     let op = HeadCe {
         targets: targets.to_vec(),
         sink: sink_for(w),
+        mode: gemm_mode(),
         probs: Mutex::new(None),
     };
     Ok(Some(h.contiguous()?.apply_op2(w, op)?))

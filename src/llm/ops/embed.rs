@@ -49,6 +49,7 @@ impl CustomOp1 for Embedding {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _t = super::timing::scope("embedding fwd");
         let w = slice(s, l, "embedding")?;
         let d = l.shape().dims2()?.1;
         let mut out = vec![0f32; self.ids.len() * d];
@@ -59,6 +60,7 @@ impl CustomOp1 for Embedding {
     }
 
     fn bwd(&self, w: &Tensor, _y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let _t = super::timing::scope("embedding bwd");
         let g = g.contiguous()?;
         let d = w.dim(1)?;
         with_cpu(&[&g], "embedding bwd", |s| match &self.sink {

@@ -6,11 +6,12 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
 use super::grad::{sink_for, Sink};
-use super::{sgemm, tensor, with_cpu, View};
+use super::{gemm_mode, sgemm, tensor, with_cpu, Gemm, View};
 use crate::llm::kernels::{slice, use_fused};
 
 struct Linear {
     sink: Option<Sink>,
+    mode: Gemm,
 }
 
 impl CustomOp2 for Linear {
@@ -36,7 +37,7 @@ impl CustomOp2 for Linear {
             false,
             View::rows(x, d_in),
             View::t(w, d_in),
-            true,
+            self.mode,
         )?;
         let mut dims = l1.shape().dims().to_vec();
         if let Some(last) = dims.last_mut() {
@@ -60,7 +61,7 @@ impl CustomOp2 for Linear {
             let dx = if x.track_op() {
                 let mut dx = vec![0f32; rows * d_in];
                 let (gv, wv) = (View::rows(gs, d_out), View::rows(ws, d_in));
-                sgemm((rows, d_in, d_out), &mut dx, d_in, false, gv, wv, true)?;
+                sgemm((rows, d_in, d_out), &mut dx, d_in, false, gv, wv, self.mode)?;
                 Some(tensor(dx, x.dims(), x)?)
             } else {
                 None
@@ -70,12 +71,12 @@ impl CustomOp2 for Linear {
             let dims = (d_out, d_in, rows);
             let dw = match &self.sink {
                 Some(sink) => {
-                    sink.accumulate(|buf| sgemm(dims, buf, d_in, true, gt, xv, true))?;
+                    sink.accumulate(|buf| sgemm(dims, buf, d_in, true, gt, xv, self.mode))?;
                     None
                 }
                 None if w.track_op() => {
                     let mut dw = vec![0f32; d_out * d_in];
-                    sgemm(dims, &mut dw, d_in, false, gt, xv, true)?;
+                    sgemm(dims, &mut dw, d_in, false, gt, xv, self.mode)?;
                     Some(tensor(dw, &[d_out, d_in], w)?)
                 }
                 None => None,
@@ -89,7 +90,13 @@ impl CustomOp2 for Linear {
 pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let fits = w.rank() == 2 && x.rank() >= 1 && x.dims().last() == w.dims().get(1);
     if use_fused(x) && use_fused(w) && w.is_contiguous() && fits {
-        x.contiguous()?.apply_op2(w, Linear { sink: sink_for(w) })
+        x.contiguous()?.apply_op2(
+            w,
+            Linear {
+                sink: sink_for(w),
+                mode: gemm_mode(),
+            },
+        )
     } else {
         let d_in = w.dim(1)?;
         let mut dims = x.dims().to_vec();

@@ -39,7 +39,11 @@ fn silu_mul(g: &[f32], u: &[f32]) -> Vec<f32> {
 impl Mlp {
     fn gate_up(&self, x: &[f32], w: [&[f32]; 2], d: usize) -> Result<(Vec<f32>, Vec<f32>)> {
         let rows = x.len() / d;
-        Ok((matmul_t(x, w[0], rows, d)?, matmul_t(x, w[1], rows, d)?))
+        let m = self.gate.mode;
+        Ok((
+            matmul_t(x, w[0], rows, d, m)?,
+            matmul_t(x, w[1], rows, d, m)?,
+        ))
     }
 }
 
@@ -49,6 +53,7 @@ impl CustomOp1 for Mlp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _t = super::timing::scope("mlp fwd");
         let x = slice(s, l, "mlp")?;
         let ws = [&self.gate.w, &self.up.w, &self.down.w];
         let d = *l.shape().dims().last().unwrap_or(&1);
@@ -56,7 +61,7 @@ impl CustomOp1 for Mlp {
         let (g, u, y) = with_cpu(&ws, "mlp", |w| {
             let (g, u) = self.gate_up(x, [w[0], w[1]], d)?;
             let a = silu_mul(&g, &u);
-            let y = matmul_t(&a, w[2], rows, g.len() / rows.max(1))?;
+            let y = matmul_t(&a, w[2], rows, g.len() / rows.max(1), self.down.mode)?;
             Ok((g, u, y))
         })?;
         if let Ok(mut slot) = self.saved.lock() {
@@ -66,6 +71,7 @@ impl CustomOp1 for Mlp {
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let _t = super::timing::scope("mlp bwd");
         let dy = dy.contiguous()?;
         let d = x.dim(candle_core::D::Minus1)?;
         let kept = self.saved.lock().ok().and_then(|mut s| s.take());
@@ -81,7 +87,7 @@ impl CustomOp1 for Mlp {
             let mut a = silu_mul(&g, &u);
             self.down.add_grad(dy, &a, (d, inter, rows))?;
             // da = dy · Wd, into a's buffer.
-            matmul_acc(&mut a, dy, wd, inter, false)?;
+            matmul_acc(&mut a, dy, wd, (inter, false), self.down.mode)?;
             g.par_chunks_mut(CHUNK)
                 .zip(u.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK)))
                 .for_each(|(g, (u, da))| {
@@ -95,8 +101,8 @@ impl CustomOp1 for Mlp {
             self.gate.add_grad(&g, x, (inter, d, rows))?;
             self.up.add_grad(&u, x, (inter, d, rows))?;
             let mut dx = vec![0f32; x.len()];
-            matmul_acc(&mut dx, &g, wg, d, false)?;
-            matmul_acc(&mut dx, &u, wu, d, true)?;
+            matmul_acc(&mut dx, &g, wg, (d, false), self.gate.mode)?;
+            matmul_acc(&mut dx, &u, wu, (d, true), self.up.mode)?;
             Ok(dx)
         })?;
         Ok(Some(tensor(dx, x.dims(), x)?))

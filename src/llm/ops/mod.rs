@@ -8,16 +8,38 @@
 //! `LLMBS_NO_FUSED_CPU` is set ([`crate::llm::kernels::fused_enabled`]).
 
 pub mod attn;
+#[cfg(target_arch = "x86_64")]
+pub mod bgemm;
 pub mod ce;
 pub mod embed;
 pub mod grad;
 pub mod linear;
 pub mod mlp;
 pub mod norm;
+pub mod timing;
 
 use candle_core::{CpuStorage, InplaceOp1, Layout, Result, Storage, Tensor};
 
 pub use grad::GradBuffers;
+
+/// Other CPUs have no bf16 GEMM here: [`with_bf16_matmul`] has no effect there.
+#[cfg(not(target_arch = "x86_64"))]
+pub mod bgemm {
+    pub fn available() -> bool {
+        false
+    }
+
+    pub(crate) fn gemm(
+        _: (usize, usize, usize),
+        _: &mut [f32],
+        _: usize,
+        _: bool,
+        _: super::View,
+        _: super::View,
+    ) {
+        unreachable!("bgemm::available() is false off x86-64")
+    }
+}
 
 /// Runs `f` on the contiguous f32 data of the CPU tensors `ts`.
 pub(crate) fn with_cpu<R>(
@@ -101,9 +123,60 @@ impl<'a> View<'a> {
     }
 }
 
+/// How a GEMM runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Gemm {
+    /// f32 on the calling thread (inside a rayon task).
+    Serial,
+    /// f32 over the rayon pool.
+    Parallel,
+    /// bf16 products with f32 accumulation over the rayon pool ([`bgemm`]).
+    Bf16,
+}
+
+thread_local! {
+    static BF16_MATMUL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the large matmuls of the fused ops built meanwhile on this thread (forward
+/// and backward) taking bf16 inputs with f32 accumulation, where the CPU has AVX512-BF16:
+/// `--dtype bf16` training on the CPU, f32 storage everywhere else.
+pub fn with_bf16_matmul<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    let _scope = Bf16Matmul::new(on);
+    f()
+}
+
+/// [`with_bf16_matmul`] as a guard: on until dropped.
+pub struct Bf16Matmul(bool);
+
+impl Bf16Matmul {
+    pub fn new(on: bool) -> Self {
+        Self(BF16_MATMUL.with(|c| c.replace(on)))
+    }
+}
+
+impl Drop for Bf16Matmul {
+    fn drop(&mut self) {
+        BF16_MATMUL.with(|c| c.set(self.0));
+    }
+}
+
+/// Whether [`with_bf16_matmul`] would take effect on this CPU.
+pub fn bf16_matmul_available() -> bool {
+    bgemm::available()
+}
+
+/// The mode of the large GEMMs of an op built now on this thread.
+pub(crate) fn gemm_mode() -> Gemm {
+    if BF16_MATMUL.with(|c| c.get()) && bgemm::available() {
+        Gemm::Bf16
+    } else {
+        Gemm::Parallel
+    }
+}
+
 /// `dst[m, n] = (accumulate ? dst : 0) + a[m, k] · b[k, n]`, dst contiguous with row stride
-/// `dst_rs`. `parallel` splits the work over the rayon pool (off inside a rayon task).
-#[allow(clippy::too_many_arguments)]
+/// `dst_rs`.
 pub(crate) fn sgemm(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
@@ -111,7 +184,7 @@ pub(crate) fn sgemm(
     accumulate: bool,
     a: View,
     b: View,
-    parallel: bool,
+    mode: Gemm,
 ) -> Result<()> {
     if m == 0 || n == 0 {
         return Ok(());
@@ -129,8 +202,12 @@ pub(crate) fn sgemm(
         }
         return Ok(());
     }
+    if mode == Gemm::Bf16 {
+        bgemm::gemm((m, n, k), dst, dst_rs, accumulate, a, b);
+        return Ok(());
+    }
     let threads = rayon::current_num_threads();
-    let par = if parallel && threads > 1 && m * n * k >= 64 * 64 * 64 {
+    let par = if mode == Gemm::Parallel && threads > 1 && m * n * k >= 64 * 64 * 64 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
@@ -168,6 +245,7 @@ pub(crate) fn sgemm(
 pub(crate) struct Weight {
     pub w: Tensor,
     pub sink: Option<grad::Sink>,
+    pub mode: Gemm,
 }
 
 impl Weight {
@@ -181,7 +259,11 @@ impl Weight {
         if sink.is_none() && w.track_op() {
             return None;
         }
-        Some(Self { w: w.clone(), sink })
+        Some(Self {
+            w: w.clone(),
+            sink,
+            mode: gemm_mode(),
+        })
     }
 
     /// `dW (+)= a^T [n, k] · b [k, m]` given `a` as `[k, n]` rows and `b` as `[k, m]` rows, when
@@ -189,15 +271,8 @@ impl Weight {
     pub fn add_grad(&self, a: &[f32], b: &[f32], (n, m, k): (usize, usize, usize)) -> Result<()> {
         match &self.sink {
             Some(s) => s.accumulate(|buf| {
-                sgemm(
-                    (n, m, k),
-                    buf,
-                    m,
-                    true,
-                    View::t(a, n),
-                    View::rows(b, m),
-                    true,
-                )
+                let (av, bv) = (View::t(a, n), View::rows(b, m));
+                sgemm((n, m, k), buf, m, true, av, bv, self.mode)
             }),
             None => Ok(()),
         }
@@ -205,26 +280,32 @@ impl Weight {
 }
 
 /// `y [rows, out] = x [rows, in] · w^T` for a contiguous `w [out, in]`, into a new vector.
-pub(crate) fn matmul_t(x: &[f32], w: &[f32], rows: usize, d_in: usize) -> Result<Vec<f32>> {
+pub(crate) fn matmul_t(
+    x: &[f32],
+    w: &[f32],
+    rows: usize,
+    d_in: usize,
+    mode: Gemm,
+) -> Result<Vec<f32>> {
     let d_out = w.len() / d_in.max(1);
     let mut y = vec![0f32; rows * d_out];
     let (xv, wv) = (View::rows(x, d_in), View::t(w, d_in));
-    sgemm((rows, d_out, d_in), &mut y, d_out, false, xv, wv, true)?;
+    sgemm((rows, d_out, d_in), &mut y, d_out, false, xv, wv, mode)?;
     Ok(y)
 }
 
-/// `dx [rows, in] (+)= dy [rows, out] · w [out, in]`.
+/// `dx [rows, in] (+)= dy [rows, out] · w [out, in]` (`acc`: add to dx).
 pub(crate) fn matmul_acc(
     dx: &mut [f32],
     dy: &[f32],
     w: &[f32],
-    d_in: usize,
-    acc: bool,
+    (d_in, acc): (usize, bool),
+    mode: Gemm,
 ) -> Result<()> {
     let d_out = w.len() / d_in.max(1);
     let rows = dy.len() / d_out.max(1);
     let (gv, wv) = (View::rows(dy, d_out), View::rows(w, d_in));
-    sgemm((rows, d_in, d_out), dx, d_in, acc, gv, wv, true)
+    sgemm((rows, d_in, d_out), dx, d_in, acc, gv, wv, mode)
 }
 
 /// A new contiguous f32 tensor of `shape` on `like`'s device from host data.
@@ -234,3 +315,37 @@ pub(crate) fn tensor(v: Vec<f32>, shape: &[usize], like: &Tensor) -> Result<Tens
 
 #[cfg(test)]
 mod tests;
+
+/// Seconds per `a [m, k] · b^T` (b stored `[n, k]`, as a layer's forward) for each of `runs`
+/// timed runs after one warm-up, in f32 or with bf16 inputs (`llmbs bench llm --workload
+/// gemm`).
+pub fn time_gemm((m, n, k): (usize, usize, usize), bf16: bool, runs: usize) -> Result<Vec<f64>> {
+    if bf16 && !bgemm::available() {
+        candle_core::bail!("this CPU has no AVX512-BF16")
+    }
+    let a: Vec<f32> = (0..m * k)
+        .map(|i| ((i * 7919) % 997) as f32 / 997.0 - 0.5)
+        .collect();
+    let b: Vec<f32> = (0..n * k)
+        .map(|i| ((i * 104729) % 991) as f32 / 991.0 - 0.5)
+        .collect();
+    let mode = if bf16 { Gemm::Bf16 } else { Gemm::Parallel };
+    let mut c = vec![0f32; m * n];
+    let mut out = Vec::with_capacity(runs);
+    for r in 0..=runs {
+        let t = std::time::Instant::now();
+        sgemm(
+            (m, n, k),
+            &mut c,
+            n,
+            false,
+            View::rows(&a, k),
+            View::t(&b, k),
+            mode,
+        )?;
+        if r > 0 {
+            out.push(t.elapsed().as_secs_f64());
+        }
+    }
+    Ok(out)
+}

@@ -37,6 +37,7 @@ impl CustomOp2 for RmsNorm {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _t = super::timing::scope("rms_norm fwd");
         let (x, w) = (slice(s1, l1, "rms_norm")?, slice(s2, l2, "rms_norm")?);
         let d = w.len();
         let mut y = vec![0f32; x.len()];
@@ -60,6 +61,7 @@ impl CustomOp2 for RmsNorm {
         _y: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let _t = super::timing::scope("rms_norm bwd");
         let g = g.contiguous()?;
         let d = w.elem_count();
         let want_w = self.sink.is_some() || w.track_op();

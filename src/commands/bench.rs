@@ -152,6 +152,7 @@ fn run_llm(a: LlmBenchArgs) -> anyhow::Result<()> {
     // --dtype bf16` there); candle's own CPU bf16 widens every matmul to f32.
     let cpu_bf16 = dev.is_cpu() && dtype == DType::BF16 && crate::llm::ops::bf16_matmul_available();
     let _bf16 = crate::llm::ops::Bf16Matmul::new(cpu_bf16);
+    crate::llm::ops::allow_tf32(&dev);
     let (dtype, matmul) = if cpu_bf16 {
         (DType::F32, "bf16")
     } else {
@@ -178,6 +179,7 @@ fn run_llm(a: LlmBenchArgs) -> anyhow::Result<()> {
         "device": device_name(&dev), "dtype": format!("{dtype:?}").to_lowercase(),
         "model": source, "threads": candle_core::utils::get_num_threads(),
         "matmul": matmul, "fused": crate::llm::kernels::fused_enabled(),
+        "tf32": candle_core::cuda::gemm_reduced_precision_f32(),
     });
     for w in a
         .workload

@@ -1,6 +1,7 @@
-//! Fused CPU kernels for the elementwise parts of the decoder, each with a backward pass so the
+//! Fused kernels for the elementwise parts of the decoder, each with a backward pass so the
 //! training path can use them too: on 2 cores candle's single-threaded elementwise ops cost as
-//! much as the matmuls. Other devices and dtypes take the composed candle ops.
+//! much as the matmuls. f32 on the CPU; f32 and bf16 on CUDA with the `cuda` feature
+//! (llm::ops::cuda); other devices and dtypes take the composed candle ops.
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
@@ -36,6 +37,24 @@ pub fn with_fused<R>(on: bool, f: impl FnOnce() -> R) -> R {
 
 pub(crate) fn use_fused(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32 && fused_enabled()
+}
+
+/// The CPU kernels or the CUDA ones.
+fn fused_any(t: &Tensor) -> bool {
+    use_fused(t) || crate::llm::ops::on_cuda(t)
+}
+
+/// Whether [`causal_softmax`] has a kernel for this device and dtype (the model then builds no
+/// additive mask).
+pub fn causal_softmax_supported(dev: &candle_core::Device, dtype: DType) -> bool {
+    if !fused_enabled() {
+        return false;
+    }
+    #[cfg(feature = "cuda")]
+    if crate::llm::ops::cuda::supports(dev, dtype) {
+        return true;
+    }
+    dev.is_cpu() && dtype == DType::F32
 }
 
 pub(crate) fn slice<'a>(s: &'a CpuStorage, l: &Layout, name: &str) -> Result<&'a [f32]> {
@@ -122,6 +141,17 @@ impl CustomOp2 for SiluMul {
         })
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::llm::ops::cuda::silu_mul_fwd((s1, l1), (s2, l2))
+    }
+
     fn bwd(
         &self,
         g: &Tensor,
@@ -131,6 +161,11 @@ impl CustomOp2 for SiluMul {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         if use_fused(grad) {
             let (dg, du) = silu_mul_bwd_cpu(g, u, &grad.contiguous()?)?;
+            return Ok((Some(dg), Some(du)));
+        }
+        #[cfg(feature = "cuda")]
+        if crate::llm::ops::on_cuda(grad) {
+            let (dg, du) = crate::llm::ops::cuda::silu_mul_bwd(g, u, &grad.contiguous()?)?;
             return Ok((Some(dg), Some(du)));
         }
         let sig = candle_nn::ops::sigmoid(g)?;
@@ -188,7 +223,7 @@ fn silu_mul_bwd_cpu(g: &Tensor, u: &Tensor, grad: &Tensor) -> Result<(Tensor, Te
 
 /// `silu(g) * u` (the SwiGLU gate).
 pub fn silu_mul(g: &Tensor, u: &Tensor) -> Result<Tensor> {
-    if use_fused(g) && g.shape() == u.shape() {
+    if fused_any(g) && g.shape() == u.shape() && g.dtype() == u.dtype() {
         g.contiguous()?.apply_op2(&u.contiguous()?, SiluMul)
     } else {
         candle_nn::ops::silu(g)? * u
@@ -257,6 +292,18 @@ impl CustomOp2 for CausalSoftmax {
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let p = (self.t, self.past, self.scale);
+        crate::llm::ops::cuda::causal_softmax_fwd((s1, l1), (s2, l2), p)
+    }
+
     fn bwd(
         &self,
         _: &Tensor,
@@ -264,6 +311,11 @@ impl CustomOp2 for CausalSoftmax {
         y: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        #[cfg(feature = "cuda")]
+        if crate::llm::ops::on_cuda(y) {
+            let dx = crate::llm::ops::cuda::softmax_bwd(y, &grad.contiguous()?, self.scale)?;
+            return Ok((Some(dx), None));
+        }
         let gy = (grad * y)?;
         let s = gy.sum_keepdim(D::Minus1)?;
         let dx = ((gy - y.broadcast_mul(&s)?)? * self.scale as f64)?;
@@ -280,7 +332,7 @@ pub fn causal_softmax(
     past: usize,
     valid: &Tensor,
 ) -> Result<Option<Tensor>> {
-    if !use_fused(att) {
+    if !fused_any(att) {
         return Ok(None);
     }
     let op = CausalSoftmax {

@@ -89,6 +89,9 @@ impl Rope {
         match mode {
             Mode::Infer => candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin),
             Mode::Train => {
+                if let Some(y) = ops::rope::rope(x, cos, sin)? {
+                    return Ok(y);
+                }
                 // rope_slow composed by hand so per-row positions ([b, t, hd/2]) work too.
                 let cos = Tensor::cat(&[cos, cos], D::Minus1)?;
                 let sin = Tensor::cat(&[sin, sin], D::Minus1)?;
@@ -198,7 +201,11 @@ impl Attention {
         let q = q.reshape((b, kv, n_rep * t, hd))?;
         let scale = 1.0 / (hd as f64).sqrt();
         let att = q.matmul(&k.t()?)?; // [b, kv, n_rep*t, kv_len]
-        let att = match kernels::causal_softmax(&att, scale, t, mask.past, &mask.valid)? {
+        let fused = match &mask.additive {
+            None => kernels::causal_softmax(&att, scale, t, mask.past, &mask.valid)?,
+            Some(_) => None,
+        };
+        let att = match fused {
             Some(p) => p,
             None => {
                 let att = (att * scale)?;
@@ -423,8 +430,11 @@ impl Llama {
             }
             (None, v) => v.map(|v| v.to_dtype(DType::U8)).transpose()?,
         };
-        let fused =
-            self.device().is_cpu() && self.dtype() == DType::F32 && kernels::fused_enabled();
+        // The fused masked softmax: always on the CPU, only for training on CUDA (inference
+        // there keeps candle's kernels).
+        let dev = self.device();
+        let fused = kernels::causal_softmax_supported(dev, self.dtype())
+            && (dev.is_cpu() || mode == Mode::Train);
         let mask = AttnMask {
             additive: if fused {
                 None
@@ -441,7 +451,7 @@ impl Llama {
             mode,
             adapter: self.adapter_enabled,
         };
-        let mut x = ops::embed::embedding(&self.embed_tokens, ids)?; // [b, t, d]
+        let mut x = ops::embed::embedding(&self.embed_tokens, ids, mode == Mode::Train)?; // [b, t, d]
         for (i, layer) in self.layers.iter().enumerate() {
             let h = layer.input_layernorm.forward(&x, mode)?;
             let c = cache.as_deref_mut().map(|c| (c, i));

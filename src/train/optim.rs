@@ -11,6 +11,9 @@ use candle_core::{DType, Device, Tensor, Var};
 
 use crate::llm::ops::{mutate_cpu, with_cpu, GradBuffers};
 
+mod flat;
+use flat::Flat;
+
 /// The per-parameter constants of one update.
 #[derive(Clone, Copy)]
 struct Hyper {
@@ -67,10 +70,34 @@ pub struct AdamW {
     v: Vec<Tensor>,
     /// Gradient buffers for the fused ops (made on first use, kept across steps).
     grads: Option<Arc<GradBuffers>>,
+    /// On CUDA: every moment as one flat tensor (`m[i]`, `v[i]` are views of it), for the
+    /// multi-tensor step.
+    flat: Option<Flat>,
 }
 
 impl AdamW {
     pub fn new(cfg: AdamWConfig, params: &Params) -> candle_core::Result<Self> {
+        if let Some(flat) = Flat::new(params)? {
+            let view = |all: &Tensor, i: usize| -> candle_core::Result<Tensor> {
+                let (a, b) = (flat.offsets[i] as usize, flat.offsets[i + 1] as usize);
+                all.narrow(0, a, b - a)?.reshape(params.vars[i].shape())
+            };
+            let n = params.vars.len();
+            let m = (0..n)
+                .map(|i| view(&flat.m, i))
+                .collect::<candle_core::Result<_>>()?;
+            let v = (0..n)
+                .map(|i| view(&flat.v, i))
+                .collect::<candle_core::Result<_>>()?;
+            return Ok(Self {
+                cfg,
+                t: 0,
+                m,
+                v,
+                grads: None,
+                flat: Some(flat),
+            });
+        }
         let zeros = |v: &Var| Tensor::zeros(v.shape(), DType::F32, v.device());
         Ok(Self {
             cfg,
@@ -86,6 +113,7 @@ impl AdamW {
                 .map(zeros)
                 .collect::<candle_core::Result<_>>()?,
             grads: None,
+            flat: None,
         })
     }
 
@@ -108,6 +136,9 @@ impl AdamW {
         grads: &[Option<Tensor>],
         lr: f64,
     ) -> candle_core::Result<()> {
+        if self.step_cuda(params, grads, lr, 0.0)?.is_some() {
+            return Ok(());
+        }
         self.step_scaled(params, grads, lr, 1.0)
     }
 
@@ -121,6 +152,9 @@ impl AdamW {
         lr: f64,
         max_norm: f64,
     ) -> candle_core::Result<f64> {
+        if let Some(norm) = self.step_cuda(params, grads, lr, max_norm)? {
+            return Ok(norm);
+        }
         let norm = grad_norm(grads)?;
         self.step_scaled(params, grads, lr, clip_scale(norm, max_norm))?;
         Ok(norm)
@@ -256,8 +290,19 @@ impl AdamW {
             Ok(t.to_dtype(DType::F32)?)
         };
         for (i, n) in params.names.iter().enumerate() {
-            self.m[i] = get(&format!("m.{n}"), &params.vars[i])?;
-            self.v[i] = get(&format!("v.{n}"), &params.vars[i])?;
+            let (m, v) = (
+                get(&format!("m.{n}"), &params.vars[i])?,
+                get(&format!("v.{n}"), &params.vars[i])?,
+            );
+            match &self.flat {
+                // The moments stay views of the flat tensors: copy into them.
+                Some(f) => {
+                    let at = f.offsets[i] as usize;
+                    f.m.slice_set(&m.flatten_all()?, 0, at)?;
+                    f.v.slice_set(&v.flatten_all()?, 0, at)?;
+                }
+                None => (self.m[i], self.v[i]) = (m, v),
+            }
         }
         let t = map
             .get("t")

@@ -87,6 +87,7 @@ impl Trainer {
             && crate::llm::ops::bf16_matmul_available()
             && crate::llm::kernels::fused_enabled();
         let _bf16 = crate::llm::ops::Bf16Matmul::new(cpu_bf16);
+        crate::llm::ops::allow_tf32(self.model.device());
         let low = match &self.mixed {
             Some(_) if cpu_bf16 => None,
             Some(mp) => {

@@ -155,3 +155,81 @@ pub fn head_ce_sum(h: &Tensor, w: &Tensor, targets: &[u32]) -> Result<Option<Ten
     };
     Ok(Some(h.contiguous()?.apply_op2(w, op)?))
 }
+
+/// Cross-entropy over logits already computed (the CUDA path, where the head is a cuBLAS
+/// GEMM): the forward keeps only each row's log-sum-exp, the backward writes the logits'
+/// gradient `g * (softmax - onehot)` in one kernel; no softmax tensor is ever stored.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+struct CeSum {
+    /// The targets on the logits' device (u32 [n]).
+    targets: Tensor,
+    /// Per-row log-sum-exp from the forward.
+    lse: Mutex<Option<Tensor>>,
+}
+
+impl candle_core::CustomOp1 for CeSum {
+    fn name(&self) -> &'static str {
+        "llmbs-ce"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("llmbs-ce runs on CUDA; the CPU fuses the head into head_ce_sum")
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (total, lse) = super::cuda::ce_fwd((s, l), &self.targets)?;
+        if let Ok(mut slot) = self.lse.lock() {
+            *slot = Some(lse);
+        }
+        Ok((total, Shape::from(())))
+    }
+
+    fn bwd(&self, logits: &Tensor, _loss: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        #[cfg(feature = "cuda")]
+        {
+            let kept = self.lse.lock().ok().and_then(|mut s| s.take());
+            let lse = match kept {
+                Some(l) => l,
+                None => {
+                    let (st, l) = logits.storage_and_layout();
+                    let candle_core::Storage::Cuda(cs) = &*st else {
+                        candle_core::bail!("llmbs-ce: expected CUDA logits")
+                    };
+                    super::cuda::ce_fwd((cs, l), &self.targets)?.1
+                }
+            };
+            let dl = super::cuda::ce_bwd(&logits.contiguous()?, &self.targets, &lse, g)?;
+            Ok(Some(dl))
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (logits, g);
+            candle_core::bail!("llmbs-ce: built without CUDA")
+        }
+    }
+}
+
+/// Summed cross-entropy of `targets` under `logits` [n, vocab] with the CUDA kernels; None
+/// where they do not apply (the caller composes log-softmax and gather).
+pub fn ce_sum(logits: &Tensor, targets: &[u32]) -> Result<Option<Tensor>> {
+    if !super::on_cuda(logits) || logits.rank() != 2 {
+        return Ok(None);
+    }
+    let (n, vocab) = logits.dims2()?;
+    if n != targets.len() {
+        candle_core::bail!("ce: {n} rows of logits, {} targets", targets.len())
+    }
+    if let Some(t) = targets.iter().find(|&&t| t as usize >= vocab) {
+        candle_core::bail!("ce: target {t} outside the vocabulary of {vocab}")
+    }
+    let op = CeSum {
+        targets: Tensor::from_slice(targets, n, logits.device())?,
+        lse: Mutex::new(None),
+    };
+    Ok(Some(logits.contiguous()?.apply_op1(op)?))
+}

@@ -59,10 +59,23 @@ impl CustomOp1 for Embedding {
         Ok((CpuStorage::F32(out), Shape::from((self.ids.len(), d))))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::embedding_fwd((s, l), &self.ids)
+    }
+
     fn bwd(&self, w: &Tensor, _y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
         let _t = super::timing::scope("embedding bwd");
         let g = g.contiguous()?;
         let d = w.dim(1)?;
+        #[cfg(feature = "cuda")]
+        if g.device().is_cuda() {
+            return Ok(Some(super::cuda::embedding_bwd(&g, &self.ids, w.dim(0)?)?));
+        }
         with_cpu(&[&g], "embedding bwd", |s| match &self.sink {
             Some(sink) => {
                 sink.accumulate(|buf| {
@@ -80,12 +93,15 @@ impl CustomOp1 for Embedding {
     }
 }
 
-/// Rows of `w` [vocab, d] for the token ids `ids` (u32, any shape) -> [ids..., d].
-pub fn embedding(w: &Tensor, ids: &Tensor) -> Result<Tensor> {
+/// Rows of `w` [vocab, d] for the token ids `ids` (u32, any shape) -> [ids..., d]. On CUDA
+/// only for training (`train`): the op reads the ids on the host, a device sync that a
+/// decoding step should not pay.
+pub fn embedding(w: &Tensor, ids: &Tensor, train: bool) -> Result<Tensor> {
     let mut dims = ids.dims().to_vec();
     dims.push(w.dim(1)?);
     let flat = ids.flatten_all()?;
-    if !(use_fused(w) && w.is_contiguous() && ids.dtype() == DType::U32) {
+    let on = use_fused(w) || (train && super::on_cuda(w));
+    if !(on && w.is_contiguous() && ids.dtype() == DType::U32 && !flat.dims().contains(&0)) {
         return w.index_select(&flat, 0)?.reshape(dims);
     }
     let ids = flat.to_vec1::<u32>()?;

@@ -11,11 +11,14 @@ pub mod attn;
 #[cfg(target_arch = "x86_64")]
 pub mod bgemm;
 pub mod ce;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod embed;
 pub mod grad;
 pub mod linear;
 pub mod mlp;
 pub mod norm;
+pub mod rope;
 pub mod timing;
 
 use candle_core::{CpuStorage, InplaceOp1, Layout, Result, Storage, Tensor};
@@ -38,6 +41,28 @@ pub mod bgemm {
         _: super::View,
     ) {
         unreachable!("bgemm::available() is false off x86-64")
+    }
+}
+
+/// Whether `t` goes through the CUDA kernels of the fused ops (`cuda` feature, f32 or bf16 on
+/// a CUDA device, fused ops switched on).
+pub fn on_cuda(t: &Tensor) -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        crate::llm::kernels::fused_enabled() && cuda::supports(t.device(), t.dtype())
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = t;
+        false
+    }
+}
+
+/// Lets cuBLAS run f32 matmuls with TF32 inputs on `dev` (training; `LLMBS_NO_TF32` keeps full
+/// f32). A process-wide cuBLAS setting; a no-op off CUDA.
+pub fn allow_tf32(dev: &candle_core::Device) {
+    if dev.is_cuda() && std::env::var_os("LLMBS_NO_TF32").is_none() {
+        candle_core::cuda::set_gemm_reduced_precision_f32(true);
     }
 }
 

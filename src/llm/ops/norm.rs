@@ -54,6 +54,17 @@ impl CustomOp2 for RmsNorm {
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::rms_norm_fwd((s1, l1), (s2, l2), self.eps)
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -63,6 +74,11 @@ impl CustomOp2 for RmsNorm {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let _t = super::timing::scope("rms_norm bwd");
         let g = g.contiguous()?;
+        #[cfg(feature = "cuda")]
+        if x.device().is_cuda() {
+            let (dx, dw) = super::cuda::rms_norm_bwd(x, w, &g, self.eps)?;
+            return Ok((Some(dx), w.track_op().then_some(dw)));
+        }
         let d = w.elem_count();
         let want_w = self.sink.is_some() || w.track_op();
         let (dx, dw) = with_cpu(&[x, w, &g], "rms_norm bwd", |s| {
@@ -118,7 +134,8 @@ impl CustomOp2 for RmsNorm {
 /// RMSNorm over the last dimension: x [..., d], w [d] -> [..., d]. Off the fused path this is
 /// candle's composed (differentiable) `rms_norm_slow`.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
-    if use_fused(x) && use_fused(w) && w.rank() == 1 && x.dims().last() == Some(&w.dim(0)?) {
+    let on = (use_fused(x) && use_fused(w)) || (super::on_cuda(x) && w.dtype() == x.dtype());
+    if on && w.rank() == 1 && x.dims().last() == Some(&w.dim(0)?) {
         x.contiguous()?.apply_op2(
             &w.contiguous()?,
             RmsNorm {

@@ -372,7 +372,7 @@ fn embedding_matches_index_select() {
             "embedding",
             &[&w],
             sinks,
-            || embedding(w.as_tensor(), &ids).unwrap(),
+            || embedding(w.as_tensor(), &ids, true).unwrap(),
             || {
                 w.as_tensor()
                     .index_select(&ids.flatten_all().unwrap(), 0)

@@ -136,9 +136,12 @@ impl CustomOp2 for SiluMul {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        zip_map(s1, l1, s2, l2, "silu_mul", |g, u| {
-            g / (1.0 + (-g).exp()) * u
-        })
+        let (g, u) = (slice(s1, l1, "silu_mul")?, slice(s2, l2, "silu_mul")?);
+        let mut out = vec![0f32; g.len()];
+        out.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
+            .for_each(|(o, (g, u))| crate::llm::ops::vmath::silu_mul(g, u, o));
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
     #[cfg(feature = "cuda")]
@@ -206,12 +209,9 @@ fn silu_mul_bwd_cpu(g: &Tensor, u: &Tensor, grad: &Tensor) -> Result<(Tensor, Te
             .enumerate()
             .for_each(|(c, (dg, du))| {
                 let o = c * CHUNK;
-                for j in 0..dg.len() {
-                    let (x, up, gr) = (g[o + j], u[o + j], d[o + j]);
-                    let sig = 1.0 / (1.0 + (-x).exp());
-                    dg[j] = gr * up * sig * (1.0 + x * (1.0 - sig));
-                    du[j] = gr * x * sig;
-                }
+                dg.copy_from_slice(&g[o..o + dg.len()]);
+                du.copy_from_slice(&u[o..o + du.len()]);
+                crate::llm::ops::vmath::silu_mul_bwd_inplace(dg, du, &d[o..o + dg.len()]);
             });
     }
     let both = Tensor::from_vec(out, 2 * n, g.device())?;

@@ -106,26 +106,23 @@ impl Attention {
             None => true,
         };
         for (i, row) in p.chunks_mut(t).enumerate() {
-            let mut m = f32::NEG_INFINITY;
-            for (j, &s) in row.iter().enumerate().take(i + 1) {
-                if visible(j) {
-                    m = m.max(s * self.scale);
-                }
-            }
-            let mut sum = 0f32;
-            for (j, s) in row.iter_mut().enumerate() {
-                *s = if j <= i && visible(j) && m > f32::NEG_INFINITY {
-                    let e = (*s * self.scale - m).exp();
-                    sum += e;
-                    e
+            let (seen, rest) = row.split_at_mut(i + 1);
+            rest.fill(0.0);
+            for (j, s) in seen.iter_mut().enumerate() {
+                *s = if visible(j) {
+                    *s * self.scale
                 } else {
-                    0.0
+                    f32::NEG_INFINITY
                 };
             }
-            if sum > 0.0 {
-                let inv = 1.0 / sum;
-                row.iter_mut().for_each(|s| *s *= inv);
+            let m = super::vmath::max(seen);
+            if m == f32::NEG_INFINITY {
+                seen.fill(0.0); // no visible key
+                continue;
             }
+            // exp(-inf - m) is 0: masked keys drop out.
+            let inv = 1.0 / super::vmath::exp_shift_sum(seen, m);
+            seen.iter_mut().for_each(|s| *s *= inv);
         }
         Ok(p)
     }

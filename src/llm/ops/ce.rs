@@ -1,9 +1,11 @@
 //! The LM head and its cross-entropy as one op: `sum_i lse(h_i W^T) - (h_i W^T)[target_i]`.
-//! The forward turns the logits into probabilities in place (one `[n, vocab]` buffer, kept for
-//! the backward); the backward subtracts the one-hot targets from them in place and runs the
-//! two GEMMs of the head, adding `dW` straight into the weight's gradient buffer. candle's
-//! composed `log_softmax` + `gather` keeps about ten vocabulary-wide temporaries per position
-//! and the head's matmul backward three weight-sized ones.
+//! The forward keeps `E = exp(logits - rowmax)` (one `[n, vocab]` buffer, no normalising
+//! pass) and each row's `1 / sum(E)`; the backward never forms the softmax either: with
+//! `D = diag(g / sum)`, `dlogits = D E - g onehot`, so `dh = D (E W) - g W[target]` and
+//! `dW += E^T (D h) - g onehot^T h`: two GEMMs over E and row-sized corrections, the weight
+//! gradient added straight into its buffer. candle's composed `log_softmax` + `gather` keeps
+//! about ten vocabulary-wide temporaries per position and the head's matmul backward three
+//! weight-sized ones.
 
 use std::sync::Mutex;
 
@@ -18,42 +20,37 @@ struct HeadCe {
     targets: Vec<u32>,
     sink: Option<Sink>,
     mode: Gemm,
-    /// softmax(h W^T) `[n, vocab]` from the forward, taken by the backward.
-    probs: Mutex<Option<Vec<f32>>>,
+    /// (E, 1 / row sums) from the forward, taken by the backward.
+    saved: Mutex<Option<(Vec<f32>, Vec<f32>)>>,
 }
 
 impl HeadCe {
-    /// Softmax rows of `h W^T` in place and the summed loss.
-    fn probs(&self, h: &[f32], w: &[f32], d: usize) -> Result<(Vec<f32>, f64)> {
+    /// E = exp(h W^T - rowmax), 1 / rowsum(E), and the summed loss.
+    fn exps(&self, h: &[f32], w: &[f32], d: usize) -> Result<(Vec<f32>, Vec<f32>, f64)> {
         let n = self.targets.len();
         let vocab = w.len() / d;
-        let mut p = vec![0f32; n * vocab];
+        let mut e = vec![0f32; n * vocab];
         sgemm(
             (n, vocab, d),
-            &mut p,
+            &mut e,
             vocab,
             false,
             View::rows(h, d),
             View::t(w, d),
             self.mode,
         )?;
-        let loss: f64 = p
+        let rows: Vec<(f32, f64)> = e
             .par_chunks_mut(vocab)
             .zip(self.targets.par_iter())
             .map(|(row, &tgt)| {
-                let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let m = super::vmath::max(row);
                 let target = row[tgt as usize];
-                let mut sum = 0f32;
-                for x in row.iter_mut() {
-                    *x = (*x - m).exp();
-                    sum += *x;
-                }
-                let inv = 1.0 / sum;
-                row.iter_mut().for_each(|x| *x *= inv);
-                (m + sum.ln() - target) as f64
+                let sum = super::vmath::exp_shift_sum(row, m);
+                (1.0 / sum, (m + sum.ln() - target) as f64)
             })
-            .sum();
-        Ok((p, loss))
+            .collect();
+        let loss = rows.iter().map(|r| r.1).sum();
+        Ok((e, rows.into_iter().map(|r| r.0).collect(), loss))
     }
 }
 
@@ -72,9 +69,9 @@ impl CustomOp2 for HeadCe {
         let _t = super::timing::scope("head ce fwd");
         let (h, w) = (slice(s1, l1, "head_ce")?, slice(s2, l2, "head_ce")?);
         let d = l1.shape().dims2()?.1;
-        let (p, loss) = self.probs(h, w, d)?;
-        if let Ok(mut slot) = self.probs.lock() {
-            *slot = Some(p);
+        let (e, inv, loss) = self.exps(h, w, d)?;
+        if let Ok(mut slot) = self.saved.lock() {
+            *slot = Some((e, inv));
         }
         Ok((CpuStorage::F32(vec![loss as f32]), Shape::from(())))
     }
@@ -90,35 +87,53 @@ impl CustomOp2 for HeadCe {
         let scale = g.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
         let (n, d) = h.dims2()?;
         let vocab = w.dim(0)?;
-        let kept = self.probs.lock().ok().and_then(|mut s| s.take());
+        let kept = self.saved.lock().ok().and_then(|mut s| s.take());
         with_cpu(&[h, w], "head_ce bwd", |s| {
             let (hs, ws) = (s[0], s[1]);
-            let mut p = match kept {
-                Some(p) => p,
-                None => self.probs(hs, ws, d)?.0,
+            let (e, inv) = match kept {
+                Some(k) => k,
+                None => {
+                    let (e, inv, _) = self.exps(hs, ws, d)?;
+                    (e, inv)
+                }
             };
-            // dlogits = scale * (softmax - onehot(target))
-            p.par_chunks_mut(vocab)
-                .zip(self.targets.par_iter())
-                .for_each(|(row, &tgt)| {
-                    row[tgt as usize] -= 1.0;
-                    row.iter_mut().for_each(|x| *x *= scale);
-                });
+            let tgt = |r: usize| self.targets[r] as usize;
+            // dh = D (E W) - g W[target]
             let mut dh = vec![0f32; n * d];
-            let (pv, wv) = (View::rows(&p, vocab), View::rows(ws, d));
-            sgemm((n, d, vocab), &mut dh, d, false, pv, wv, self.mode)?;
+            let (ev, wv) = (View::rows(&e, vocab), View::rows(ws, d));
+            sgemm((n, d, vocab), &mut dh, d, false, ev, wv, self.mode)?;
+            dh.par_chunks_mut(d).enumerate().for_each(|(r, row)| {
+                let (k, wt) = (scale * inv[r], &ws[tgt(r) * d..][..d]);
+                row.iter_mut()
+                    .zip(wt)
+                    .for_each(|(x, w)| *x = *x * k - scale * w);
+            });
             let dh = tensor(dh, &[n, d], h)?;
-            // dW [vocab, d] = dlogits^T [vocab, n] · h [n, d]
-            let (pt, hv) = (View::t(&p, vocab), View::rows(hs, d));
-            let dims = (vocab, d, n);
+            // dW [vocab, d] += E^T (D h) - g onehot^T h
+            let mut dhs = hs.to_vec();
+            dhs.par_chunks_mut(d).enumerate().for_each(|(r, row)| {
+                let k = scale * inv[r];
+                row.iter_mut().for_each(|x| *x *= k);
+            });
+            let add = |buf: &mut [f32], acc: bool| -> Result<()> {
+                let (et, hv) = (View::t(&e, vocab), View::rows(&dhs, d));
+                sgemm((vocab, d, n), buf, d, acc, et, hv, self.mode)?;
+                for r in 0..n {
+                    let row = &mut buf[tgt(r) * d..][..d];
+                    row.iter_mut()
+                        .zip(&hs[r * d..][..d])
+                        .for_each(|(b, x)| *b -= scale * x);
+                }
+                Ok(())
+            };
             let dw = match &self.sink {
                 Some(sink) => {
-                    sink.accumulate(|buf| sgemm(dims, buf, d, true, pt, hv, self.mode))?;
+                    sink.accumulate(|buf| add(buf, true))?;
                     None
                 }
                 None if w.track_op() => {
                     let mut dw = vec![0f32; vocab * d];
-                    sgemm(dims, &mut dw, d, false, pt, hv, self.mode)?;
+                    add(&mut dw, false)?;
                     Some(tensor(dw, &[vocab, d], w)?)
                 }
                 None => None,
@@ -151,7 +166,7 @@ pub fn head_ce_sum(h: &Tensor, w: &Tensor, targets: &[u32]) -> Result<Option<Ten
         targets: targets.to_vec(),
         sink: sink_for(w),
         mode: gemm_mode(),
-        probs: Mutex::new(None),
+        saved: Mutex::new(None),
     };
     Ok(Some(h.contiguous()?.apply_op2(w, op)?))
 }

@@ -28,11 +28,7 @@ fn silu_mul(g: &[f32], u: &[f32]) -> Vec<f32> {
     let mut a = vec![0f32; g.len()];
     a.par_chunks_mut(CHUNK)
         .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
-        .for_each(|(a, (g, u))| {
-            for j in 0..a.len() {
-                a[j] = g[j] / (1.0 + (-g[j]).exp()) * u[j];
-            }
-        });
+        .for_each(|(a, (g, u))| super::vmath::silu_mul(g, u, a));
     a
 }
 
@@ -90,14 +86,7 @@ impl CustomOp1 for Mlp {
             matmul_acc(&mut a, dy, wd, (inter, false), self.down.mode)?;
             g.par_chunks_mut(CHUNK)
                 .zip(u.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK)))
-                .for_each(|(g, (u, da))| {
-                    for j in 0..g.len() {
-                        let (x, up) = (g[j], u[j]);
-                        let sig = 1.0 / (1.0 + (-x).exp());
-                        g[j] = da[j] * up * sig * (1.0 + x * (1.0 - sig));
-                        u[j] = da[j] * x * sig;
-                    }
-                });
+                .for_each(|(g, (u, da))| super::vmath::silu_mul_bwd_inplace(g, u, da));
             self.gate.add_grad(&g, x, (inter, d, rows))?;
             self.up.add_grad(&u, x, (inter, d, rows))?;
             let mut dx = vec![0f32; x.len()];

@@ -20,6 +20,7 @@ pub mod mlp;
 pub mod norm;
 pub mod rope;
 pub mod timing;
+pub mod vmath;
 
 use candle_core::{CpuStorage, InplaceOp1, Layout, Result, Storage, Tensor};
 

@@ -2,7 +2,10 @@
 //! gives every position's hidden state, logits only where asked, a batched KV cache and
 //! LoRA hooks (DESIGN "Backbone"; paper Eq. 2 uses its hidden states, 3.4 trains it).
 
+mod attention;
 mod weights;
+
+use attention::Attention;
 
 use candle_core::{DType, Device, Result, Tensor, D};
 use candle_nn::VarBuilder;
@@ -123,115 +126,6 @@ pub enum Positions {
 }
 
 #[derive(Debug, Clone)]
-struct Attention {
-    q_proj: Proj,
-    k_proj: Proj,
-    v_proj: Proj,
-    o_proj: Proj,
-    n_heads: usize,
-    n_kv: usize,
-    head_dim: usize,
-}
-
-impl Attention {
-    fn new(cfg: &LlamaConfig, vb: VarBuilder) -> Result<Self> {
-        let d = cfg.hidden_size;
-        let hd = cfg.head_dim();
-        let (h, kv) = (cfg.num_attention_heads, cfg.num_kv_heads());
-        Ok(Self {
-            q_proj: Proj::new(d, h * hd, vb.pp("q_proj"))?,
-            k_proj: Proj::new(d, kv * hd, vb.pp("k_proj"))?,
-            v_proj: Proj::new(d, kv * hd, vb.pp("v_proj"))?,
-            o_proj: Proj::new(h * hd, d, vb.pp("o_proj"))?,
-            n_heads: h,
-            n_kv: kv,
-            head_dim: hd,
-        })
-    }
-
-    /// x: [b, t, d]; mask: additive `[b|1, 1, t, kv]`; returns [b, t, d].
-    #[allow(clippy::too_many_arguments)]
-    fn forward(
-        &self,
-        x: &Tensor,
-        rope: &Rope,
-        cs: &(Tensor, Tensor),
-        mask: &AttnMask,
-        cache: Option<(&mut KvCache, usize)>,
-        st: &State,
-    ) -> Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
-        let (h, kv, hd) = (self.n_heads, self.n_kv, self.head_dim);
-        let shape = ops::attn::AttnShape {
-            n_heads: h,
-            n_kv: kv,
-            head_dim: hd,
-        };
-        let projs = [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj];
-        let plain = !(st.adapter && projs.iter().any(|p| p.has_lora()));
-        let no_cache = cache.is_none() && mask.past == 0;
-        let csr = (&cs.0, &cs.1);
-        if no_cache && plain {
-            let w = projs.map(|p| p.weight());
-            if let Some(y) = ops::attn::attention_block(x, w, csr, Some(&mask.valid), shape)? {
-                return Ok(y);
-            }
-        }
-        let q = self.q_proj.forward_with(x, st.adapter, st.train())?;
-        let k = self.k_proj.forward_with(x, st.adapter, st.train())?;
-        let v = self.v_proj.forward_with(x, st.adapter, st.train())?;
-        if no_cache {
-            if let Some(y) = ops::attn::attention(&q, &k, &v, csr, Some(&mask.valid), shape)? {
-                return self.o_proj.forward_with(&y, st.adapter, st.train());
-            }
-        }
-        let q = q.reshape((b, t, h, hd))?.transpose(1, 2)?.contiguous()?;
-        let k = k.reshape((b, t, kv, hd))?.transpose(1, 2)?.contiguous()?;
-        let v = v.reshape((b, t, kv, hd))?.transpose(1, 2)?.contiguous()?;
-        let q = rope.apply(&q, &cs.0, &cs.1, st.mode)?;
-        let k = rope.apply(&k, &cs.0, &cs.1, st.mode)?;
-        let (k, v) = match cache {
-            Some((c, layer)) => c.append(layer, &k, &v)?,
-            None => (k, v),
-        };
-        let kv_len = k.dim(2)?;
-        // GQA without copying K/V: the n_rep query heads of one KV head are adjacent, so fold
-        // them into the row dimension of one matmul per KV head.
-        let n_rep = h / kv;
-        let q = q.reshape((b, kv, n_rep * t, hd))?;
-        let scale = 1.0 / (hd as f64).sqrt();
-        let att = q.matmul(&k.t()?)?; // [b, kv, n_rep*t, kv_len]
-        let fused = match &mask.additive {
-            None => kernels::causal_softmax(&att, scale, t, mask.past, &mask.valid)?,
-            Some(_) => None,
-        };
-        let att = match fused {
-            Some(p) => p,
-            None => {
-                let att = (att * scale)?;
-                let att = match &mask.additive {
-                    Some(m) => att
-                        .reshape((b, kv, n_rep, t, kv_len))?
-                        .broadcast_add(&m.unsqueeze(1)?)?
-                        .reshape((b, kv, n_rep * t, kv_len))?,
-                    None => att,
-                };
-                match st.mode {
-                    Mode::Infer => candle_nn::ops::softmax_last_dim(&att)?,
-                    Mode::Train => candle_nn::ops::softmax(&att, D::Minus1)?,
-                }
-            }
-        };
-        let y = att.matmul(&v)?; // [b, kv, n_rep*t, hd]
-        let y = y
-            .reshape((b, h, t, hd))?
-            .transpose(1, 2)?
-            .reshape((b, t, h * hd))?;
-        self.o_proj.forward_with(&y, st.adapter, st.train())
-    }
-}
-
-#[derive(Debug, Clone)]
 struct Mlp {
     gate_proj: Proj,
     up_proj: Proj,
@@ -269,6 +163,44 @@ struct Block {
     self_attn: Attention,
     post_attention_layernorm: RmsNorm,
     mlp: Mlp,
+}
+
+impl Block {
+    /// One decoder layer, x [b, t, d] -> [b, t, d]. Each half (norm, sub-layer, residual) is
+    /// a single fused op where one applies (llm::ops), else composed.
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        cs: &(Tensor, Tensor),
+        mask: &AttnMask,
+        cache: Option<(&mut KvCache, usize)>,
+        st: &State,
+    ) -> Result<Tensor> {
+        let (ln1, ln2) = (&self.input_layernorm, &self.post_attention_layernorm);
+        let fused = match cache.is_none() && mask.past == 0 {
+            true => self.self_attn.sublayer(x, ln1, cs, mask, st)?,
+            false => None,
+        };
+        let x = match fused {
+            Some(x) => x,
+            None => {
+                let h = ln1.forward(x, st.mode)?;
+                let h = self.self_attn.forward(&h, rope, cs, mask, cache, st)?;
+                kernels::add(x, &h)?
+            }
+        };
+        let projs = [&self.mlp.gate_proj, &self.mlp.up_proj, &self.mlp.down_proj];
+        if !(st.adapter && projs.iter().any(|p| p.has_lora())) {
+            let w = projs.map(|p| p.weight());
+            if let Some(y) = ops::mlp::mlp_sublayer(&x, (&ln2.weight, ln2.eps), w)? {
+                return Ok(y);
+            }
+        }
+        let h = ln2.forward(&x, st.mode)?;
+        let h = self.mlp.forward(&h, st)?;
+        kernels::add(&x, &h)
+    }
 }
 
 struct State {
@@ -453,15 +385,8 @@ impl Llama {
         };
         let mut x = ops::embed::embedding(&self.embed_tokens, ids, mode == Mode::Train)?; // [b, t, d]
         for (i, layer) in self.layers.iter().enumerate() {
-            let h = layer.input_layernorm.forward(&x, mode)?;
             let c = cache.as_deref_mut().map(|c| (c, i));
-            let h = layer
-                .self_attn
-                .forward(&h, &self.rope, &cs, &mask, c, &st)?;
-            x = kernels::add(&x, &h)?;
-            let h = layer.post_attention_layernorm.forward(&x, mode)?;
-            let h = layer.mlp.forward(&h, &st)?;
-            x = kernels::add(&x, &h)?;
+            x = layer.forward(&x, &self.rope, &cs, &mask, c, &st)?;
         }
         self.norm.forward(&x, mode)
     }

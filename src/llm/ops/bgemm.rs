@@ -5,7 +5,7 @@
 //! extra pass.
 //!
 //! Layout (BLIS-style): B is packed per `KC x NC` block into panels of `NR` columns whose
-//! k-pairs are adjacent (`[k / 2][NR]` u32 pairs), A per `MC x KC` block into panels of `MR`
+//! k-pairs are adjacent (`[k / 2][NR]` u32 pairs), A per row block into panels of `MR`
 //! rows (`[k / 2][MR]` u32 pairs); the micro-kernel keeps an `MR x NR` tile of C in 24 zmm
 //! registers and broadcasts one pair of A per row. Row blocks of C run in parallel.
 
@@ -23,8 +23,8 @@ const MR: usize = 12;
 const NR: usize = 32;
 /// k per block (even): the B micro-panel, KC / 2 * NR * 4 bytes = 16 KiB, stays in L1.
 const KC: usize = 256;
-/// Rows per A block (a multiple of MR): 96 * KC / 2 * 4 bytes = 48 KiB, in L2.
-const MC: usize = 96;
+/// At most this many MR-row panels per A block: 480 rows * KC / 2 * 4 bytes = 240 KiB, in L2.
+const MAX_PANELS: usize = 40;
 /// Columns per B block (a multiple of NR): KC / 2 * NC * 4 bytes = 2 MiB.
 const NC: usize = 4096;
 
@@ -54,6 +54,12 @@ pub(crate) fn gemm(
     a: View,
     b: View,
 ) {
+    // Row blocks: as few as fit L2, their count a multiple of the threads so none idles (96-row
+    // blocks left one of two threads idle for a twelfth of every 1024-row GEMM).
+    let threads = rayon::current_num_threads().max(1);
+    let panels = m.div_ceil(MR);
+    let blocks = panels.div_ceil(threads * MAX_PANELS).max(1) * threads;
+    let mc_max = panels.div_ceil(blocks).max(1) * MR;
     let kc_max = KC.min(k.next_multiple_of(2));
     let mut bpack = scratch(&BPACK, kc_max / 2 * NC.min(n.next_multiple_of(NR)));
     for jc in (0..n).step_by(NC) {
@@ -70,12 +76,12 @@ pub(crate) fn gemm(
             });
             let overwrite = pc == 0 && !accumulate;
             let bp = &*bp;
-            dst.par_chunks_mut(MC * dst_rs)
-                .take(m.div_ceil(MC))
+            dst.par_chunks_mut(mc_max * dst_rs)
+                .take(m.div_ceil(mc_max))
                 .enumerate()
                 .for_each(|(blk, c)| {
-                    let i0 = blk * MC;
-                    let mc = MC.min(m - i0);
+                    let i0 = blk * mc_max;
+                    let mc = mc_max.min(m - i0);
                     let mut apack = scratch(&APACK, mc.div_ceil(MR) * kp * MR);
                     // SAFETY: as above; C writes stay inside this block's rows of `dst`.
                     unsafe {

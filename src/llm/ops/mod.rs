@@ -18,6 +18,7 @@ pub mod grad;
 pub mod linear;
 pub mod mlp;
 pub mod norm;
+mod residual;
 pub mod rope;
 pub mod timing;
 pub mod vmath;

@@ -25,6 +25,64 @@ fn inv_rms(x: &[f32], eps: f32) -> f32 {
     1.0 / (ss / x.len() as f32 + eps).sqrt()
 }
 
+/// `x / rms(x) * w` for each row of width `w.len()`.
+pub(crate) fn rows_fwd(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+    let d = w.len();
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(d * ROWS)
+        .zip(x.par_chunks(d * ROWS))
+        .for_each(|(y, x)| {
+            for (y, x) in y.chunks_mut(d).zip(x.chunks(d)) {
+                let r = inv_rms(x, eps);
+                for j in 0..d {
+                    y[j] = x[j] * r * w[j];
+                }
+            }
+        });
+    y
+}
+
+/// (dx, dw) of [`rows_fwd`] given the output gradient `g`; dw is empty unless `want_w`.
+pub(crate) fn rows_bwd(
+    x: &[f32],
+    w: &[f32],
+    g: &[f32],
+    eps: f32,
+    want_w: bool,
+) -> (Vec<f32>, Vec<f32>) {
+    let d = w.len();
+    let mut dx = vec![0f32; x.len()];
+    let width = if want_w { d } else { 0 };
+    let dw = dx
+        .par_chunks_mut(d * ROWS)
+        .zip(x.par_chunks(d * ROWS).zip(g.par_chunks(d * ROWS)))
+        .fold(
+            || vec![0f32; width],
+            |mut dw, (dx, (x, g))| {
+                for ((dx, x), g) in dx.chunks_mut(d).zip(x.chunks(d)).zip(g.chunks(d)) {
+                    let r = inv_rms(x, eps);
+                    let dot: f32 = (0..d).map(|j| g[j] * w[j] * x[j]).sum();
+                    let c = r * r * r * dot / d as f32;
+                    for j in 0..d {
+                        dx[j] = r * g[j] * w[j] - x[j] * c;
+                    }
+                    for j in 0..width {
+                        dw[j] += g[j] * x[j] * r;
+                    }
+                }
+                dw
+            },
+        )
+        .reduce(
+            || vec![0f32; width],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                a
+            },
+        );
+    (dx, dw)
+}
+
 impl CustomOp2 for RmsNorm {
     fn name(&self) -> &'static str {
         "llmbs-rms-norm"
@@ -39,19 +97,10 @@ impl CustomOp2 for RmsNorm {
     ) -> Result<(CpuStorage, Shape)> {
         let _t = super::timing::scope("rms_norm fwd");
         let (x, w) = (slice(s1, l1, "rms_norm")?, slice(s2, l2, "rms_norm")?);
-        let d = w.len();
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(d * ROWS)
-            .zip(x.par_chunks(d * ROWS))
-            .for_each(|(y, x)| {
-                for (y, x) in y.chunks_mut(d).zip(x.chunks(d)) {
-                    let r = inv_rms(x, self.eps);
-                    for j in 0..d {
-                        y[j] = x[j] * r * w[j];
-                    }
-                }
-            });
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        Ok((
+            CpuStorage::F32(rows_fwd(x, w, self.eps)),
+            l1.shape().clone(),
+        ))
     }
 
     #[cfg(feature = "cuda")]
@@ -79,41 +128,9 @@ impl CustomOp2 for RmsNorm {
             let (dx, dw) = super::cuda::rms_norm_bwd(x, w, &g, self.eps)?;
             return Ok((Some(dx), w.track_op().then_some(dw)));
         }
-        let d = w.elem_count();
         let want_w = self.sink.is_some() || w.track_op();
         let (dx, dw) = with_cpu(&[x, w, &g], "rms_norm bwd", |s| {
-            let (xs, ws, gs) = (s[0], s[1], s[2]);
-            let mut dx = vec![0f32; xs.len()];
-            let dw = dx
-                .par_chunks_mut(d * ROWS)
-                .zip(xs.par_chunks(d * ROWS).zip(gs.par_chunks(d * ROWS)))
-                .fold(
-                    || vec![0f32; if want_w { d } else { 0 }],
-                    |mut dw, (dx, (x, g))| {
-                        for ((dx, x), g) in dx.chunks_mut(d).zip(x.chunks(d)).zip(g.chunks(d)) {
-                            let r = inv_rms(x, self.eps);
-                            let dot: f32 = (0..d).map(|j| g[j] * ws[j] * x[j]).sum();
-                            let c = r * r * r * dot / d as f32;
-                            for j in 0..d {
-                                dx[j] = r * g[j] * ws[j] - x[j] * c;
-                            }
-                            if want_w {
-                                for j in 0..d {
-                                    dw[j] += g[j] * x[j] * r;
-                                }
-                            }
-                        }
-                        dw
-                    },
-                )
-                .reduce(
-                    || vec![0f32; if want_w { d } else { 0 }],
-                    |mut a, b| {
-                        a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                        a
-                    },
-                );
-            Ok((dx, dw))
+            Ok(rows_bwd(s[0], s[1], s[2], self.eps, want_w))
         })?;
         let dx = tensor(dx, x.dims(), x)?;
         let dw = match &self.sink {

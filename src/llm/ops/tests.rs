@@ -496,3 +496,60 @@ fn attention_block_matches_projections_and_attention() {
         },
     );
 }
+
+#[test]
+fn sublayers_add_the_residual_around_the_normed_block() {
+    let (b, t, d, h, kv, hd, inter) = (2usize, 5usize, 12usize, 4usize, 2usize, 4usize, 20usize);
+    let x = var(&[b, t, d], 110);
+    let n1 = var(&[d], 111);
+    let n2 = var(&[d], 112);
+    let wq = var(&[h * hd, d], 113);
+    let wk = var(&[kv * hd, d], 114);
+    let wv = var(&[kv * hd, d], 115);
+    let wo = var(&[d, h * hd], 116);
+    let (wg, wu, wd) = (
+        var(&[inter, d], 117),
+        var(&[inter, d], 118),
+        var(&[d, inter], 119),
+    );
+    let (cos, sin) = rope_tables(t, hd / 2, None);
+    let valid = vec![vec![1u8; t], vec![1, 1, 1, 0, 0]];
+    let valid_t = Tensor::new(valid.clone(), &Device::Cpu).unwrap();
+    let s = AttnShape {
+        n_heads: h,
+        n_kv: kv,
+        head_dim: hd,
+    };
+    let mm = |a: &Tensor, w: &Tensor| a.broadcast_matmul(&w.t().unwrap()).unwrap();
+    let all = [&x, &n1, &n2, &wq, &wk, &wv, &wo, &wg, &wu, &wd];
+    check(
+        "attention + mlp sublayers",
+        &all,
+        true,
+        || {
+            let w = [
+                wq.as_tensor(),
+                wk.as_tensor(),
+                wv.as_tensor(),
+                wo.as_tensor(),
+            ];
+            let cs = (&cos, &sin);
+            let y = super::attn::attention_sublayer(&x, (&n1, 1e-5), w, cs, Some(&valid_t), s)
+                .unwrap()
+                .unwrap();
+            let w = [wg.as_tensor(), wu.as_tensor(), wd.as_tensor()];
+            super::mlp::mlp_sublayer(&y, (&n2, 1e-5), w)
+                .unwrap()
+                .unwrap()
+        },
+        || {
+            let hn = candle_nn::ops::rms_norm_slow(&x, &n1, 1e-5).unwrap();
+            let (q, k, v) = (mm(&hn, &wq), mm(&hn, &wk), mm(&hn, &wv));
+            let a = mm(&attention_composed(&q, &k, &v, &cos, &sin, &valid, s), &wo);
+            let y = (x.as_tensor() + a).unwrap();
+            let hn = candle_nn::ops::rms_norm_slow(&y, &n2, 1e-5).unwrap();
+            let m = (candle_nn::ops::silu(&mm(&hn, &wg)).unwrap() * mm(&hn, &wu)).unwrap();
+            (y + mm(&m, &wd)).unwrap()
+        },
+    );
+}

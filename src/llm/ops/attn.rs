@@ -323,8 +323,11 @@ struct AttnBlock {
     pre: Option<PreNorm>,
     /// From the forward for the backward: the norm output h (with `pre`), q, k, v and the
     /// attention output.
-    saved: Mutex<Option<(Vec<f32>, [Vec<f32>; 4])>>,
+    saved: Mutex<Option<Saved>>,
 }
+
+/// The norm output h (empty without a pre-norm) and [q, k, v, attention output].
+type Saved = (Vec<f32>, [Vec<f32>; 4]);
 
 impl AttnBlock {
     fn qkv(&self, x: &[f32], w: &[&[f32]], d: usize) -> Result<[Vec<f32>; 3]> {

@@ -27,8 +27,13 @@ pub struct AttnShape {
     pub head_dim: usize,
 }
 
+/// Rows per causal block of the per-head GEMMs.
+const CAUSAL_BLOCK: usize = 32;
+
 struct Attention {
     s: AttnShape,
+    /// The per-head GEMMs (on the calling thread: heads run in parallel).
+    mode: Gemm,
     b: usize,
     t: usize,
     scale: f32,
@@ -95,12 +100,75 @@ impl Attention {
         out
     }
 
+    /// Row blocks `[r0, r1)` of the causal square: block products only reach column r1 (the
+    /// rest of a row is masked), so the per-head GEMMs do a little over half the work.
+    fn blocks(&self) -> impl Iterator<Item = (usize, usize)> {
+        let t = self.t;
+        (0..t)
+            .step_by(CAUSAL_BLOCK)
+            .map(move |r0| (r0, (r0 + CAUSAL_BLOCK).min(t)))
+    }
+
+    /// `out[r0..r1] (+)= a[r0..r1, ..r1] · b[..r1]` over the causal row blocks: a is `[t, t]`
+    /// (lower-triangular), b and out `[t, hd]`.
+    fn rows_times(&self, a: &[f32], b: &[f32], out: &mut [f32], acc: bool) -> Result<()> {
+        let (t, hd) = (self.t, self.s.head_dim);
+        for (r0, r1) in self.blocks() {
+            let av = View::rows(&a[r0 * t..], t);
+            let dst = &mut out[r0 * hd..];
+            sgemm(
+                (r1 - r0, hd, r1),
+                dst,
+                hd,
+                acc,
+                av,
+                View::rows(b, hd),
+                self.mode,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// `out[c0..c1] (+)= a[c0.., c0..c1]^T · b[c0..]` over the causal column blocks (the
+    /// transpose of a lower-triangular `[t, t]` a times `[t, hd]` b).
+    fn cols_times(&self, a: &[f32], b: &[f32], out: &mut [f32], acc: bool) -> Result<()> {
+        let (t, hd) = (self.t, self.s.head_dim);
+        for (c0, c1) in self.blocks() {
+            let at = View {
+                data: &a[c0 * t + c0..],
+                rs: 1,
+                cs: t,
+            };
+            let (bv, dst) = (View::rows(&b[c0 * hd..], hd), &mut out[c0 * hd..]);
+            sgemm((c1 - c0, hd, t - c0), dst, hd, acc, at, bv, self.mode)?;
+        }
+        Ok(())
+    }
+
+    /// `out[r0..r1, ..r1] = a[r0..r1] · b[..r1]^T` over the causal row blocks: a and b `[t, hd]`,
+    /// out `[t, t]` (zero above the blocks).
+    fn rows_times_t(&self, a: &[f32], b: &[f32]) -> Result<Vec<f32>> {
+        let (t, hd) = (self.t, self.s.head_dim);
+        let mut out = vec![0f32; t * t];
+        for (r0, r1) in self.blocks() {
+            let (av, bt) = (View::rows(&a[r0 * hd..], hd), View::t(b, hd));
+            sgemm(
+                (r1 - r0, r1, hd),
+                &mut out[r0 * t..],
+                t,
+                false,
+                av,
+                bt,
+                self.mode,
+            )?;
+        }
+        Ok(out)
+    }
+
     /// P = masked softmax(scale * Q K^T), `[t, t]`.
     fn probs(&self, q: &[f32], k: &[f32], bi: usize) -> Result<Vec<f32>> {
-        let (t, hd) = (self.t, self.s.head_dim);
-        let mut p = vec![0f32; t * t];
-        let (qv, kt) = (View::rows(q, hd), View::t(k, hd));
-        sgemm((t, t, hd), &mut p, t, false, qv, kt, Gemm::Serial)?;
+        let t = self.t;
+        let mut p = self.rows_times_t(q, k)?;
         let valid = self.valid.as_ref().map(|v| &v[bi * t..(bi + 1) * t]);
         let visible = |j: usize| match valid {
             Some(v) => v[j] != 0,
@@ -138,15 +206,7 @@ impl Attention {
         let vv = self.gather(v, self.rows(bi, kvh, nkv));
         let p = self.probs(&qr, &kr, bi)?;
         let mut y = vec![0f32; t * hd];
-        sgemm(
-            (t, hd, t),
-            &mut y,
-            hd,
-            false,
-            View::rows(&p, t),
-            View::rows(&vv, hd),
-            Gemm::Serial,
-        )?;
+        self.rows_times(&p, &vv, &mut y, false)?;
         Ok(y)
     }
 
@@ -164,52 +224,17 @@ impl Attention {
             let qr = self.rope(q, self.rows(bi, h, nh), bi, false);
             let p = self.probs(&qr, &kr, bi)?;
             let dy = self.gather(g, self.rows(bi, h, nh));
-            let (pv, dyv) = (View::rows(&p, t), View::rows(&dy, hd));
-            sgemm(
-                (t, hd, t),
-                &mut dv,
-                hd,
-                true,
-                View::t(&p, t),
-                dyv,
-                Gemm::Serial,
-            )?;
-            let mut ds = vec![0f32; t * t];
-            sgemm(
-                (t, t, hd),
-                &mut ds,
-                t,
-                false,
-                dyv,
-                View::t(&vv, hd),
-                Gemm::Serial,
-            )?;
-            for (dsr, pr) in ds.chunks_mut(t).zip(pv.data.chunks(t)) {
+            self.cols_times(&p, &dy, &mut dv, true)?; // dV += P^T dY
+            let mut ds = self.rows_times_t(&dy, &vv)?; // dP = dY V^T
+            for (dsr, pr) in ds.chunks_mut(t).zip(p.chunks(t)) {
                 let dot: f32 = dsr.iter().zip(pr).map(|(a, b)| a * b).sum();
                 for (d, &pj) in dsr.iter_mut().zip(pr) {
                     *d = pj * (*d - dot) * self.scale;
                 }
             }
             let mut dqr = vec![0f32; t * hd];
-            let dsv = View::rows(&ds, t);
-            sgemm(
-                (t, hd, t),
-                &mut dqr,
-                hd,
-                false,
-                dsv,
-                View::rows(&kr, hd),
-                Gemm::Serial,
-            )?;
-            sgemm(
-                (t, hd, t),
-                &mut dkr,
-                hd,
-                true,
-                View::t(&ds, t),
-                View::rows(&qr, hd),
-                Gemm::Serial,
-            )?;
+            self.rows_times(&ds, &kr, &mut dqr, false)?; // dQ = dS K
+            self.cols_times(&ds, &qr, &mut dkr, true)?; // dK += dS^T Q
             dq.push(self.rope(&dqr, Rows { off: 0, stride: hd }, bi, true));
         }
         let dk = self.rope(&dkr, Rows { off: 0, stride: hd }, bi, true);
@@ -448,6 +473,7 @@ fn core(
     let flat = |x: &Tensor| x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>();
     Ok(Attention {
         s,
+        mode: super::gemm_mode().serial(),
         b,
         t,
         scale: 1.0 / (s.head_dim as f32).sqrt(),

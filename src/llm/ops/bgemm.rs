@@ -51,12 +51,16 @@ pub(crate) fn gemm(
     dst: &mut [f32],
     dst_rs: usize,
     accumulate: bool,
-    a: View,
-    b: View,
+    (a, b): (View, View),
+    parallel: bool,
 ) {
     // Row blocks: as few as fit L2, their count a multiple of the threads so none idles (96-row
     // blocks left one of two threads idle for a twelfth of every 1024-row GEMM).
-    let threads = rayon::current_num_threads().max(1);
+    let threads = if parallel {
+        rayon::current_num_threads().max(1)
+    } else {
+        1
+    };
     let panels = m.div_ceil(MR);
     let blocks = panels.div_ceil(threads * MAX_PANELS).max(1) * threads;
     let mc_max = panels.div_ceil(blocks).max(1) * MR;
@@ -69,27 +73,41 @@ pub(crate) fn gemm(
             let kp = kc.div_ceil(2);
             let panels = nc.div_ceil(NR);
             let bp = &mut bpack[..panels * kp * NR];
-            bp.par_chunks_mut(kp * NR).enumerate().for_each(|(q, out)| {
+            let pack = |(q, out): (usize, &mut [u32])| {
                 let (j0, w) = (jc + q * NR, NR.min(nc - q * NR));
                 // SAFETY: `available` was checked by the caller; reads stay inside `b`.
                 unsafe { pack_b(b, pc, kc, j0, w, out) }
-            });
+            };
+            if parallel {
+                bp.par_chunks_mut(kp * NR).enumerate().for_each(pack);
+            } else {
+                bp.chunks_mut(kp * NR).enumerate().for_each(pack);
+            }
             let overwrite = pc == 0 && !accumulate;
             let bp = &*bp;
-            dst.par_chunks_mut(mc_max * dst_rs)
-                .take(m.div_ceil(mc_max))
-                .enumerate()
-                .for_each(|(blk, c)| {
-                    let i0 = blk * mc_max;
-                    let mc = mc_max.min(m - i0);
-                    let mut apack = scratch(&APACK, mc.div_ceil(MR) * kp * MR);
-                    // SAFETY: as above; C writes stay inside this block's rows of `dst`.
-                    unsafe {
-                        pack_a(a, i0, mc, pc, kc, &mut apack);
-                        block(&apack, bp, (mc, nc, kp), &mut c[jc..], dst_rs, overwrite);
-                    }
-                    APACK.with(|s| s.replace(std::mem::take(&mut apack)));
-                });
+            let run = |(blk, c): (usize, &mut [f32])| {
+                let i0 = blk * mc_max;
+                let mc = mc_max.min(m - i0);
+                let mut apack = scratch(&APACK, mc.div_ceil(MR) * kp * MR);
+                // SAFETY: as above; C writes stay inside this block's rows of `dst`.
+                unsafe {
+                    pack_a(a, i0, mc, pc, kc, &mut apack);
+                    block(&apack, bp, (mc, nc, kp), &mut c[jc..], dst_rs, overwrite);
+                }
+                APACK.with(|s| s.replace(std::mem::take(&mut apack)));
+            };
+            let row_blocks = m.div_ceil(mc_max);
+            if parallel {
+                dst.par_chunks_mut(mc_max * dst_rs)
+                    .take(row_blocks)
+                    .enumerate()
+                    .for_each(run);
+            } else {
+                dst.chunks_mut(mc_max * dst_rs)
+                    .take(row_blocks)
+                    .enumerate()
+                    .for_each(run);
+            }
         }
     }
     BPACK.with(|s| s.replace(bpack));
@@ -431,7 +449,7 @@ mod tests {
                 };
                 let get = |v: &View, i: usize, j: usize| v.data[i * v.rs + j * v.cs];
                 let mut c = vec![0.5f32; m * n];
-                gemm((m, n, k), &mut c, n, true, a, b);
+                gemm((m, n, k), &mut c, n, true, (a, b), m % 2 == 1);
                 let mut worst = 0f64;
                 for i in 0..m {
                     for j in 0..n {

@@ -39,8 +39,8 @@ pub mod bgemm {
         _: &mut [f32],
         _: usize,
         _: bool,
-        _: super::View,
-        _: super::View,
+        _: (super::View, super::View),
+        _: bool,
     ) {
         unreachable!("bgemm::available() is false off x86-64")
     }
@@ -159,6 +159,18 @@ pub(crate) enum Gemm {
     Parallel,
     /// bf16 products with f32 accumulation over the rayon pool ([`bgemm`]).
     Bf16,
+    /// bf16 products with f32 accumulation on the calling thread.
+    SerialBf16,
+}
+
+impl Gemm {
+    /// The same precision on the calling thread (for GEMMs inside a rayon task).
+    pub fn serial(self) -> Self {
+        match self {
+            Gemm::Bf16 | Gemm::SerialBf16 => Gemm::SerialBf16,
+            Gemm::Serial | Gemm::Parallel => Gemm::Serial,
+        }
+    }
 }
 
 thread_local! {
@@ -229,8 +241,15 @@ pub(crate) fn sgemm(
         }
         return Ok(());
     }
-    if mode == Gemm::Bf16 {
-        bgemm::gemm((m, n, k), dst, dst_rs, accumulate, a, b);
+    if matches!(mode, Gemm::Bf16 | Gemm::SerialBf16) {
+        bgemm::gemm(
+            (m, n, k),
+            dst,
+            dst_rs,
+            accumulate,
+            (a, b),
+            mode == Gemm::Bf16,
+        );
         return Ok(());
     }
     let threads = rayon::current_num_threads();

@@ -240,6 +240,9 @@ fn attention_matches_the_composed_attention() {
         ),
         (3, 7, 3, 1, 4, true, vec![7, 1, 4]),
         (1, 16, 2, 2, 16, false, vec![16]),
+        // Several causal blocks (32 rows each), a ragged last one.
+        (1, 70, 2, 1, 8, false, vec![70]),
+        (2, 40, 4, 2, 8, true, vec![40, 33]),
     ];
     for (n, (b, t, h, kv, hd, per_row, lens)) in cases.into_iter().enumerate() {
         let seed = 20 + 3 * n as u64;
@@ -552,4 +555,33 @@ fn sublayers_add_the_residual_around_the_normed_block() {
             (y + mm(&m, &wd)).unwrap()
         },
     );
+}
+
+#[test]
+fn bf16_attention_stays_close_to_f32() {
+    if !super::bf16_matmul_available() {
+        eprintln!("no AVX512-BF16 on this CPU: nothing to compare");
+        return;
+    }
+    let (b, t, h, kv, hd) = (2usize, 45usize, 4usize, 2usize, 16usize);
+    let q = rand(&[b, t, h * hd], 130);
+    let k = rand(&[b, t, kv * hd], 131);
+    let v = rand(&[b, t, kv * hd], 132);
+    let (cos, sin) = rope_tables(t, hd / 2, None);
+    let s = AttnShape {
+        n_heads: h,
+        n_kv: kv,
+        head_dim: hd,
+    };
+    let run = |bf16: bool| {
+        super::with_bf16_matmul(bf16, || {
+            with_fused(true, || {
+                attention(&q, &k, &v, (&cos, &sin), None, s)
+                    .unwrap()
+                    .unwrap()
+            })
+        })
+    };
+    let r = rel(&run(true), &run(false));
+    assert!(r > 0.0 && r < 2e-2, "bf16 vs f32 attention: {r}");
 }

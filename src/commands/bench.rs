@@ -179,7 +179,7 @@ fn run_llm(a: LlmBenchArgs) -> anyhow::Result<()> {
         "device": device_name(&dev), "dtype": format!("{dtype:?}").to_lowercase(),
         "model": source, "threads": candle_core::utils::get_num_threads(),
         "matmul": matmul, "fused": crate::llm::kernels::fused_enabled(),
-        "tf32": candle_core::cuda::gemm_reduced_precision_f32(),
+        "tf32": dev.is_cuda() && candle_core::cuda::gemm_reduced_precision_f32(),
     });
     for w in a
         .workload

@@ -29,7 +29,7 @@ impl HeadCe {
     fn exps(&self, h: &[f32], w: &[f32], d: usize) -> Result<(Vec<f32>, Vec<f32>, f64)> {
         let n = self.targets.len();
         let vocab = w.len() / d;
-        let mut e = vec![0f32; n * vocab];
+        let mut e = super::take_big(n * vocab);
         sgemm(
             (n, vocab, d),
             &mut e,
@@ -138,6 +138,7 @@ impl CustomOp2 for HeadCe {
                 }
                 None => None,
             };
+            super::give_big(e);
             Ok((Some(dh), dw))
         })
     }

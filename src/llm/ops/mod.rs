@@ -354,6 +354,42 @@ pub(crate) fn matmul_acc(
     sgemm((rows, d_in, d_out), dx, d_in, acc, gv, wv, mode)
 }
 
+/// Buffers too large for the allocator to keep (glibc maps anything above 32 MiB afresh and
+/// unmaps it on free), kept here between uses: the LM head's `[n, vocab]` buffer was 200 MB of
+/// fresh pages, ~50 k page faults, per step.
+static BIG: std::sync::Mutex<Vec<Vec<f32>>> = std::sync::Mutex::new(Vec::new());
+const BIG_BYTES: usize = 32 << 20;
+
+/// A buffer of `len` floats with unspecified contents (callers overwrite all of it), reused
+/// from [`give_big`] when one is large enough.
+pub(crate) fn take_big(len: usize) -> Vec<f32> {
+    if len * 4 >= BIG_BYTES {
+        if let Ok(mut pool) = BIG.lock() {
+            let best = (0..pool.len())
+                .filter(|&i| pool[i].capacity() >= len)
+                .min_by_key(|&i| pool[i].capacity());
+            if let Some(i) = best {
+                let mut v = pool.swap_remove(i);
+                v.resize(len, 0.0);
+                v.truncate(len);
+                return v;
+            }
+        }
+    }
+    vec![0f32; len]
+}
+
+/// Returns a buffer from [`take_big`] for reuse (small ones are simply freed).
+pub(crate) fn give_big(v: Vec<f32>) {
+    if v.capacity() * 4 >= BIG_BYTES {
+        if let Ok(mut pool) = BIG.lock() {
+            if pool.len() < 4 {
+                pool.push(v);
+            }
+        }
+    }
+}
+
 /// A new contiguous f32 tensor of `shape` on `like`'s device from host data.
 pub(crate) fn tensor(v: Vec<f32>, shape: &[usize], like: &Tensor) -> Result<Tensor> {
     Tensor::from_vec(v, shape, like.device())

@@ -144,7 +144,7 @@ impl Mlp {
 
     fn forward(&self, x: &Tensor, st: &State) -> Result<Tensor> {
         let projs = [&self.gate_proj, &self.up_proj, &self.down_proj];
-        if !(st.adapter && projs.iter().any(|p| p.has_lora())) {
+        if st.train() && !(st.adapter && projs.iter().any(|p| p.has_lora())) {
             let [g, u, d] = projs.map(|p| p.weight());
             if let Some(y) = ops::mlp::mlp(x, g, u, d)? {
                 return Ok(y);
@@ -178,7 +178,9 @@ impl Block {
         st: &State,
     ) -> Result<Tensor> {
         let (ln1, ln2) = (&self.input_layernorm, &self.post_attention_layernorm);
-        let fused = match cache.is_none() && mask.past == 0 {
+        // Training only: inference keeps its kernels, so a model gives the same logits bit for
+        // bit whether its weights are variables or tensors, with or without a zero adapter.
+        let fused = match st.train() && cache.is_none() && mask.past == 0 {
             true => self.self_attn.sublayer(x, ln1, cs, mask, st)?,
             false => None,
         };
@@ -191,7 +193,7 @@ impl Block {
             }
         };
         let projs = [&self.mlp.gate_proj, &self.mlp.up_proj, &self.mlp.down_proj];
-        if !(st.adapter && projs.iter().any(|p| p.has_lora())) {
+        if st.train() && !(st.adapter && projs.iter().any(|p| p.has_lora())) {
             let w = projs.map(|p| p.weight());
             if let Some(y) = ops::mlp::mlp_sublayer(&x, (&ln2.weight, ln2.eps), w)? {
                 return Ok(y);

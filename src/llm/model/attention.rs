@@ -80,7 +80,8 @@ impl Attention {
         };
         let projs = [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj];
         let plain = !(st.adapter && projs.iter().any(|p| p.has_lora()));
-        let no_cache = cache.is_none() && mask.past == 0;
+        // The fused ops serve training only (see Block::forward).
+        let no_cache = st.train() && cache.is_none() && mask.past == 0;
         let csr = (&cs.0, &cs.1);
         if no_cache && plain {
             let w = projs.map(|p| p.weight());

@@ -152,7 +152,11 @@ impl Mlp {
         }
         let g = self.gate_proj.forward_with(x, st.adapter, st.train())?;
         let u = self.up_proj.forward_with(x, st.adapter, st.train())?;
-        let y = kernels::silu_mul(&g, &u)?;
+        // On CUDA our kernels serve training only (inference keeps candle's).
+        let y = match st.train() || g.device().is_cpu() {
+            true => kernels::silu_mul(&g, &u)?,
+            false => (candle_nn::ops::silu(&g)? * &u)?,
+        };
         self.down_proj.forward_with(&y, st.adapter, st.train())
     }
 }

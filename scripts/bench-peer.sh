@@ -3,6 +3,8 @@
 #
 # Usage:
 #   scripts/bench-peer.sh [WORKLOAD ...]           # default: forward train embed beam
+#                                                  # (also: train-bf16: ours --dtype bf16 vs
+#                                                  # torch.autocast bf16; see docs/perf.md)
 #   scripts/bench-peer.sh --install-only           # just set up .venv-peer
 #   scripts/bench-peer.sh --peer-only forward      # skip our side
 #
@@ -54,9 +56,9 @@ for a in "$@"; do
   case "$a" in
     --install-only) INSTALL_ONLY=1 ;;
     --peer-only) PEER_ONLY=1 ;;
-    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
-    forward|train|embed|beam) WORKLOADS+=("$a") ;;
-    *) echo "bench-peer: unknown argument '$a' (workloads: forward train embed beam)" >&2; exit 2 ;;
+    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+    forward|train|train-bf16|embed|beam) WORKLOADS+=("$a") ;;
+    *) echo "bench-peer: unknown argument '$a' (workloads: forward train train-bf16 embed beam)" >&2; exit 2 ;;
   esac
 done
 [ ${#WORKLOADS[@]} -eq 0 ] && WORKLOADS=(forward train embed beam)
@@ -114,6 +116,14 @@ run_ours() {
       embed) extra=(--items "$ITEMS" --embed-batch 32 --data "$DATA_DIR") ;;
       *) extra=() ;;
     esac
+    if [ "$w" = train-bf16 ]; then
+      # Our bf16 training on the CPU: f32 tensors, bf16 matmul inputs (AVX512-BF16).
+      "$BIN" bench llm --model "$GGUF" --workload train --dtype bf16 --batch "$BATCH" --seq "$SEQ" \
+        --runs "$RUNS" --threads "$THREADS" --device cpu --json | { grep '^{' || true; } \
+        | sed 's/"workload":"train"/"workload":"train-bf16"/' | tee -a "$OURS_JSON" \
+        || log "ours: workload $w failed (exit ${PIPESTATUS[0]})"
+      continue
+    fi
     if [ "$w" = beam ]; then
       for bb in $BEAM_BATCHES; do
         "$BIN" bench llm --model "$GGUF" --workload beam --beam-users "$OURS_BEAM_USERS" --beam-batch "$bb" \

@@ -15,6 +15,9 @@
 #   --nccl (with either)            feature `nccl` instead of `cuda` (data-parallel training
 #                                   over NCCL): also installs nvidia-nccl-cu13 and links
 #                                   libnccl.so; the binary then needs libnccl.so.2 at run time
+#   scripts/build-cuda.sh --kernels only llmbs's own kernels (src/llm/ops/cuda/kernels.cu) to
+#                                   PTX with nvcc: seconds, no cargo (build.rs does the same
+#                                   inside a `--features cuda` build)
 #
 # Env: CUDA_COMPUTE_CAP (default 90 = Hopper, H100/H200), CARGO_BUILD_JOBS
 # (default 2), PYTHON (default python3).
@@ -26,6 +29,7 @@ for arg in "$@"; do
     case "$arg" in
         --check) MODE=check ;;
         --nccl) FEATURES=nccl ;;
+        --kernels) MODE=kernels ;;
         -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         *) echo "unknown argument: $arg" >&2; exit 2 ;;
     esac
@@ -81,6 +85,15 @@ mkdir -p "$CUDA_ROOT_DIR/lib64"
 for d in bin include nvvm; do
     ln -sfn "$CU13/$d" "$CUDA_ROOT_DIR/$d"
 done
+
+if [[ "$MODE" == kernels ]]; then
+    cap="${CUDA_COMPUTE_CAP:-90}"
+    out="$CACHE/llmbs_kernels.ptx"
+    "$CUDA_ROOT_DIR/bin/nvcc" --ptx -O3 -std=c++17 "-arch=compute_$cap" -I "$CUDA_ROOT_DIR/include" \
+        src/llm/ops/cuda/kernels.cu -o "$out"
+    log "kernels.cu -> $out: $(grep -c '^.entry\|\.entry ' "$out") kernels (compute_$cap)"
+    exit 0
+fi
 
 # unversioned names the linker wants -> the versioned .so files from PyPI
 for name in cublas cublasLt curand nvrtc cudart; do

@@ -8,6 +8,8 @@ warnings, notes) goes to stderr.
 
   forward  inference forward, hidden states only (model.model, no LM head), [batch, seq]
   train    causal-LM forward with labels (CE loss) + backward + AdamW(lr=5e-5), [batch, seq]
+  train-bf16  the same under torch.autocast("cpu", dtype=torch.bfloat16) (oneDNN bf16 matmuls;
+           weights, gradients and AdamW stay f32), the peer of `llmbs bench --dtype bf16`
   embed    mean-pooled final hidden state over Beauty item texts (padding excluded)
   beam     constrained beam search (LC-Rec style): 20 beams, 4 new tokens, trie of item IDs;
            one JSON line per beam batch size (default 1 and 8)
@@ -37,7 +39,7 @@ DEFAULT_GGUF = (
     / "SmolLM2-135M-Instruct.Q4_1.gguf"
 )
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "beauty"
-WORKLOADS = ("forward", "train", "embed", "beam")
+WORKLOADS = ("forward", "train", "train-bf16", "embed", "beam")
 
 
 def log(*a):
@@ -107,7 +109,9 @@ def bench_forward(model, args):
 
 
 # --------------------------------------------------------------------- train
-def bench_train(model, args):
+def bench_train(model, args, bf16=False):
+    import contextlib
+
     import torch
 
     m = copy.deepcopy(model)  # keep the shared model's weights untouched
@@ -117,16 +121,25 @@ def bench_train(model, args):
     ids = torch.randint(0, m.config.vocab_size, (args.batch, args.seq), generator=g)
     losses = []
 
+    def autocast():
+        if bf16:
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def step():
         opt.zero_grad(set_to_none=True)
-        out = m(input_ids=ids, labels=ids, use_cache=False)
+        with autocast():
+            out = m(input_ids=ids, labels=ids, use_cache=False)
         out.loss.backward()
         opt.step()
-        losses.append(out.loss.detach().item())
+        losses.append(out.loss.detach().float().item())
 
+    cpu0 = time.process_time()
     med, ts = timed(step, args.runs)
+    cpu = (time.process_time() - cpu0) / (args.runs + 1)
     ntok = args.batch * args.seq
-    emit(dict(workload="train", tokens_per_s=ntok / med, batch=args.batch, seq=args.seq,
+    emit(dict(workload="train-bf16" if bf16 else "train", tokens_per_s=ntok / med,
+              batch=args.batch, seq=args.seq, cpu_s_mean=cpu,
               median_s=med, runs=rnd(ts), threads=args.threads, optimizer="AdamW", lr=5e-5,
               loss_first=round(losses[0], 4), loss_last=round(losses[-1], 4)))
     del m, opt
@@ -340,6 +353,8 @@ def main():
             bench_forward(model, args)
         elif w == "train":
             bench_train(model, args)
+        elif w == "train-bf16":
+            bench_train(model, args, bf16=True)
         elif w == "embed":
             bench_embed(tok, model, args)
         elif w == "beam":

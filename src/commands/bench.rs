@@ -92,6 +92,20 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// CPU seconds (user + system, all threads) this process has used so far; None off Linux.
+fn process_cpu_s() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// CPU seconds of each timed run of the last `time_runs` (on a shared machine the wall time
+/// depends on the other jobs; the CPU time much less).
+static CPU_RUNS: std::sync::Mutex<Vec<f64>> = std::sync::Mutex::new(Vec::new());
+
 /// Times `f` once for warm-up and then `runs` times.
 fn time_runs(
     runs: usize,
@@ -101,11 +115,18 @@ fn time_runs(
     f()?;
     dev.synchronize()?;
     let mut out = Vec::with_capacity(runs);
+    let mut cpu = Vec::with_capacity(runs);
     for _ in 0..runs.max(1) {
-        let t = Instant::now();
+        let (t, c) = (Instant::now(), process_cpu_s());
         f()?;
         dev.synchronize()?;
         out.push(t.elapsed().as_secs_f64());
+        if let (Some(a), Some(b)) = (c, process_cpu_s()) {
+            cpu.push(b - a);
+        }
+    }
+    if let Ok(mut c) = CPU_RUNS.lock() {
+        *c = cpu;
     }
     Ok(out)
 }
@@ -147,6 +168,16 @@ fn run_llm(a: LlmBenchArgs) -> anyhow::Result<()> {
         // Alone, so its peak memory is its own (the other workloads keep a model loaded).
         return bench_step(&a, &dev, dtype);
     }
+    // bf16 on a CPU with AVX512-BF16: f32 tensors with bf16 matmul inputs (as `llmbs train
+    // --dtype bf16` there); candle's own CPU bf16 widens every matmul to f32.
+    let cpu_bf16 = dev.is_cpu() && dtype == DType::BF16 && crate::llm::ops::bf16_matmul_available();
+    let _bf16 = crate::llm::ops::Bf16Matmul::new(cpu_bf16);
+    crate::llm::ops::allow_tf32(&dev);
+    let (dtype, matmul) = if cpu_bf16 {
+        (DType::F32, "bf16")
+    } else {
+        (dtype, "storage dtype")
+    };
     let (cfg, vm, loaded, source) = if a.random_weights {
         let cfg = LlamaConfig::smollm2_135m();
         let (vm, _) = crate::llm::init::random_model(&cfg, 0, dtype, &dev)?;
@@ -175,6 +206,8 @@ fn run_llm(a: LlmBenchArgs) -> anyhow::Result<()> {
     let base = serde_json::json!({
         "device": device_name(&dev), "dtype": format!("{dtype:?}").to_lowercase(),
         "model": source, "threads": candle_core::utils::get_num_threads(),
+        "matmul": matmul, "fused": crate::llm::kernels::fused_enabled(),
+        "tf32": dev.is_cuda() && candle_core::cuda::gemm_reduced_precision_f32(),
     });
     for w in workloads {
         let mut line = base.clone();
@@ -206,29 +239,79 @@ fn run_llm(a: LlmBenchArgs) -> anyhow::Result<()> {
                     },
                     &params,
                 )?;
-                let inputs = ids.narrow(1, 0, t - 1)?;
-                let targets = ids.narrow(1, 1, t - 1)?.flatten_all()?;
+                // The trainer's loss path: the LM head and cross-entropy at every position
+                // but the last, gradients into the optimizer's buffers, clipping folded into
+                // the update.
+                let at: Vec<(usize, usize)> = (0..b)
+                    .flat_map(|r| (0..t - 1).map(move |p| (r, p)))
+                    .collect();
+                let id_rows: Vec<Vec<u32>> = ids.to_vec2()?;
+                let targets: Vec<u32> = at.iter().map(|&(r, p)| id_rows[r][p + 1]).collect();
+                // Seconds of each phase per run: forward (with the loss), backward, optimizer.
+                let mut phases: Vec<[f64; 3]> = Vec::new();
                 let mut runs = time_runs(a.runs, &dev, || {
-                    let logits = model.forward_logits(&inputs, Mode::Train)?;
-                    let loss = candle_nn::loss::cross_entropy(&logits.flatten_to(1)?, &targets)?;
+                    let t0 = Instant::now();
+                    let bufs = opt.grad_buffers(&params)?;
+                    let active = bufs.activate();
+                    let hidden = model.forward_hidden(&ids, None, None, None, Mode::Train)?;
+                    let ce = crate::train::loss::response_ce_sum(&model, &hidden, &at, &targets)?;
+                    let loss = (ce / targets.len() as f64)?;
+                    let t1 = Instant::now();
                     let g = loss.backward()?;
+                    drop(active);
+                    let t2 = Instant::now();
                     if w == "train" {
                         let mut grads: Vec<Option<Tensor>> = params
                             .vars
                             .iter()
                             .map(|v| g.get(v.as_tensor()).cloned())
                             .collect();
-                        crate::train::optim::clip_grad_norm(&mut grads, 1.0)?;
-                        opt.step(&params, &grads, 5e-5)?;
+                        bufs.merge(&mut grads)?;
+                        opt.clip_and_step(&params, &grads, 5e-5, 1.0)?;
                     }
+                    let t3 = Instant::now();
+                    phases.push([t1 - t0, t2 - t1, t3 - t2].map(|d| d.as_secs_f64()));
                     Ok(())
                 })?;
+                let ops = crate::llm::ops::timing::take();
+                if !ops.is_empty() {
+                    let n = (a.runs.max(1) + 1) as f64;
+                    let per_run: serde_json::Map<String, serde_json::Value> = ops
+                        .iter()
+                        .map(|(k, (s, _))| (k.to_string(), (s / n).into()))
+                        .collect();
+                    line["op_s_per_run"] = per_run.into();
+                }
+                // The warm-up run is the first.
+                for (i, name) in ["forward_s", "backward_s", "optimizer_s"]
+                    .iter()
+                    .enumerate()
+                {
+                    let mut v: Vec<f64> = phases.iter().skip(1).map(|p| p[i]).collect();
+                    line[*name] = median(&mut v).into();
+                }
                 line["runs"] = serde_json::json!(runs.clone());
                 let m = median(&mut runs);
                 line["median_s"] = m.into();
                 line["tokens_per_s"] = ((b * t) as f64 / m).into();
                 line["batch"] = b.into();
                 line["seq"] = t.into();
+            }
+            "gemm" => {
+                // One layer-sized GEMM ([b * t, 1536] x [576, 1536]^T), f32 and bf16 inputs.
+                let dims = (b * t, 576, 1536);
+                for (name, bf16) in [("f32", false), ("bf16", true)] {
+                    if bf16 && !crate::llm::ops::bf16_matmul_available() {
+                        continue;
+                    }
+                    let mut runs = crate::llm::ops::time_gemm(dims, bf16, a.runs)?;
+                    let m = median(&mut runs);
+                    line[format!("{name}_gflops")] =
+                        (2.0 * (dims.0 * dims.1 * dims.2) as f64 / m / 1e9).into();
+                    line[format!("{name}_runs")] = serde_json::json!(runs);
+                }
+                line["median_s"] = 0.0.into();
+                line["dims"] = serde_json::json!([dims.0, dims.1, dims.2]);
             }
             "embed" => {
                 let tok = &loaded
@@ -274,20 +357,29 @@ fn run_llm(a: LlmBenchArgs) -> anyhow::Result<()> {
                 "--workload {other}: expected forward, backward, train, embed, beam or step"
             ),
         }
+        if let Ok(mut c) = CPU_RUNS.lock() {
+            if !c.is_empty() {
+                line["cpu_s_runs"] = serde_json::json!(c.clone());
+                line["cpu_s_median"] = median(&mut c).into();
+            }
+            c.clear();
+        }
         if a.json {
             println!("{line}");
         } else {
             println!(
-                "{:<9} {:>10.1} tokens/s  median {:.3}s  ({} runs, {} {:?})",
+                "{:<9} {:>10.1} tokens/s  median {:.3}s, {:.2} CPU-s  ({} runs, {} {:?}, matmul {})",
                 w,
                 line["tokens_per_s"]
                     .as_f64()
                     .or(line["users_per_s"].as_f64())
                     .unwrap_or(0.0),
                 line["median_s"].as_f64().unwrap_or(0.0),
+                line["cpu_s_median"].as_f64().unwrap_or(0.0),
                 a.runs,
                 device_name(&dev),
-                dtype
+                dtype,
+                matmul
             );
         }
     }

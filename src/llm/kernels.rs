@@ -1,23 +1,63 @@
-//! Fused CPU kernels for the elementwise parts of the decoder, each with a backward pass so the
+//! Fused kernels for the elementwise parts of the decoder, each with a backward pass so the
 //! training path can use them too: on 2 cores candle's single-threaded elementwise ops cost as
-//! much as the matmuls. Other devices and dtypes take the composed candle ops.
+//! much as the matmuls. f32 on the CPU; f32 and bf16 on CUDA with the `cuda` feature
+//! (llm::ops::cuda); other devices and dtypes take the composed candle ops.
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
 const CHUNK: usize = 16 * 1024;
 
-/// False when `LLMBS_NO_FUSED_CPU` is set (A/B measurements, debugging).
-pub fn fused_enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("LLMBS_NO_FUSED_CPU").is_none())
+thread_local! {
+    static FUSED_OVERRIDE: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
 }
 
-fn use_fused(t: &Tensor) -> bool {
+/// False when `LLMBS_NO_FUSED_CPU` is set (A/B measurements, debugging) or when this thread is
+/// inside [`with_fused`]`(false, ..)`.
+pub fn fused_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    FUSED_OVERRIDE
+        .with(|o| o.get())
+        .unwrap_or_else(|| *ON.get_or_init(|| std::env::var_os("LLMBS_NO_FUSED_CPU").is_none()))
+}
+
+/// Runs `f` with the fused kernels switched on or off on this thread (the switch is read when
+/// a forward builds its ops), whatever `LLMBS_NO_FUSED_CPU` says: fused-vs-composed tests and
+/// A/B benchmarks in one process.
+pub fn with_fused<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<bool>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            FUSED_OVERRIDE.with(|o| o.set(self.0));
+        }
+    }
+    let _restore = Restore(FUSED_OVERRIDE.with(|o| o.replace(Some(on))));
+    f()
+}
+
+pub(crate) fn use_fused(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32 && fused_enabled()
 }
 
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, name: &str) -> Result<&'a [f32]> {
+/// The CPU kernels or the CUDA ones.
+fn fused_any(t: &Tensor) -> bool {
+    use_fused(t) || crate::llm::ops::on_cuda(t)
+}
+
+/// Whether [`causal_softmax`] has a kernel for this device and dtype (the model then builds no
+/// additive mask).
+pub fn causal_softmax_supported(dev: &candle_core::Device, dtype: DType) -> bool {
+    if !fused_enabled() {
+        return false;
+    }
+    #[cfg(feature = "cuda")]
+    if crate::llm::ops::cuda::supports(dev, dtype) {
+        return true;
+    }
+    dev.is_cpu() && dtype == DType::F32
+}
+
+pub(crate) fn slice<'a>(s: &'a CpuStorage, l: &Layout, name: &str) -> Result<&'a [f32]> {
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
         None => candle_core::bail!("{name}: input must be contiguous"),
@@ -96,9 +136,23 @@ impl CustomOp2 for SiluMul {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        zip_map(s1, l1, s2, l2, "silu_mul", |g, u| {
-            g / (1.0 + (-g).exp()) * u
-        })
+        let (g, u) = (slice(s1, l1, "silu_mul")?, slice(s2, l2, "silu_mul")?);
+        let mut out = vec![0f32; g.len()];
+        out.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
+            .for_each(|(o, (g, u))| crate::llm::ops::vmath::silu_mul(g, u, o));
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::llm::ops::cuda::silu_mul_fwd((s1, l1), (s2, l2))
     }
 
     fn bwd(
@@ -108,6 +162,15 @@ impl CustomOp2 for SiluMul {
         _: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        if use_fused(grad) {
+            let (dg, du) = silu_mul_bwd_cpu(g, u, &grad.contiguous()?)?;
+            return Ok((Some(dg), Some(du)));
+        }
+        #[cfg(feature = "cuda")]
+        if crate::llm::ops::on_cuda(grad) {
+            let (dg, du) = crate::llm::ops::cuda::silu_mul_bwd(g, u, &grad.contiguous()?)?;
+            return Ok((Some(dg), Some(du)));
+        }
         let sig = candle_nn::ops::sigmoid(g)?;
         let silu = (g * &sig)?;
         // d silu / dg = sig * (1 + g * (1 - sig))
@@ -118,9 +181,49 @@ impl CustomOp2 for SiluMul {
     }
 }
 
+/// Both input gradients of `silu(g) * u` in one pass over g, u and the output gradient (the
+/// composed backward makes eight passes and as many temporaries):
+/// dg = grad * u * sig * (1 + g * (1 - sig)), du = grad * silu(g).
+fn silu_mul_bwd_cpu(g: &Tensor, u: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
+    let n = g.elem_count();
+    let mut out = vec![0f32; 2 * n];
+    {
+        let (gs, gl) = g.storage_and_layout();
+        let (us, ul) = u.storage_and_layout();
+        let (ds, dl) = grad.storage_and_layout();
+        let (g, u, d) = match (&*gs, &*us, &*ds) {
+            (
+                candle_core::Storage::Cpu(g),
+                candle_core::Storage::Cpu(u),
+                candle_core::Storage::Cpu(d),
+            ) => (
+                slice(g, gl, "silu_mul bwd")?,
+                slice(u, ul, "silu_mul bwd")?,
+                slice(d, dl, "silu_mul bwd")?,
+            ),
+            _ => candle_core::bail!("silu_mul bwd: expected CPU tensors"),
+        };
+        let (dg, du) = out.split_at_mut(n);
+        dg.par_chunks_mut(CHUNK)
+            .zip(du.par_chunks_mut(CHUNK))
+            .enumerate()
+            .for_each(|(c, (dg, du))| {
+                let o = c * CHUNK;
+                dg.copy_from_slice(&g[o..o + dg.len()]);
+                du.copy_from_slice(&u[o..o + du.len()]);
+                crate::llm::ops::vmath::silu_mul_bwd_inplace(dg, du, &d[o..o + dg.len()]);
+            });
+    }
+    let both = Tensor::from_vec(out, 2 * n, g.device())?;
+    Ok((
+        both.narrow(0, 0, n)?.reshape(g.shape())?,
+        both.narrow(0, n, n)?.reshape(g.shape())?,
+    ))
+}
+
 /// `silu(g) * u` (the SwiGLU gate).
 pub fn silu_mul(g: &Tensor, u: &Tensor) -> Result<Tensor> {
-    if use_fused(g) && g.shape() == u.shape() {
+    if fused_any(g) && g.shape() == u.shape() && g.dtype() == u.dtype() {
         g.contiguous()?.apply_op2(&u.contiguous()?, SiluMul)
     } else {
         candle_nn::ops::silu(g)? * u
@@ -189,6 +292,18 @@ impl CustomOp2 for CausalSoftmax {
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let p = (self.t, self.past, self.scale);
+        crate::llm::ops::cuda::causal_softmax_fwd((s1, l1), (s2, l2), p)
+    }
+
     fn bwd(
         &self,
         _: &Tensor,
@@ -196,6 +311,11 @@ impl CustomOp2 for CausalSoftmax {
         y: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        #[cfg(feature = "cuda")]
+        if crate::llm::ops::on_cuda(y) {
+            let dx = crate::llm::ops::cuda::softmax_bwd(y, &grad.contiguous()?, self.scale)?;
+            return Ok((Some(dx), None));
+        }
         let gy = (grad * y)?;
         let s = gy.sum_keepdim(D::Minus1)?;
         let dx = ((gy - y.broadcast_mul(&s)?)? * self.scale as f64)?;
@@ -212,7 +332,7 @@ pub fn causal_softmax(
     past: usize,
     valid: &Tensor,
 ) -> Result<Option<Tensor>> {
-    if !use_fused(att) {
+    if !fused_any(att) {
         return Ok(None);
     }
     let op = CausalSoftmax {

@@ -151,12 +151,16 @@ impl Proj {
     /// x: [..., in] -> [..., out]. `adapter` selects whether the LoRA branch runs and
     /// `train` whether its dropout is active.
     pub fn forward_with(&self, x: &Tensor, adapter: bool, train: bool) -> Result<Tensor> {
+        if !(adapter && self.lora.is_some()) {
+            // One 2-D GEMM over all rows (cheaper than candle's broadcast batched matmul).
+            return crate::llm::ops::linear::linear(x, &self.weight);
+        }
         let dims = x.dims().to_vec();
         let in_dim = dims[dims.len() - 1];
         let rows = x.elem_count() / in_dim.max(1);
         // One 2-D GEMM over all rows: cheaper than candle's broadcast batched matmul.
         let x2 = x.reshape((rows, in_dim))?;
-        let mut y = x2.matmul(&self.weight.t()?)?;
+        let mut y = crate::llm::ops::linear::linear(&x2, &self.weight)?;
         if adapter {
             if let Some(l) = &self.lora {
                 let xd = if train && l.dropout > 0.0 {

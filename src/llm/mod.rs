@@ -9,6 +9,7 @@ pub mod kernels;
 pub mod load;
 pub mod lora;
 pub mod model;
+pub mod ops;
 pub mod peft;
 pub mod save;
 pub mod synthetic;

@@ -2,9 +2,11 @@
 //! gives every position's hidden state, logits only where asked, a batched KV cache and
 //! LoRA hooks (DESIGN "Backbone"; paper Eq. 2 uses its hidden states, 3.4 trains it).
 
+mod attention;
 mod segments;
 mod weights;
 
+use attention::Attention;
 pub use segments::LayerCtx;
 
 use candle_core::{DType, Device, Result, Tensor, D};
@@ -14,9 +16,11 @@ use super::cache::KvCache;
 use super::config::LlamaConfig;
 use super::kernels;
 use super::lora::{LoraConfig, Proj};
+use super::ops;
 
-/// Which kernels a forward uses: `Train` composes differentiable ops (candle's fused softmax,
-/// RMSNorm and RoPE kernels have no backward); `Infer` uses the fused ones.
+/// Which kernels a forward uses: `Train` uses ops with a backward pass (ours in `ops` on the
+/// CPU, composed candle ops elsewhere: candle's fused softmax, RMSNorm and RoPE kernels have
+/// none); `Infer` may use candle's fused inference kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Train,
@@ -40,7 +44,7 @@ impl RmsNorm {
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         match mode {
             Mode::Infer => candle_nn::ops::rms_norm(x, &self.weight, self.eps as f32),
-            Mode::Train => candle_nn::ops::rms_norm_slow(x, &self.weight, self.eps as f32),
+            Mode::Train => ops::norm::rms_norm(x, &self.weight, self.eps),
         }
     }
 }
@@ -90,6 +94,9 @@ impl Rope {
         match mode {
             Mode::Infer => candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin),
             Mode::Train => {
+                if let Some(y) = ops::rope::rope(x, cos, sin)? {
+                    return Ok(y);
+                }
                 // rope_slow composed by hand so per-row positions ([b, t, hd/2]) work too.
                 let cos = Tensor::cat(&[cos, cos], D::Minus1)?;
                 let sin = Tensor::cat(&[sin, sin], D::Minus1)?;
@@ -121,91 +128,6 @@ pub enum Positions {
 }
 
 #[derive(Debug, Clone)]
-struct Attention {
-    q_proj: Proj,
-    k_proj: Proj,
-    v_proj: Proj,
-    o_proj: Proj,
-    n_heads: usize,
-    n_kv: usize,
-    head_dim: usize,
-}
-
-impl Attention {
-    fn new(cfg: &LlamaConfig, vb: VarBuilder) -> Result<Self> {
-        let d = cfg.hidden_size;
-        let hd = cfg.head_dim();
-        let (h, kv) = (cfg.num_attention_heads, cfg.num_kv_heads());
-        Ok(Self {
-            q_proj: Proj::new(d, h * hd, vb.pp("q_proj"))?,
-            k_proj: Proj::new(d, kv * hd, vb.pp("k_proj"))?,
-            v_proj: Proj::new(d, kv * hd, vb.pp("v_proj"))?,
-            o_proj: Proj::new(h * hd, d, vb.pp("o_proj"))?,
-            n_heads: h,
-            n_kv: kv,
-            head_dim: hd,
-        })
-    }
-
-    /// x: [b, t, d]; mask: additive `[b|1, 1, t, kv]`; returns [b, t, d].
-    #[allow(clippy::too_many_arguments)]
-    fn forward(
-        &self,
-        x: &Tensor,
-        rope: &Rope,
-        cs: &(Tensor, Tensor),
-        mask: &AttnMask,
-        cache: Option<(&mut KvCache, usize)>,
-        st: &State,
-    ) -> Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
-        let (h, kv, hd) = (self.n_heads, self.n_kv, self.head_dim);
-        let q = self.q_proj.forward_with(x, st.adapter, st.train());
-        let k = self.k_proj.forward_with(x, st.adapter, st.train());
-        let v = self.v_proj.forward_with(x, st.adapter, st.train());
-        let q = q?.reshape((b, t, h, hd))?.transpose(1, 2)?.contiguous()?;
-        let k = k?.reshape((b, t, kv, hd))?.transpose(1, 2)?.contiguous()?;
-        let v = v?.reshape((b, t, kv, hd))?.transpose(1, 2)?.contiguous()?;
-        let q = rope.apply(&q, &cs.0, &cs.1, st.mode)?;
-        let k = rope.apply(&k, &cs.0, &cs.1, st.mode)?;
-        let (k, v) = match cache {
-            Some((c, layer)) => c.append(layer, &k, &v)?,
-            None => (k, v),
-        };
-        let kv_len = k.dim(2)?;
-        // GQA without copying K/V: the n_rep query heads of one KV head are adjacent, so fold
-        // them into the row dimension of one matmul per KV head.
-        let n_rep = h / kv;
-        let q = q.reshape((b, kv, n_rep * t, hd))?;
-        let scale = 1.0 / (hd as f64).sqrt();
-        let att = q.matmul(&k.t()?)?; // [b, kv, n_rep*t, kv_len]
-        let att = match kernels::causal_softmax(&att, scale, t, mask.past, &mask.valid)? {
-            Some(p) => p,
-            None => {
-                let att = (att * scale)?;
-                let att = match &mask.additive {
-                    Some(m) => att
-                        .reshape((b, kv, n_rep, t, kv_len))?
-                        .broadcast_add(&m.unsqueeze(1)?)?
-                        .reshape((b, kv, n_rep * t, kv_len))?,
-                    None => att,
-                };
-                match st.mode {
-                    Mode::Infer => candle_nn::ops::softmax_last_dim(&att)?,
-                    Mode::Train => candle_nn::ops::softmax(&att, D::Minus1)?,
-                }
-            }
-        };
-        let y = att.matmul(&v)?; // [b, kv, n_rep*t, hd]
-        let y = y
-            .reshape((b, h, t, hd))?
-            .transpose(1, 2)?
-            .reshape((b, t, h * hd))?;
-        self.o_proj.forward_with(&y, st.adapter, st.train())
-    }
-}
-
-#[derive(Debug, Clone)]
 struct Mlp {
     gate_proj: Proj,
     up_proj: Proj,
@@ -223,9 +145,20 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor, st: &State) -> Result<Tensor> {
+        let projs = [&self.gate_proj, &self.up_proj, &self.down_proj];
+        if st.train() && !(st.adapter && projs.iter().any(|p| p.has_lora())) {
+            let [g, u, d] = projs.map(|p| p.weight());
+            if let Some(y) = ops::mlp::mlp(x, g, u, d)? {
+                return Ok(y);
+            }
+        }
         let g = self.gate_proj.forward_with(x, st.adapter, st.train())?;
         let u = self.up_proj.forward_with(x, st.adapter, st.train())?;
-        let y = kernels::silu_mul(&g, &u)?;
+        // On CUDA our kernels serve training only (inference keeps candle's).
+        let y = match st.train() || g.device().is_cpu() {
+            true => kernels::silu_mul(&g, &u)?,
+            false => (candle_nn::ops::silu(&g)? * &u)?,
+        };
         self.down_proj.forward_with(&y, st.adapter, st.train())
     }
 }
@@ -236,6 +169,46 @@ struct Block {
     self_attn: Attention,
     post_attention_layernorm: RmsNorm,
     mlp: Mlp,
+}
+
+impl Block {
+    /// One decoder layer, x [b, t, d] -> [b, t, d]. Each half (norm, sub-layer, residual) is
+    /// a single fused op where one applies (llm::ops), else composed.
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        cs: &(Tensor, Tensor),
+        mask: &AttnMask,
+        cache: Option<(&mut KvCache, usize)>,
+        st: &State,
+    ) -> Result<Tensor> {
+        let (ln1, ln2) = (&self.input_layernorm, &self.post_attention_layernorm);
+        // Training only: inference keeps its kernels, so a model gives the same logits bit for
+        // bit whether its weights are variables or tensors, with or without a zero adapter.
+        let fused = match st.train() && cache.is_none() && mask.past == 0 {
+            true => self.self_attn.sublayer(x, ln1, cs, mask, st)?,
+            false => None,
+        };
+        let x = match fused {
+            Some(x) => x,
+            None => {
+                let h = ln1.forward(x, st.mode)?;
+                let h = self.self_attn.forward(&h, rope, cs, mask, cache, st)?;
+                kernels::add(x, &h)?
+            }
+        };
+        let projs = [&self.mlp.gate_proj, &self.mlp.up_proj, &self.mlp.down_proj];
+        if st.train() && !(st.adapter && projs.iter().any(|p| p.has_lora())) {
+            let w = projs.map(|p| p.weight());
+            if let Some(y) = ops::mlp::mlp_sublayer(&x, (&ln2.weight, ln2.eps), w)? {
+                return Ok(y);
+            }
+        }
+        let h = ln2.forward(&x, st.mode)?;
+        let h = self.mlp.forward(&h, st)?;
+        kernels::add(&x, &h)
+    }
 }
 
 struct State {
@@ -325,6 +298,11 @@ impl Llama {
         &self.embed_tokens
     }
 
+    /// The output head [vocab, d] (the embedding itself when tied).
+    pub fn lm_head(&self) -> &Tensor {
+        &self.lm_head
+    }
+
     /// Attaches LoRA adapters (PEFT naming under `vb`: `model.layers.{i}.self_attn.q_proj.lora_A.weight`
     /// etc.) to the projections named in `cfg.target_modules`.
     pub fn attach_lora(&mut self, cfg: &LoraConfig, vb: VarBuilder) -> Result<()> {
@@ -404,7 +382,7 @@ impl Llama {
             (None, v) => v.map(|v| v.to_dtype(DType::U8)).transpose()?,
         };
         let ctx = self.ctx(b, t, past, &positions, key_valid, mode)?;
-        let mut x = self.embed(ids)?;
+        let mut x = self.embed(ids, mode)?; // [b, t, d]
         for i in 0..self.layers.len() {
             x = self.block_forward(i, &x, &ctx, cache.as_deref_mut())?;
         }

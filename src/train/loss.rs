@@ -18,12 +18,20 @@ pub fn response_ce_sum(
     targets: &[u32],
 ) -> Result<Tensor> {
     let h = Llama::gather(hidden, at)?; // [n, d]
+                                        // One op for head + cross-entropy where there is a fused kernel (crate::llm::ops::ce).
+    if let Some(loss) = crate::llm::ops::ce::head_ce_sum(&h, model.lm_head(), targets)? {
+        return Ok(loss);
+    }
     let logits = model.logits(&h)?; // [n, vocab]
     nll_sum(&logits, targets)
 }
 
 /// -sum_i log softmax(logits_i)[targets_i]; logits [n, c].
 pub fn nll_sum(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
+    // One kernel each way on CUDA (crate::llm::ops::ce::ce_sum).
+    if let Some(loss) = crate::llm::ops::ce::ce_sum(logits, targets)? {
+        return Ok(loss);
+    }
     let logp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
     let idx = Tensor::from_slice(targets, (targets.len(), 1), logits.device())?;
     logp.gather(&idx, 1)?.sum_all()?.neg()

@@ -155,7 +155,7 @@ pub fn checkpointed_grads(
     let ctx = model.layer_ctx(b, t, None, Mode::Train)?;
     let n = model.num_layers();
     // The embedding keeps its (small) graph: index_select into the table.
-    let x0 = model.embed(&mb.ids)?; // [b, t, d]
+    let x0 = model.embed(&mb.ids, Mode::Train)?; // [b, t, d]
     let mut inputs = Vec::with_capacity(n);
     let mut x = x0.detach();
     for i in 0..n {

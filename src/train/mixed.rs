@@ -93,7 +93,18 @@ impl MixedPrecision {
     /// The model for one step, in `self.dtype`; gradients of its trainable weights reach the
     /// f32 variables. `like` gives the config.
     pub fn model(&self, like: &Llama) -> Result<Llama> {
-        let vb = VarBuilder::from_tensors(self.base.clone(), self.dtype, &self.device);
+        self.model_in(like, self.dtype)
+    }
+
+    /// Whether frozen weights are held in the low precision (a LoRA or anneal base): building
+    /// the model in f32 would then make an f32 copy of them every step.
+    pub fn has_low_precision_frozen(&self) -> bool {
+        self.base.values().any(|t| t.dtype() != DType::F32)
+    }
+
+    /// [`MixedPrecision::model`] in `dtype` (f32 for a CPU whose matmuls take bf16 inputs).
+    pub fn model_in(&self, like: &Llama, dtype: DType) -> Result<Llama> {
+        let vb = VarBuilder::from_tensors(self.base.clone(), dtype, &self.device);
         let mut m = Llama::new(like.config(), vb)?;
         if let Some((cfg, t)) = &self.lora {
             m.attach_lora_from(cfg, t)?;

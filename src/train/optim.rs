@@ -4,9 +4,25 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context;
 use candle_core::{DType, Device, Tensor, Var};
+
+use crate::llm::ops::{mutate_cpu, with_cpu, GradBuffers};
+
+mod flat;
+use flat::Flat;
+
+/// The per-parameter constants of one update.
+#[derive(Clone, Copy)]
+struct Hyper {
+    lr: f64,
+    wd: f64,
+    bc1: f64,
+    bc2: f64,
+    scale: f64,
+}
 
 /// The learning rate at optimizer step `step` (0-based) of `total`: linear warmup from 0 over
 /// `warmup` steps, then a cosine from `lr` down to `lr * min_ratio` at the last step.
@@ -52,10 +68,36 @@ pub struct AdamW {
     pub t: usize,
     m: Vec<Tensor>,
     v: Vec<Tensor>,
+    /// Gradient buffers for the fused ops (made on first use, kept across steps).
+    grads: Option<Arc<GradBuffers>>,
+    /// On CUDA: every moment as one flat tensor (`m[i]`, `v[i]` are views of it), for the
+    /// multi-tensor step.
+    flat: Option<Flat>,
 }
 
 impl AdamW {
     pub fn new(cfg: AdamWConfig, params: &Params) -> candle_core::Result<Self> {
+        if let Some(flat) = Flat::new(params)? {
+            let view = |all: &Tensor, i: usize| -> candle_core::Result<Tensor> {
+                let (a, b) = (flat.offsets[i] as usize, flat.offsets[i + 1] as usize);
+                all.narrow(0, a, b - a)?.reshape(params.vars[i].shape())
+            };
+            let n = params.vars.len();
+            let m = (0..n)
+                .map(|i| view(&flat.m, i))
+                .collect::<candle_core::Result<_>>()?;
+            let v = (0..n)
+                .map(|i| view(&flat.v, i))
+                .collect::<candle_core::Result<_>>()?;
+            return Ok(Self {
+                cfg,
+                t: 0,
+                m,
+                v,
+                grads: None,
+                flat: Some(flat),
+            });
+        }
         let zeros = |v: &Var| Tensor::zeros(v.shape(), DType::F32, v.device());
         Ok(Self {
             cfg,
@@ -70,7 +112,21 @@ impl AdamW {
                 .iter()
                 .map(zeros)
                 .collect::<candle_core::Result<_>>()?,
+            grads: None,
+            flat: None,
         })
+    }
+
+    /// Zeroed gradient buffers for `params` (the same ones every step: no allocation after
+    /// the first), to [`GradBuffers::activate`] around a step's forward and backward passes.
+    pub fn grad_buffers(&mut self, params: &Params) -> candle_core::Result<Arc<GradBuffers>> {
+        match &self.grads {
+            Some(g) => g.zero()?,
+            None => self.grads = Some(Arc::new(GradBuffers::new(&params.vars)?)),
+        }
+        self.grads
+            .clone()
+            .ok_or_else(|| candle_core::Error::Msg("gradient buffers".into()))
     }
 
     /// One update with gradients `grads[i]` for `params.vars[i]` (None: no gradient this step).
@@ -79,6 +135,38 @@ impl AdamW {
         params: &Params,
         grads: &[Option<Tensor>],
         lr: f64,
+    ) -> candle_core::Result<()> {
+        if self.step_cuda(params, grads, lr, 0.0)?.is_some() {
+            return Ok(());
+        }
+        self.step_scaled(params, grads, lr, 1.0)
+    }
+
+    /// Global-norm clipping to `max_norm` (0: none) folded into the update: the gradients are
+    /// scaled inside the update's single pass instead of by a pass of their own. Returns the
+    /// norm before clipping; same result as [`clip_grad_norm`] then [`AdamW::step`].
+    pub fn clip_and_step(
+        &mut self,
+        params: &Params,
+        grads: &[Option<Tensor>],
+        lr: f64,
+        max_norm: f64,
+    ) -> candle_core::Result<f64> {
+        if let Some(norm) = self.step_cuda(params, grads, lr, max_norm)? {
+            return Ok(norm);
+        }
+        let norm = grad_norm(grads)?;
+        self.step_scaled(params, grads, lr, clip_scale(norm, max_norm))?;
+        Ok(norm)
+    }
+
+    /// The update with every gradient multiplied by `scale` first.
+    fn step_scaled(
+        &mut self,
+        params: &Params,
+        grads: &[Option<Tensor>],
+        lr: f64,
+        scale: f64,
     ) -> candle_core::Result<()> {
         self.t += 1;
         let c = self.cfg;
@@ -91,13 +179,17 @@ impl AdamW {
             } else {
                 0.0
             };
-            if let Some((w, m, v)) = self.fused_cpu(var, g, i, lr, wd, bc1, bc2)? {
-                var.set(&w)?;
-                self.m[i] = m;
-                self.v[i] = v;
+            let h = Hyper {
+                lr,
+                wd,
+                bc1,
+                bc2,
+                scale,
+            };
+            if self.fused_cpu(var, g, i, h)? {
                 continue;
             }
-            let g = g.to_dtype(DType::F32)?;
+            let g = (g.to_dtype(DType::F32)? * scale)?;
             let m = ((&self.m[i] * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
             let v = ((&self.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
             let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + c.eps)?)?;
@@ -110,81 +202,51 @@ impl AdamW {
         Ok(())
     }
 
-    /// The update of one f32 CPU parameter in a single parallel pass over w, g, m and v (the
-    /// composed tensor ops make about three times as many passes over memory, which is most of
-    /// an optimizer step's time on a CPU). None when the tensors are elsewhere or not f32.
-    #[allow(clippy::too_many_arguments)]
-    fn fused_cpu(
-        &self,
-        var: &Var,
-        g: &Tensor,
-        i: usize,
-        lr: f64,
-        wd: f64,
-        bc1: f64,
-        bc2: f64,
-    ) -> candle_core::Result<Option<(Tensor, Tensor, Tensor)>> {
-        use candle_core::Storage;
+    /// The update of one f32 CPU parameter in a single parallel pass, in place, over w, g, m
+    /// and v (the composed tensor ops make about three times as many passes over memory and
+    /// allocate three new parameter-sized tensors, which is most of an optimizer step's time on
+    /// a CPU). False when the tensors are elsewhere or not f32.
+    fn fused_cpu(&self, var: &Var, g: &Tensor, i: usize, h: Hyper) -> candle_core::Result<bool> {
         use rayon::prelude::*;
         let w_t = var.as_tensor();
         let all_cpu_f32 = [w_t, g, &self.m[i], &self.v[i]]
             .iter()
             .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous());
-        if !all_cpu_f32 || !crate::llm::kernels::fused_enabled() {
-            return Ok(None);
+        if !all_cpu_f32 || !crate::llm::kernels::fused_enabled() || g.shape() != w_t.shape() {
+            return Ok(false);
         }
         let c = self.cfg;
-        let n = w_t.elem_count();
-        let (mut w_new, mut m_new, mut v_new) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
-        {
-            let (ws, wl) = w_t.storage_and_layout();
-            let (gs, gl) = g.storage_and_layout();
-            let (ms, ml) = self.m[i].storage_and_layout();
-            let (vs, vl) = self.v[i].storage_and_layout();
-            fn slice<'a>(
-                s: &'a Storage,
-                l: &candle_core::Layout,
-            ) -> candle_core::Result<&'a [f32]> {
-                match (s, l.contiguous_offsets()) {
-                    (Storage::Cpu(cpu), Some((a, b))) => Ok(&cpu.as_slice::<f32>()?[a..b]),
-                    _ => candle_core::bail!("expected a contiguous CPU tensor"),
-                }
-            }
-            let (w, gr, m, v) = (
-                slice(&ws, wl)?,
-                slice(&gs, gl)?,
-                slice(&ms, ml)?,
-                slice(&vs, vl)?,
-            );
-            let (b1, b2, eps) = (c.beta1 as f32, c.beta2 as f32, c.eps as f32);
-            let (bc1, bc2) = (bc1 as f32, bc2 as f32);
-            let (lr, decay) = (lr as f32, (1.0 - lr * wd) as f32);
-            const CHUNK: usize = 1 << 14;
-            w_new
-                .par_chunks_mut(CHUNK)
-                .zip(m_new.par_chunks_mut(CHUNK))
-                .zip(v_new.par_chunks_mut(CHUNK))
-                .enumerate()
-                .for_each(|(k, ((wo, mo), vo))| {
-                    let o = k * CHUNK;
-                    for j in 0..wo.len() {
-                        let gj = gr[o + j];
-                        let mj = b1 * m[o + j] + (1.0 - b1) * gj;
-                        let vj = b2 * v[o + j] + (1.0 - b2) * gj * gj;
-                        let upd = (mj / bc1) / ((vj / bc2).sqrt() + eps);
-                        wo[j] = w[o + j] * decay - lr * upd;
-                        mo[j] = mj;
-                        vo[j] = vj;
-                    }
-                });
-        }
-        let shape = w_t.shape().clone();
-        let dev = w_t.device();
-        Ok(Some((
-            Tensor::from_vec(w_new, shape.clone(), dev)?,
-            Tensor::from_vec(m_new, shape.clone(), dev)?,
-            Tensor::from_vec(v_new, shape, dev)?,
-        )))
+        let (b1, b2, eps) = (c.beta1 as f32, c.beta2 as f32, c.eps as f32);
+        let (bc1, bc2) = (h.bc1 as f32, h.bc2 as f32);
+        let (lr, decay, scale) = (h.lr as f32, (1.0 - h.lr * h.wd) as f32, h.scale as f32);
+        const CHUNK: usize = 1 << 14;
+        mutate_cpu(w_t, |w| {
+            mutate_cpu(&self.m[i], |m| {
+                mutate_cpu(&self.v[i], |v| {
+                    with_cpu(&[g], "adamw", |gs| {
+                        let gr = gs[0];
+                        w.par_chunks_mut(CHUNK)
+                            .zip(m.par_chunks_mut(CHUNK))
+                            .zip(v.par_chunks_mut(CHUNK))
+                            .enumerate()
+                            .for_each(|(k, ((w, m), v))| {
+                                let o = k * CHUNK;
+                                for j in 0..w.len() {
+                                    let gj = gr[o + j] * scale;
+                                    let mj = b1 * m[j] + (1.0 - b1) * gj;
+                                    let vj = b2 * v[j] + (1.0 - b2) * gj * gj;
+                                    let upd = (mj / bc1) / ((vj / bc2).sqrt() + eps);
+                                    w[j] = w[j] * decay - lr * upd;
+                                    m[j] = mj;
+                                    v[j] = vj;
+                                }
+                            });
+                        Ok(())
+                    })
+                })
+            })
+        })?;
+        Ok(true)
     }
 
     /// Writes the moments (`m.<name>`, `v.<name>`) and the step count to a safetensors file.
@@ -228,8 +290,11 @@ impl AdamW {
             Ok(t.to_dtype(DType::F32)?)
         };
         for (i, n) in params.names.iter().enumerate() {
-            self.m[i] = get(&format!("m.{n}"), &params.vars[i])?;
-            self.v[i] = get(&format!("v.{n}"), &params.vars[i])?;
+            let (m, v) = (
+                get(&format!("m.{n}"), &params.vars[i])?,
+                get(&format!("v.{n}"), &params.vars[i])?,
+            );
+            self.set_moments(i, m, v)?;
         }
         let t = map
             .get("t")
@@ -238,38 +303,73 @@ impl AdamW {
         Ok(())
     }
 
+    /// Sets variable `i`'s moments (copied into the flat tensors where the moments are views).
+    fn set_moments(&mut self, i: usize, m: Tensor, v: Tensor) -> candle_core::Result<()> {
+        match &self.flat {
+            Some(f) => {
+                let at = f.offsets[i] as usize;
+                f.m.slice_set(&m.flatten_all()?, 0, at)?;
+                f.v.slice_set(&v.flatten_all()?, 0, at)?;
+            }
+            None => (self.m[i], self.v[i]) = (m, v),
+        }
+        Ok(())
+    }
+
     /// This optimizer's state for `params`: the same parameters (same order, maybe on other
     /// devices), e.g. a data-parallel rank's replica.
     pub fn replicate(&self, params: &Params) -> candle_core::Result<Self> {
-        let to = |ts: &[Tensor]| -> candle_core::Result<Vec<Tensor>> {
-            ts.iter()
-                .zip(&params.vars)
-                .map(|(t, v)| t.to_device(v.device()))
-                .collect()
-        };
-        Ok(Self {
-            cfg: self.cfg,
-            t: self.t,
-            m: to(&self.m)?,
-            v: to(&self.v)?,
-        })
+        let mut r = Self::new(self.cfg, params)?;
+        r.t = self.t;
+        for (i, var) in params.vars.iter().enumerate() {
+            let m = self.m[i].to_device(var.device())?.copy()?;
+            let v = self.v[i].to_device(var.device())?.copy()?;
+            r.set_moments(i, m, v)?;
+        }
+        Ok(r)
+    }
+}
+
+/// The global L2 norm of `grads`: one parallel pass over each contiguous f32 CPU gradient,
+/// composed tensor ops for the others.
+pub fn grad_norm(grads: &[Option<Tensor>]) -> candle_core::Result<f64> {
+    use rayon::prelude::*;
+    let mut sq = 0f64;
+    for g in grads.iter().flatten() {
+        if g.device().is_cpu() && g.dtype() == DType::F32 && g.is_contiguous() {
+            sq += with_cpu(&[g], "grad_norm", |s| {
+                Ok(s[0]
+                    .par_chunks(1 << 14)
+                    .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
+                    .sum::<f64>())
+            })?;
+        } else {
+            sq += g
+                .to_dtype(DType::F32)?
+                .sqr()?
+                .sum_all()?
+                .to_scalar::<f32>()? as f64;
+        }
+    }
+    Ok(sq.sqrt())
+}
+
+/// The factor that brings a gradient of norm `norm` down to `max_norm` (1 when it is below,
+/// or when `max_norm` is 0).
+pub fn clip_scale(norm: f64, max_norm: f64) -> f64 {
+    if max_norm > 0.0 && norm > max_norm {
+        max_norm / (norm + 1e-6)
+    } else {
+        1.0
     }
 }
 
 /// Scales `grads` in place so their global L2 norm is at most `max_norm`; returns the norm
 /// before clipping.
 pub fn clip_grad_norm(grads: &mut [Option<Tensor>], max_norm: f64) -> candle_core::Result<f64> {
-    let mut sq = 0f64;
-    for g in grads.iter().flatten() {
-        sq += g
-            .to_dtype(DType::F32)?
-            .sqr()?
-            .sum_all()?
-            .to_scalar::<f32>()? as f64;
-    }
-    let norm = sq.sqrt();
-    if max_norm > 0.0 && norm > max_norm {
-        let s = max_norm / (norm + 1e-6);
+    let norm = grad_norm(grads)?;
+    let s = clip_scale(norm, max_norm);
+    if s != 1.0 {
         for g in grads.iter_mut().flatten() {
             *g = (&*g * s)?;
         }

@@ -13,7 +13,7 @@ use super::dist::{agree, Communicator, Reducer};
 use super::loss::{response_ce_sum, Gct};
 use super::micro::{self, GradAcc, Norms, Sums};
 use super::mixed::MixedPrecision;
-use super::optim::{clip_grad_norm, cosine_lr, AdamW, Params};
+use super::optim::{cosine_lr, AdamW, Params};
 use super::parallel::DataParallel;
 use crate::llm::{Llama, Mode};
 use crate::tasks::build::Encoded;
@@ -115,7 +115,19 @@ impl Trainer {
                 return Ok(None);
             }
         }
-        self.refresh_model()?;
+        // bf16 on a CPU with AVX512-BF16: the f32 model with bf16 matmul inputs (llm::ops),
+        // where every weight trains in f32 anyway; a frozen bf16 base keeps the bf16 model
+        // (no f32 copy of it, the point of loading it in bf16).
+        let cpu_bf16 = self
+            .mixed
+            .as_ref()
+            .is_some_and(|m| m.dtype == DType::BF16 && !m.has_low_precision_frozen())
+            && self.model.device().is_cpu()
+            && crate::llm::ops::bf16_matmul_available()
+            && crate::llm::kernels::fused_enabled();
+        let _bf16 = crate::llm::ops::Bf16Matmul::new(cpu_bf16);
+        crate::llm::ops::allow_tf32(self.model.device());
+        self.refresh_model(cpu_bf16)?;
         let step_seed = c.seed ^ (self.step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let groups = bucket(samples, c.micro_batch);
         let mine: Vec<usize> = (rank..groups.len()).step_by(world).collect();
@@ -124,6 +136,14 @@ impl Trainer {
             comm.map(|_| Reducer::new(&self.params, self.model.num_layers(), reduce_dtype));
         let mut acc = GradAcc::new(self.params.vars.len());
         let mut sums = Sums::default();
+        // One rank without checkpointing: the fused ops add weight gradients into buffers kept
+        // across steps (llm::ops::grad). Checkpointing and data parallelism hand gradients on
+        // layer by layer, so there every gradient comes through candle's autograd.
+        let bufs = match comm.is_none() && !c.checkpoint_activations {
+            true => Some(self.opt.grad_buffers(&self.params)?),
+            false => None,
+        };
+        let active = bufs.as_ref().map(|b| b.activate());
         for (j, &k) in mine.iter().enumerate() {
             if comm.is_none() && stop.load(Ordering::SeqCst) {
                 return Ok(None);
@@ -159,7 +179,11 @@ impl Trainer {
             };
             sums.add(s);
         }
+        drop(active);
         let mut grads = acc.grads;
+        if let Some(b) = &bufs {
+            b.merge(&mut grads)?;
+        }
         let mut stopping = stop.load(Ordering::SeqCst);
         if let (Some(m), Some(r)) = (comm, reducer.as_mut()) {
             (sums, stopping) = r.finish(m, &mut grads, &self.params, sums, stopping)?;
@@ -167,13 +191,14 @@ impl Trainer {
         if stopping {
             return Ok(None);
         }
-        let grad_norm = clip_grad_norm(&mut grads, c.clip_norm)?;
         let lr = cosine_lr(c.lr, self.step, c.total, c.warmup, c.min_lr_ratio);
-        self.opt.step(&self.params, &grads, lr)?;
+        let grad_norm = self
+            .opt
+            .clip_and_step(&self.params, &grads, lr, c.clip_norm)?;
         drop(grads);
         self.step += 1;
         // Validation between steps sees the updated weights.
-        self.refresh_model()?;
+        self.refresh_model(cpu_bf16)?;
         Ok(Some(self.stats(
             sums,
             norms,
@@ -184,10 +209,12 @@ impl Trainer {
         )))
     }
 
-    /// With mixed precision, rebuilds the compute model from the (just updated) variables.
-    fn refresh_model(&mut self) -> Result<()> {
+    /// With mixed precision, rebuilds the compute model from the (just updated) variables;
+    /// `cpu_bf16` keeps it in f32 (the matmuls take bf16 inputs instead, llm::ops).
+    fn refresh_model(&mut self, cpu_bf16: bool) -> Result<()> {
         if let Some(mp) = &self.mixed {
-            self.model = mp.model(&self.model)?;
+            let dtype = if cpu_bf16 { DType::F32 } else { mp.dtype };
+            self.model = mp.model_in(&self.model, dtype)?;
         }
         Ok(())
     }

@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Result, Tensor};
 
-use super::{kernels, AttnMask, KvCache, Llama, Mode, Positions, State};
+use super::{kernels, ops, AttnMask, KvCache, Llama, Mode, Positions, State};
 
 /// The per-forward state every decoder layer shares (RoPE tables, attention mask, mode); made
 /// by [`Llama::layer_ctx`].
@@ -14,14 +14,12 @@ pub struct LayerCtx {
 }
 
 impl Llama {
-    /// Token embeddings: ids [b, t] (u32) -> [b, t, d]. With [`Llama::layer_ctx`],
-    /// [`Llama::layer_forward`] and [`Llama::final_norm`] this is [`Llama::forward_hidden`]
-    /// one segment at a time (what activation checkpointing recomputes).
-    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
-        let (b, t) = ids.dims2()?;
-        self.embed_tokens
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, t, ()))
+    /// Token embeddings: ids [b, t] (u32) -> [b, t, d] (in training, the gather whose backward
+    /// is a scatter-add parallel over ids). With [`Llama::layer_ctx`], [`Llama::layer_forward`]
+    /// and [`Llama::final_norm`] this is [`Llama::forward_hidden`] one segment at a time (what
+    /// activation checkpointing recomputes).
+    pub fn embed(&self, ids: &Tensor, mode: Mode) -> Result<Tensor> {
+        ops::embed::embedding(&self.embed_tokens, ids, mode == Mode::Train)
     }
 
     /// What every layer of a cache-free forward over `[b, t]` tokens at positions `0..t` needs.
@@ -57,8 +55,11 @@ impl Llama {
         mode: Mode,
     ) -> Result<LayerCtx> {
         let cs = self.rope.tables(positions)?;
-        let fused =
-            self.device().is_cpu() && self.dtype() == DType::F32 && kernels::fused_enabled();
+        // The fused masked softmax: always on the CPU, only for training on CUDA (inference
+        // there keeps candle's kernels).
+        let dev = self.device();
+        let fused = kernels::causal_softmax_supported(dev, self.dtype())
+            && (dev.is_cpu() || mode == Mode::Train);
         let mask = AttnMask {
             additive: if fused {
                 None
@@ -89,15 +90,7 @@ impl Llama {
         let layer = self.layers.get(i).ok_or_else(|| {
             candle_core::Error::Msg(format!("layer {i} of a {}-layer model", self.layers.len()))
         })?;
-        let mode = ctx.st.mode;
-        let h = layer.input_layernorm.forward(x, mode)?;
         let c = cache.map(|c| (c, i));
-        let h = layer
-            .self_attn
-            .forward(&h, &self.rope, &ctx.cs, &ctx.mask, c, &ctx.st)?;
-        let x = kernels::add(x, &h)?;
-        let h = layer.post_attention_layernorm.forward(&x, mode)?;
-        let h = layer.mlp.forward(&h, &ctx.st)?;
-        kernels::add(&x, &h)
+        layer.forward(x, &self.rope, &ctx.cs, &ctx.mask, c, &ctx.st)
     }
 }

@@ -2,6 +2,7 @@
 //! on candle. One module per pipeline stage; `main.rs` only parses the command line.
 
 pub mod behavior;
+pub mod bench;
 pub mod commands;
 pub mod data;
 pub mod device;

@@ -5,6 +5,7 @@ pub mod baselines;
 pub mod beam;
 pub mod partial;
 pub mod ppl;
+pub mod report;
 pub mod run;
 pub mod trie;
 

@@ -3,6 +3,8 @@
 //! gradients, and the same 20-step loss curves of the real trainer (full fine-tuning with GCT,
 //! and a LoRA adapter).
 
+mod common;
+
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -61,18 +63,7 @@ fn adamw(p: &Params) -> AdamW {
 }
 
 fn step_cfg(total: usize) -> StepConfig {
-    StepConfig {
-        lr: 1e-2,
-        warmup: 2,
-        total,
-        min_lr_ratio: 0.1,
-        clip_norm: 1.0,
-        lambda_s: 0.1,
-        lambda_b: 0.1,
-        micro_batch: 4,
-        seed: 5,
-        checkpoint_activations: false,
-    }
+    common::toy_step(1e-2, total, 4)
 }
 
 /// Full fine-tuning of a tiny model with the GCT head.

@@ -11,7 +11,7 @@ use std::sync::atomic::AtomicBool;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use llmbs::llm::{init::random_model, Llama, LlamaConfig, LoraConfig};
-use llmbs::tasks::build::{Encoded, TaskKind};
+use llmbs::tasks::build::Encoded;
 use llmbs::train::batch::MicroBatch;
 use llmbs::train::loss::Gct;
 use llmbs::train::micro::{checkpointed_grads, plain_grads, GradAcc, Norms};
@@ -24,46 +24,22 @@ use rand::SeedableRng;
 const VOCAB: usize = 48;
 const N_ITEMS: usize = 6;
 
-/// Ten SRT-like samples of different lengths over a 6-item catalogue, each ending in `[CON]`
-/// (47) when `gct`; responses are two ID tokens.
+/// Ten SRT samples with histories of 1-4 items over a 6-item catalogue (so micro-batches pad).
 fn samples(gct: bool) -> Vec<Encoded> {
     (0..10)
         .map(|i| {
-            let mut input = vec![1u32, 2];
-            for k in 0..(i % 4 + 1) {
-                input.extend([30 + ((i + k) % N_ITEMS) as u32, 40 + (k % 3) as u32]);
-            }
-            input.push(3);
-            let prompt_len = input.len();
-            let next = (i + 1) % N_ITEMS;
-            input.extend([30 + next as u32, 40 + (next % 3) as u32]);
-            if gct {
-                input.push(47);
-            }
-            Encoded {
-                kind: TaskKind::Srt,
-                input,
-                prompt_len,
-                response_len: 2,
-                gct_item: gct.then_some(next as u32),
-                history_loss: Vec::new(),
-            }
+            let hist: Vec<usize> = (0..(i % 4 + 1)).map(|k| (i + k) % N_ITEMS).collect();
+            common::toy_srt(&hist, (i + 1) % N_ITEMS, gct)
         })
         .collect()
 }
 
 fn step_cfg(checkpoint: bool) -> StepConfig {
     StepConfig {
-        lr: 1e-3,
         warmup: 1,
-        total: 5,
-        min_lr_ratio: 0.1,
-        clip_norm: 1.0,
-        lambda_s: 0.1,
-        lambda_b: 0.1,
-        micro_batch: 2,
         seed: 7,
         checkpoint_activations: checkpoint,
+        ..common::toy_step(1e-3, 5, 2)
     }
 }
 

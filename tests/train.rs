@@ -25,35 +25,17 @@ const VOCAB: usize = 48;
 const CON: u32 = 47;
 const N_ITEMS: usize = 6;
 
-/// Item i's ID: tokens 30 + i and 40 + (i % 3): two levels, unique.
 fn item_id(i: usize) -> Vec<u32> {
-    vec![30 + i as u32, 40 + (i % 3) as u32]
+    common::toy_item_id(i)
 }
 
-/// SRT samples of the cycle 0 -> 1 -> ... -> 5 -> 0: prompt [1, 2, hist ids.., 3], response the
-/// next item's ID, then [CON].
+/// SRT samples of the cycle 0 -> 1 -> ... -> 5 -> 0: each item's two predecessors and itself,
+/// then the next item.
 fn cycle_samples(gct: bool) -> Vec<Encoded> {
     (0..N_ITEMS)
         .map(|i| {
-            let mut input = vec![1u32, 2];
-            for k in 0..3 {
-                input.extend(item_id((i + N_ITEMS - 2 + k) % N_ITEMS));
-            }
-            input.push(3);
-            let prompt_len = input.len();
-            let next = (i + 1) % N_ITEMS;
-            input.extend(item_id(next));
-            if gct {
-                input.push(CON);
-            }
-            Encoded {
-                kind: TaskKind::Srt,
-                input,
-                prompt_len,
-                response_len: 2,
-                gct_item: gct.then_some(next as u32),
-                history_loss: Vec::new(),
-            }
+            let hist: Vec<usize> = (0..3).map(|k| (i + N_ITEMS - 2 + k) % N_ITEMS).collect();
+            common::toy_srt(&hist, (i + 1) % N_ITEMS, gct)
         })
         .collect()
 }
@@ -93,18 +75,7 @@ fn losses(t: &mut Trainer, samples: &[Encoded], n: usize) -> Vec<f64> {
 }
 
 fn step_cfg(lr: f64, total: usize) -> StepConfig {
-    StepConfig {
-        lr,
-        warmup: 2,
-        total,
-        min_lr_ratio: 0.1,
-        clip_norm: 1.0,
-        lambda_s: 0.1,
-        lambda_b: 0.1,
-        micro_batch: 4,
-        seed: 5,
-        checkpoint_activations: false,
-    }
+    common::toy_step(lr, total, 4)
 }
 
 struct Parts {

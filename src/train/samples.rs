@@ -14,6 +14,15 @@ use crate::eval;
 use crate::run::RunData;
 use crate::tasks::build::{text_items, Planned, TaskBuilder, TaskKind};
 
+/// What a stage trains on: every training sample (initial) or the anneal subset.
+pub fn stage_samples(d: &RunData, c: &TrainConfig) -> Vec<Sample> {
+    let train = d.split.train_samples(c.max_history);
+    match c.stage {
+        Stage::Initial => train,
+        Stage::Anneal => anneal_samples(&train, c),
+    }
+}
+
 /// The anneal stage's high-grade subset (paper 3.4.2).
 pub fn anneal_samples(train: &[Sample], c: &TrainConfig) -> Vec<Sample> {
     match c.anneal_select {

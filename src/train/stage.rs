@@ -12,7 +12,7 @@ use super::assemble::{assemble, backbone, Assembled, Backbone};
 use super::hooks::StageHooks;
 use super::report::{plot_log, read_log, TrainReport};
 use super::run::{fit, Ended, TrainState};
-use super::samples::{anneal_samples, task_builder, valid_set};
+use super::samples::{stage_samples, task_builder, valid_set};
 use super::{Stage, TrainConfig};
 use crate::device::device_name;
 use crate::llm::ModelSource;
@@ -292,11 +292,7 @@ fn follow_stage(
     mut parts: Assembled,
     c: &TrainConfig,
 ) -> anyhow::Result<()> {
-    let train_samples = d.split.train_samples(c.max_history);
-    let samples = match c.stage {
-        Stage::Initial => train_samples,
-        Stage::Anneal => anneal_samples(&train_samples, c),
-    };
+    let samples = stage_samples(d, c);
     let builder = task_builder(d, bb, &samples, c);
     let plan = builder.plan(&c.mix, c.steps * c.batch_size, c.seed)?;
     let stop = crate::util::interrupt_flag()?;
@@ -317,11 +313,7 @@ fn train_loop(
 ) -> anyhow::Result<TrainReport> {
     let c = &job.config;
     let stage = c.stage.name();
-    let train_samples = d.split.train_samples(c.max_history);
-    let samples = match c.stage {
-        Stage::Initial => train_samples,
-        Stage::Anneal => anneal_samples(&train_samples, c),
-    };
+    let samples = stage_samples(d, c);
     let builder = task_builder(d, bb, &samples, c);
     let plan = builder.plan(&c.mix, c.steps * c.batch_size, c.seed)?;
     let valid = valid_set(d, &builder, &bb.items, c)?;

@@ -112,3 +112,47 @@ pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         .to_scalar()
         .unwrap()
 }
+
+/// Item i's ID in the toy trainer tests: tokens 30 + i and 40 + (i % 3): two levels, unique.
+pub fn toy_item_id(i: usize) -> Vec<u32> {
+    vec![30 + i as u32, 40 + (i % 3) as u32]
+}
+
+/// One toy SRT sample: prompt `[1, 2, ids of history.., 3]`, response the next item's ID, then
+/// `[CON]` (47) when `gct`.
+pub fn toy_srt(history: &[usize], next: usize, gct: bool) -> llmbs::tasks::build::Encoded {
+    let mut input = vec![1u32, 2];
+    for &h in history {
+        input.extend(toy_item_id(h));
+    }
+    input.push(3);
+    let prompt_len = input.len();
+    input.extend(toy_item_id(next));
+    if gct {
+        input.push(47);
+    }
+    llmbs::tasks::build::Encoded {
+        kind: llmbs::tasks::build::TaskKind::Srt,
+        input,
+        prompt_len,
+        response_len: 2,
+        gct_item: gct.then_some(next as u32),
+        history_loss: Vec::new(),
+    }
+}
+
+/// The toy trainer tests' step settings: 2 warm-up steps of `total`, clip 1, GCT lambdas 0.1.
+pub fn toy_step(lr: f64, total: usize, micro_batch: usize) -> llmbs::train::step::StepConfig {
+    llmbs::train::step::StepConfig {
+        lr,
+        warmup: 2,
+        total,
+        min_lr_ratio: 0.1,
+        clip_norm: 1.0,
+        lambda_s: 0.1,
+        lambda_b: 0.1,
+        micro_batch,
+        seed: 5,
+        checkpoint_activations: false,
+    }
+}

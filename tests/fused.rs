@@ -13,7 +13,7 @@ use candle_nn::{VarBuilder, VarMap};
 use llmbs::llm::kernels::with_fused;
 use llmbs::llm::ops::GradBuffers;
 use llmbs::llm::{init::random_model, LlamaConfig, Mode};
-use llmbs::tasks::build::{Encoded, TaskKind};
+use llmbs::tasks::build::Encoded;
 use llmbs::train::loss::{response_ce_sum, Gct};
 use llmbs::train::optim::{AdamW, AdamWConfig, Params};
 use llmbs::train::setup::{params, seed_new_modules, varmap_vars};
@@ -32,24 +32,8 @@ fn rel(a: &Tensor, b: &Tensor) -> f32 {
         / scale
 }
 
-/// Samples of different lengths (so micro-batches pad), with a GCT item each.
 fn samples() -> Vec<Encoded> {
-    (0..6)
-        .map(|i| {
-            let len = 6 + (i * 5) % 9;
-            let input: Vec<u32> = (0..len)
-                .map(|p| ((i * 7 + p * 3) % 30 + 1) as u32)
-                .collect();
-            Encoded {
-                kind: TaskKind::Srt,
-                prompt_len: len - 3,
-                response_len: 2,
-                gct_item: Some((i % 4) as u32),
-                history_loss: if i % 2 == 0 { vec![1, 2] } else { vec![] },
-                input,
-            }
-        })
-        .collect()
+    common::toy_padded(true)
 }
 
 fn adamw(p: &Params) -> AdamW {

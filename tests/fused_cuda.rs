@@ -6,12 +6,14 @@
 //! `cargo test --release --features cuda --test fused_cuda -- --ignored`.
 #![cfg(feature = "cuda")]
 
+mod common;
+
 use std::sync::atomic::AtomicBool;
 
 use candle_core::{DType, Device, Tensor, Var, D};
 use llmbs::llm::kernels::with_fused;
 use llmbs::llm::{init::random_model, LlamaConfig};
-use llmbs::tasks::build::{Encoded, TaskKind};
+use llmbs::tasks::build::Encoded;
 use llmbs::train::optim::{AdamW, AdamWConfig, Params};
 use llmbs::train::setup::{params, varmap_vars};
 use llmbs::train::step::{StepConfig, Trainer};
@@ -232,22 +234,7 @@ fn multi_tensor_adamw_equals_the_cpu_one_pass_adamw() {
 }
 
 fn samples() -> Vec<Encoded> {
-    (0..6)
-        .map(|i| {
-            let len = 6 + (i * 5) % 9;
-            let input: Vec<u32> = (0..len)
-                .map(|p| ((i * 7 + p * 3) % 30 + 1) as u32)
-                .collect();
-            Encoded {
-                kind: TaskKind::Srt,
-                prompt_len: len - 3,
-                response_len: 2,
-                gct_item: None,
-                history_loss: vec![],
-                input,
-            }
-        })
-        .collect()
+    common::toy_padded(false)
 }
 
 fn trainer(dev: &Device, dtype: DType) -> Trainer {

@@ -156,3 +156,28 @@ pub fn toy_step(lr: f64, total: usize, micro_batch: usize) -> llmbs::train::step
         checkpoint_activations: false,
     }
 }
+
+/// Six toy samples of lengths 6-14 (so micro-batches pad); with `aux`, a GCT item each and
+/// history-loss positions on every other one.
+pub fn toy_padded(aux: bool) -> Vec<llmbs::tasks::build::Encoded> {
+    (0..6)
+        .map(|i| {
+            let len = 6 + (i * 5) % 9;
+            let input: Vec<u32> = (0..len)
+                .map(|p| ((i * 7 + p * 3) % 30 + 1) as u32)
+                .collect();
+            llmbs::tasks::build::Encoded {
+                kind: llmbs::tasks::build::TaskKind::Srt,
+                prompt_len: len - 3,
+                response_len: 2,
+                gct_item: aux.then_some((i % 4) as u32),
+                history_loss: if aux && i % 2 == 0 {
+                    vec![1, 2]
+                } else {
+                    vec![]
+                },
+                input,
+            }
+        })
+        .collect()
+}

@@ -5,7 +5,7 @@
 # Usage:
 #   scripts/bench-train-ab.sh                 # the default variants below
 #   ROUNDS=5 RUNS=3 scripts/bench-train-ab.sh
-#   VARIANTS="base|X=1;nofused|LLMBS_NO_FUSED_CPU=1" scripts/bench-train-ab.sh
+#   VARIANTS="base|X=1;nofused|LLMBS_NO_FUSED=1" scripts/bench-train-ab.sh
 #
 # Each variant is `name|ENV=VALUE ENV2=VALUE2 [--flag ...]`: environment assignments, then
 # extra `llmbs bench llm` arguments; `BIN=/path` among them runs another binary (before/after,
@@ -28,7 +28,7 @@ BATCH="${BATCH:-8}"
 SEQ="${SEQ:-128}"
 DEFAULT_VARIANTS="fused f32|X=1
 fused bf16|X=1 --dtype bf16
-composed f32 (LLMBS_NO_FUSED_CPU)|LLMBS_NO_FUSED_CPU=1
+composed f32 (LLMBS_NO_FUSED)|LLMBS_NO_FUSED=1
 fused bf16, CANDLE_NUM_THREADS=1|CANDLE_NUM_THREADS=1 --dtype bf16
 fused bf16, barrier spin 0|CANDLE_BARRIER_POOL_SPIN_LIMIT=0 --dtype bf16
 fused bf16, malloc keeps freed memory|GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=17179869184 --dtype bf16

@@ -20,7 +20,8 @@
 # empty = the paper's one sample per prefix), TRAIN_EVAL_EVERY (120), VALID_USERS (1000),
 # ANNEAL_STEPS (40), ANNEAL_LR (5e-4), EVAL_BATCH (128), EVAL_LIMIT (all users), EVAL_EXTRA
 # (more `llmbs eval` flags, e.g. "--scoring choices"), INDEX_MODE (the seed run's index), PEAK_TFLOPS
-# (989: H100/H200 bf16 dense).
+# (989: H100/H200 bf16 dense), CHECK_MODEL (synthetic:smollm2-135m: the fused-kernel check's model;
+# synthetic:tiny for a quick CPU dry run).
 set -uo pipefail
 OUT="${1:?usage: scripts/gpu-quality-run.sh OUTDIR [RESULTS]}"
 RESULTS="${2:-}"
@@ -63,6 +64,59 @@ run_stage() {  # name, then the command
   return $rc
 }
 
+# The fused training kernels (llm::ops) against the composed candle ops on this device before
+# anything trains: the trainer's own step (`bench llm --workload step`) on a synthetic model,
+# 4 AdamW steps at lr 1e-3 each way, f32 without TF32 and bf16: the first loss, the loss change
+# and every gradient norm must agree. A disagreement (or a crash of the fused run)
+# switches them off for the whole run (LLMBS_NO_FUSED=1) and says so in quality.json.
+fused_check() {
+  local dtype
+  for dtype in f32 bf16; do
+    for mode in fused composed; do
+      env $([ $mode = composed ] && echo LLMBS_NO_FUSED=1) LLMBS_NO_TF32=1 "$BIN" bench llm \
+        --model "${CHECK_MODEL:-synthetic:smollm2-135m}" --workload step --tune full --batch 8 \
+        --seq 128 --runs 3 --step-lr 1e-3 --device "$DEVICE" --dtype $dtype --json \
+        > "$OUT/fused-check-$dtype-$mode.jsonl" 2> "$OUT/fused-check-$dtype-$mode.err"
+    done
+  done
+  python3 - "$OUT" > "$OUT/fused-check.json" <<'PY'
+import json, math, sys
+out = sys.argv[1]
+def row(dtype, mode):
+    try:
+        rows = [json.loads(l) for l in open(f"{out}/fused-check-{dtype}-{mode}.jsonl") if l.startswith("{")]
+        return rows[-1]["losses"], rows[-1]["grad_norms"]
+    except Exception:
+        return None
+rel = lambda a, b: abs(a - b) / max(abs(b), 1e-12)
+doc, ok = {}, True
+# tolerances: first loss, loss change over 3 AdamW steps at lr 1e-3, each gradient norm
+for dtype, tol in (("f32", (1e-3, 0.02, 0.01)), ("bf16", (2e-2, 0.1, 0.05))):
+    f, c = row(dtype, "fused"), row(dtype, "composed")
+    r = {"fused": f, "composed": c}
+    if f is None or c is None or not all(map(math.isfinite, f[0] + f[1] + c[0] + c[1])):
+        r["ok"] = c is None  # nothing to compare against: keep the fused path
+    else:
+        (fl, fg), (cl, cg) = f, c
+        r["first_loss_rel"] = rel(fl[0], cl[0])
+        r["loss_change_rel"] = rel(fl[-1] - fl[0], cl[-1] - cl[0])
+        r["grad_norm_rel"] = max(rel(a, b) for a, b in zip(fg, cg))
+        r["ok"] = (r["first_loss_rel"] <= tol[0] and r["loss_change_rel"] <= tol[1]
+                   and r["grad_norm_rel"] <= tol[2])
+    ok = ok and r["ok"]
+    doc[dtype] = r
+doc["fused_ok"] = ok
+print(json.dumps(doc))
+PY
+  grep -q '"fused_ok": true' "$OUT/fused-check.json"
+}
+if fused_check; then
+  log "fused kernels agree with the composed ops: $(cat "$OUT/fused-check.json")"
+else
+  export LLMBS_NO_FUSED=1
+  log "fused kernels DISAGREE (or crashed): training with the composed ops; $(cat "$OUT/fused-check.json")"
+fi
+
 run_stage train_initial "$BIN" train --stage initial --run "$R" --data "$DATA" --model "$GGUF" \
   --device "$DEVICE" --dtype "$DTYPE" --steps "${TRAIN_STEPS:-360}" --max-minutes "${TRAIN_MINUTES:-6}" \
   --batch-size "${TRAIN_BATCH:-128}" --micro-batch "${TRAIN_MICRO:-32}" --lr "${TRAIN_LR:-2e-4}" \
@@ -92,6 +146,8 @@ def load(p):
     except Exception as e:
         return {"missing": f"{p}: {e}"}
 doc = {"stage_seconds": dict(l.split() for l in open(f"{out}/stage-seconds.txt"))}
+doc["fused_check"] = load(f"{out}/fused-check.json")
+doc["fused_kernels_used"] = os.environ.get("LLMBS_NO_FUSED") is None
 tr = load(f"{run}/train/initial/report.json")
 doc["train_initial"] = {k: tr.get(k) for k in ("steps", "total_steps", "ended", "seconds",
     "median_tokens_per_s", "loss_first_10_steps", "loss_last_10_steps", "best", "validations",
@@ -116,6 +172,6 @@ log "quality.json written"
 if [ -n "$RESULTS" ]; then
   for f in "$R"/eval/*.predictions.jsonl; do gzip -f "$f"; done
   tar czf "$RESULTS/quality-results.tgz" -C "$OUT" run/train run/eval log.txt stage-seconds.txt \
-    $(cd "$OUT" && ls *.log gpu-memory.csv 2>/dev/null)
+    $(cd "$OUT" && ls *.log gpu-memory.csv fused-check* 2>/dev/null)
   cp "$OUT/quality.json" "$OUT/log.txt" "$RESULTS/"
 fi

@@ -33,6 +33,8 @@ pub struct LlmBench {
     pub checkpoint_activations: bool,
     /// step: sequences per forward/backward (default: `batch`).
     pub micro_batch: Option<usize>,
+    /// step: learning rate.
+    pub step_lr: f64,
     pub batch: usize,
     pub seq: usize,
     /// Timed runs per workload after one warm-up.
@@ -373,6 +375,7 @@ fn bench_step(a: &LlmBench, dev: &Device, dtype: DType) -> anyhow::Result<Value>
         micro_batch: a.micro_batch.unwrap_or(a.batch),
         warmup: 1,
         runs: a.runs,
+        lr: a.step_lr,
     };
     let t = probe_step(&src, dev, dtype, &p)?;
     let cfg = match &src {
@@ -391,7 +394,7 @@ fn bench_step(a: &LlmBench, dev: &Device, dtype: DType) -> anyhow::Result<Value>
         "tune": a.tune, "checkpoint_activations": a.checkpoint_activations,
         "batch": a.batch, "seq": a.seq, "micro_batch": p.micro_batch,
         "runs": t.runs, "median_s": m, "tokens_per_s": t.tokens_per_step as f64 / m,
-        "losses": t.losses, "trainable_parameters": t.trainable_parameters,
+        "losses": t.losses, "grad_norms": t.grad_norms, "trainable_parameters": t.trainable_parameters,
         "peak_memory": t.peak, "peak_memory_text": t.peak.describe(),
         "estimate_full": est(Tune::Full), "estimate_lora": est(Tune::Lora),
     });

@@ -35,6 +35,10 @@ pub struct LlmBenchArgs {
     /// step workload: sequences per forward/backward (default: --batch)
     #[arg(long)]
     pub micro_batch: Option<usize>,
+    /// step workload: learning rate of every step (the reported losses and gradient norms of
+    /// successive steps check the backward and AdamW, e.g. fused vs LLMBS_NO_FUSED=1)
+    #[arg(long, default_value_t = 1e-5)]
+    pub step_lr: f64,
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
     #[arg(long, default_value_t = 128)]
@@ -91,6 +95,7 @@ fn run_llm(a: LlmBenchArgs) -> anyhow::Result<()> {
         tune: a.tune,
         checkpoint_activations: a.checkpoint_activations,
         micro_batch: a.micro_batch,
+        step_lr: a.step_lr,
         batch: a.batch,
         seq: a.seq,
         runs: a.runs,

@@ -12,17 +12,23 @@ thread_local! {
     static FUSED_OVERRIDE: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
 }
 
-/// False when `LLMBS_NO_FUSED_CPU` is set (A/B measurements, debugging) or when this thread is
-/// inside [`with_fused`]`(false, ..)`.
+/// False when `LLMBS_NO_FUSED` is set (A/B measurements, debugging, and the fallback when the
+/// fused kernels of a new GPU disagree with the composed ops; `LLMBS_NO_FUSED_CPU`, its old
+/// name, too) or when this thread is inside [`with_fused`]`(false, ..)`. It switches off the
+/// CPU and the CUDA fused kernels alike.
 pub fn fused_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    FUSED_OVERRIDE
-        .with(|o| o.get())
-        .unwrap_or_else(|| *ON.get_or_init(|| std::env::var_os("LLMBS_NO_FUSED_CPU").is_none()))
+    FUSED_OVERRIDE.with(|o| o.get()).unwrap_or_else(|| {
+        *ON.get_or_init(|| {
+            ["LLMBS_NO_FUSED", "LLMBS_NO_FUSED_CPU"]
+                .iter()
+                .all(|v| std::env::var_os(v).is_none())
+        })
+    })
 }
 
 /// Runs `f` with the fused kernels switched on or off on this thread (the switch is read when
-/// a forward builds its ops), whatever `LLMBS_NO_FUSED_CPU` says: fused-vs-composed tests and
+/// a forward builds its ops), whatever `LLMBS_NO_FUSED` says: fused-vs-composed tests and
 /// A/B benchmarks in one process.
 pub fn with_fused<R>(on: bool, f: impl FnOnce() -> R) -> R {
     struct Restore(Option<bool>);

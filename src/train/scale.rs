@@ -31,6 +31,9 @@ pub struct StepProbe {
     /// Untimed steps first, then timed ones.
     pub warmup: usize,
     pub runs: usize,
+    /// Learning rate of every step (constant): small for timing, larger when the losses of
+    /// successive steps serve as a check of the backward and the optimizer.
+    pub lr: f64,
 }
 
 /// What a step probe measured.
@@ -41,6 +44,8 @@ pub struct StepTiming {
     pub tokens_per_step: usize,
     pub trainable_parameters: usize,
     pub losses: Vec<f64>,
+    /// Global gradient norm of each step (before clipping).
+    pub grad_norms: Vec<f64>,
     /// Peaks over loading and every step.
     pub peak: PeakMemory,
 }
@@ -71,7 +76,7 @@ pub fn probe_step(
 ) -> anyhow::Result<StepTiming> {
     let loaded = Loaded::load_with(src, dev, dtype, &|n| trains(Stage::Initial, p.tune, n))?;
     let cfg = StepConfig {
-        lr: 1e-5,
+        lr: p.lr,
         warmup: 0,
         total: p.warmup + p.runs,
         min_lr_ratio: 1.0,
@@ -93,7 +98,7 @@ pub fn probe_step(
     drop(loaded);
     let samples = random_samples(vocab, p.batch, p.seq, 1);
     let stop = AtomicBool::new(false);
-    let (mut runs, mut losses) = (Vec::new(), Vec::new());
+    let (mut runs, mut losses, mut grad_norms) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..p.warmup + p.runs {
         let start = Instant::now();
         let st = t
@@ -101,6 +106,7 @@ pub fn probe_step(
             .ok_or_else(|| anyhow::anyhow!("step interrupted"))?;
         dev.synchronize()?;
         losses.push(st.loss);
+        grad_norms.push(st.grad_norm);
         if i >= p.warmup {
             runs.push(start.elapsed().as_secs_f64());
         }
@@ -110,6 +116,7 @@ pub fn probe_step(
         tokens_per_step: p.batch * p.seq.max(2),
         trainable_parameters: t.params.count(),
         losses,
+        grad_norms,
         peak: memory::peak(dev),
     })
 }
@@ -184,6 +191,7 @@ mod tests {
                 micro_batch: 2,
                 warmup: 1,
                 runs: 2,
+                lr: 1e-5,
             };
             let t = probe_step(&src, &Device::Cpu, DType::F32, &p).unwrap();
             assert_eq!(t.runs.len(), 2);

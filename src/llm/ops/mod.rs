@@ -4,8 +4,9 @@
 //! allocating and filling a fresh tensor and each gradient contribution adding into a fresh
 //! zero tensor; on a 2-core CPU that memory traffic cost as much as the matmuls (docs/perf.md).
 //!
-//! Every op falls back to the composed candle ops off the CPU, for non-f32 tensors, or when
-//! `LLMBS_NO_FUSED_CPU` is set ([`crate::llm::kernels::fused_enabled`]).
+//! Every op falls back to the composed candle ops where it has no kernel (the CPU: f32; CUDA,
+//! with the `cuda` feature: f32 and bf16) or when `LLMBS_NO_FUSED` is set
+//! ([`crate::llm::kernels::fused_enabled`]).
 
 pub mod attn;
 #[cfg(target_arch = "x86_64")]

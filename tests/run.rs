@@ -86,3 +86,69 @@ fn stages_are_replaced_only_when_asked_and_read_the_recorded_settings() {
     assert_eq!(r.prompt, recorded.srt[2]);
     assert_eq!(r.max_history, 5);
 }
+
+#[test]
+fn a_time_budget_evaluates_a_random_sample_and_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let job = tiny_pipeline(tmp.path());
+    run_pipeline(&job).unwrap();
+    let run = job.run;
+    let eval = |max_minutes: Option<f64>| {
+        let e = EvalJob {
+            config: EvalConfig {
+                beam: 10,
+                batch: 2,
+                seed: 3,
+                max_minutes,
+                ..Default::default()
+            },
+            quiet: true,
+            ..Default::default()
+        };
+        evaluate_run(&run, &e, &Device::Cpu, DType::F32).unwrap()
+    };
+    let full = eval(None);
+    assert!(full.all_users && full.users == full.planned_users);
+
+    // A budget that the first round (8 batches of 2) passes: 16 users, a seeded random sample.
+    let cut = eval(Some(1e-9));
+    assert_eq!((cut.users, cut.planned_users), (16, full.users));
+    assert!(!cut.all_users);
+    assert!(cut.label.ends_with("min-seed3"), "{}", cut.label);
+    let preds = std::fs::read_to_string(&cut.predictions).unwrap();
+    let users: Vec<String> = preds
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["user"].to_string())
+        .collect();
+    assert_eq!(users.len(), 16);
+    let all = std::fs::read_to_string(&full.predictions).unwrap();
+    let first16: Vec<String> = all
+        .lines()
+        .take(16)
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["user"].to_string())
+        .collect();
+    assert_ne!(
+        users, first16,
+        "a time budget must not favour the first users"
+    );
+    assert!(
+        std::fs::read_to_string(run.eval_dir().join(format!("{}.md", cut.label)))
+            .unwrap()
+            .contains("16 of 40 planned users")
+    );
+
+    // A budget never reached: every user, the same rankings as without one.
+    let whole = eval(Some(1e3));
+    assert_eq!(whole.users, full.users);
+    let lines = |p: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let (a, b) = (lines(&full.predictions), lines(&whole.predictions));
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!((&x["user"], &x["rank"]), (&y["user"], &y["rank"]));
+    }
+}

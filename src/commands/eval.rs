@@ -56,6 +56,11 @@ pub struct EvalArgs {
     /// Seed of the fresh ID-token rows (an untrained backbone)
     #[arg(long, default_value_t = 0)]
     pub vocab_seed: u64,
+    /// Time budget in minutes of beam search: users go in a seeded random order (--seed) and
+    /// the evaluation stops after the round of 8 batches that passes it; the report covers the
+    /// users done (a random sample) and says how many were planned
+    #[arg(long)]
+    pub max_minutes: Option<f64>,
     #[command(flatten)]
     pub dev: DeviceArgs,
 }
@@ -74,6 +79,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             scoring: a.scoring,
             label: a.label,
             vocab_seed: a.vocab_seed,
+            max_minutes: a.max_minutes,
         },
         data: a.data,
         index: a.index,

@@ -13,6 +13,9 @@ pub struct EvalReport {
     pub dataset: String,
     pub split: SplitName,
     pub users: usize,
+    /// Users the evaluation set out to cover (more than `users` when `--max-minutes` stopped it).
+    #[serde(default)]
+    pub planned_users: usize,
     pub all_users: bool,
     pub metrics: Metrics,
     pub coverage10: Coverage,
@@ -44,10 +47,18 @@ pub struct Coverage {
 impl EvalReport {
     pub fn markdown(&self) -> String {
         let m = &self.metrics;
-        let sample = match self.config.limit {
+        let mut sample = match self.config.limit {
             Some(_) => format!(", seeded sample, seed {}", self.config.seed),
             None => String::new(),
         };
+        if let Some(m) = self.config.max_minutes {
+            if self.users < self.planned_users {
+                sample.push_str(&format!(
+                    "; {m} min budget reached: a seeded random {} of {} planned users, seed {}",
+                    self.users, self.planned_users, self.config.seed
+                ));
+            }
+        }
         let mut md = format!(
             "# llmbs eval: {} ({} split, {} users{sample}): {}\n\n{}\n{}\n",
             self.dataset,

@@ -73,6 +73,10 @@ pub struct EvalConfig {
     pub label: Option<String>,
     /// Seed of fresh ID-token rows (an untrained backbone).
     pub vocab_seed: u64,
+    /// A time budget: users are taken in a seeded random order (`seed`), in rounds of 8
+    /// batches, and the evaluation stops after the round that passes it; the report covers the
+    /// users done, a random sample of the planned ones.
+    pub max_minutes: Option<f64>,
 }
 
 impl Default for EvalConfig {
@@ -88,6 +92,7 @@ impl Default for EvalConfig {
             scoring: Scoring::All,
             label: None,
             vocab_seed: 0,
+            max_minutes: None,
         }
     }
 }
@@ -112,6 +117,11 @@ impl EvalConfig {
         }
         if self.batch == 0 {
             anyhow::bail!("--batch 0: at least one user per batch");
+        }
+        if let Some(m) = self.max_minutes {
+            if !(m > 0.0 && m.is_finite()) {
+                anyhow::bail!("--max-minutes {m}: a time budget must be a positive number");
+            }
         }
         Ok(())
     }
@@ -144,12 +154,15 @@ pub fn select_users(samples: &[Sample], limit: Option<usize>, seed: u64) -> Vec<
     s
 }
 
-/// The default label: `<split>-<model>-<adapter>[-<N>u-seed<S>][-t<K>][-choices]` (the last
-/// two only where they differ from the defaults).
+/// The default label: `<split>-<model>-<adapter>[-<N>u-seed<S>][-<M>min-seed<S>][-t<K>][-choices]`
+/// (the last two only where they differ from the defaults).
 pub fn default_label(c: &EvalConfig, model: &str, adapter: &str) -> String {
     let mut l = format!("{}-{model}-{adapter}", c.split.name());
     if let Some(n) = c.limit {
         l.push_str(&format!("-{n}u-seed{}", c.seed));
+    }
+    if let Some(m) = c.max_minutes {
+        l.push_str(&format!("-{m}min-seed{}", c.seed));
     }
     if c.template != 0 {
         l.push_str(&format!("-t{}", c.template));
@@ -266,17 +279,25 @@ pub fn evaluate_run(
         "prompt": template, "dtype": format!("{dtype:?}").to_lowercase(),
         "max_history": d.max_history,
     });
-    let (ranked, seconds, resumed, partial) =
-        rank_users(job, &rm, &d.ds, &samples, &prompts, &preds_path, &settings)?;
+    let r = rank_users(job, &rm, &d.ds, &samples, &prompts, &preds_path, &settings)?;
+    let planned = samples.len();
+    // Users a time budget did not reach leave the evaluation (a random sample remains).
+    let (samples, ranked): (Vec<Sample>, Vec<Ranked>) = samples
+        .into_iter()
+        .zip(r.ranked)
+        .filter_map(|(s, x)| x.map(|x| (s, x)))
+        .unzip();
     write_predictions(&preds_path, &d.ds, &samples, &ranked)?;
     // Only now that the predictions are whole does the partial file go.
-    partial.finish()?;
+    r.partial.finish()?;
+    let (seconds, resumed) = (r.seconds, r.resumed);
     let report = EvalReport {
         label: label.clone(),
         dataset: d.ds.name.clone(),
         split: c.split,
         users: samples.len(),
-        all_users: c.limit.is_none(),
+        planned_users: planned,
+        all_users: c.limit.is_none() && samples.len() == planned,
         metrics: Metrics::default(),
         coverage10: Coverage::default(),
         seconds,
@@ -303,9 +324,20 @@ pub fn evaluate_run(
     finish(run, report, &samples, &ranked, d.ds.items.len(), job.quiet)
 }
 
-/// Beam search over the users not already in an interrupted run's partial file (appending
-/// each batch to it); returns every user's ranking, the seconds spent, how many users the
-/// partial file held, and the partial file (removed once the predictions are written).
+/// What [`rank_users`] returns: each planned user's ranking (None: not reached within
+/// `--max-minutes`), the seconds of beam search, how many users an interrupted run's partial
+/// file held, and the partial file (removed once the predictions are written).
+struct Ranking {
+    ranked: Vec<Option<Ranked>>,
+    seconds: f64,
+    resumed: usize,
+    partial: Partial,
+}
+
+/// Beam search over the users not already in an interrupted run's partial file, appending each
+/// batch to it. With a time budget the users go in a seeded random order, in rounds of 8
+/// batches (each round sorted by prompt length inside), so the users done when it stops are a
+/// random sample and not the shortest prompts.
 fn rank_users(
     job: &EvalJob,
     rm: &RunModel,
@@ -314,7 +346,8 @@ fn rank_users(
     prompts: &[Vec<u32>],
     preds_path: &std::path::Path,
     settings: &serde_json::Value,
-) -> anyhow::Result<(Vec<Ranked>, f64, usize, Partial)> {
+) -> anyhow::Result<Ranking> {
+    let c = &job.config;
     let stop = crate::util::interrupt_flag()?;
     let partial_file = partial_path(preds_path);
     if partial_file.exists() && !job.resume && !job.overwrite {
@@ -325,55 +358,74 @@ fn rank_users(
     }
     let (mut partial, done_lines) = Partial::open(preds_path, settings, job.resume)?;
     let mut done = done_from_partial(ds, samples, &done_lines, &partial_file)?;
-    let todo: Vec<usize> = (0..samples.len()).filter(|&i| done[i].is_none()).collect();
+    let mut todo: Vec<usize> = (0..samples.len()).filter(|&i| done[i].is_none()).collect();
+    let resumed = samples.len() - todo.len();
     if !done_lines.is_empty() {
         eprintln!(
-            "resuming: {} users from {}, {} to go",
-            samples.len() - todo.len(),
+            "resuming: {resumed} users from {}, {} to go",
             partial_file.display(),
             todo.len()
         );
     }
-    let todo_samples: Vec<Sample> = todo.iter().map(|&i| samples[i].clone()).collect();
-    let todo_prompts: Vec<Vec<u32>> = todo.iter().map(|&i| prompts[i].clone()).collect();
+    let round = match c.max_minutes {
+        Some(_) => {
+            todo.shuffle(&mut rand::rngs::StdRng::seed_from_u64(c.seed));
+            c.batch * 8
+        }
+        None => todo.len().max(1),
+    };
     let pb = if job.quiet {
         indicatif::ProgressBar::hidden()
     } else {
         progress_bar(todo.len() as u64, "users")
     };
-    let out = evaluate(
-        &rm.model,
-        &todo_prompts,
-        &todo_samples,
-        &rm.items,
-        super::Search {
-            beam: job.config.beam,
-            batch: job.config.batch,
-            scoring: job.config.scoring,
-        },
-        |idx, ranked| {
-            pb.inc(idx.len() as u64);
-            let lines = idx
-                .iter()
-                .zip(ranked)
-                .map(|(&i, r)| prediction_line(ds, &todo_samples[i], r))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            partial.append(&lines)?;
-            if stop.load(std::sync::atomic::Ordering::SeqCst) {
-                anyhow::bail!(
-                    "interrupted: {} holds the users done so far (continue with --resume)",
-                    partial_file.display()
-                );
-            }
-            Ok(())
-        },
-    )?;
-    pb.finish_and_clear();
-    for (&i, r) in todo.iter().zip(out.ranked) {
-        done[i] = Some(r);
+    let search = super::Search {
+        beam: c.beam,
+        batch: c.batch,
+        scoring: c.scoring,
+    };
+    let mut seconds = 0.0;
+    for users in todo.chunks(round) {
+        let round_samples: Vec<Sample> = users.iter().map(|&i| samples[i].clone()).collect();
+        let round_prompts: Vec<Vec<u32>> = users.iter().map(|&i| prompts[i].clone()).collect();
+        let out = evaluate(
+            &rm.model,
+            &round_prompts,
+            &round_samples,
+            &rm.items,
+            search,
+            |idx, ranked| {
+                pb.inc(idx.len() as u64);
+                let lines = idx
+                    .iter()
+                    .zip(ranked)
+                    .map(|(&i, r)| prediction_line(ds, &round_samples[i], r))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                partial.append(&lines)?;
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    anyhow::bail!(
+                        "interrupted: {} holds the users done so far (continue with --resume)",
+                        partial_file.display()
+                    );
+                }
+                Ok(())
+            },
+        )?;
+        seconds += out.seconds;
+        for (&i, r) in users.iter().zip(out.ranked) {
+            done[i] = Some(r);
+        }
+        if c.max_minutes.is_some_and(|m| seconds >= m * 60.0) {
+            break;
+        }
     }
-    let ranked: Vec<Ranked> = done.into_iter().map(|r| r.unwrap_or_default()).collect();
-    Ok((ranked, out.seconds, samples.len() - todo.len(), partial))
+    pb.finish_and_clear();
+    Ok(Ranking {
+        ranked: done,
+        seconds,
+        resumed,
+        partial,
+    })
 }
 
 /// The final predictions file, one line per user in sample order.

@@ -11,7 +11,7 @@
 #
 # Usage:
 #   scripts/build-cuda.sh           full release build, strip, gzip, ldd
-#   scripts/build-cuda.sh --check   only `cargo check --features cuda`
+#   scripts/build-cuda.sh --check   only `cargo check --all-targets --features cuda` (tests too)
 #   --nccl (with either)            feature `nccl` instead of `cuda` (data-parallel training
 #                                   over NCCL): also installs nvidia-nccl-cu13 and links
 #                                   libnccl.so; the binary then needs libnccl.so.2 at run time
@@ -165,7 +165,7 @@ mkdir -p "$TARGET_DIR"
 [[ -f "$TARGET_DIR/.gitignore" ]] || echo '*' > "$TARGET_DIR/.gitignore"
 
 if [[ "$MODE" == check ]]; then
-    nice -n 19 cargo check --features "$FEATURES" --target-dir "$TARGET_DIR"
+    nice -n 19 cargo check --all-targets --features "$FEATURES" --target-dir "$TARGET_DIR"
     log "cargo check --features $FEATURES: OK"
     exit 0
 fi

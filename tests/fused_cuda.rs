@@ -256,18 +256,13 @@ fn trainer(dev: &Device, dtype: DType) -> Trainer {
         params: p,
         gct: None,
         cfg: StepConfig {
-            lr: 1e-2,
-            warmup: 2,
-            total: 20,
-            min_lr_ratio: 0.1,
-            clip_norm: 1.0,
             lambda_s: 0.0,
             lambda_b: 0.0,
-            micro_batch: 4,
-            seed: 5,
+            ..common::toy_step(1e-2, 20, 4)
         },
         step: 0,
         mixed,
+        dp: None,
     }
 }
 

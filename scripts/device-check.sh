@@ -5,9 +5,12 @@
 #   gets device-check.json and log.txt after every stage, and results.tgz (all small files) at the end.
 # Expects (carried in the ignored folder dev-carry/, see scripts/device-pack.sh):
 #   dev-carry/p1/llmbs-cuda.gz        the CUDA binary from scripts/build-cuda.sh
-#   dev-carry/p1/model.gguf.part1, dev-carry/p2/model.gguf.part2   the default GGUF in halves
-#   dev-carry/p2/beauty/              Beauty.inter.json, Beauty.item.json, Beauty.letter-index.json
-# (two calls: the first carries p1 and runs STAGE=smoke, the second carries p2 and runs all)
+#   dev-carry/p1/model.gguf.part1, dev-carry/p2/model.gguf.part2   the default GGUF in two parts
+#   dev-carry/p2/beauty/              Beauty.inter.json, Beauty.item.json (+ Beauty.letter-index.json
+#                                     with LETTER=1 for STAGE=full/eval)
+#   dev-carry/p2/seed/                the CPU run's index and gzipped Z^b (STAGE=train)
+# (two calls back to back, within the machine's 30 s idle release: the first carries p1 and runs
+# STAGE=smoke, the second carries p2 and runs STAGE=train, or STAGE=full)
 # Writes OUTDIR/device-check.json (+ the raw JSON lines and logs).
 set -uo pipefail
 OUT="${1:?usage: scripts/device-check.sh OUTDIR [RESULTS]}"
@@ -19,7 +22,13 @@ STAGE="${STAGE:-full}"     # smoke: binary + GPU visible only; eval: only the fu
                            # train: the initial stage on Beauty (needs p3), then its full test-set eval
 log() { echo "[device-check $(date +%H:%M:%S)] $*" | tee -a "$OUT/log.txt" >&2; }
 
-[ -x "$BIN" ] || { gunzip -c "$CARRY/p1/llmbs-cuda.gz" > "$BIN" && chmod +x "$BIN"; }
+if [ ! -x "$BIN" ]; then
+  if [ ! -f "$CARRY/p1/llmbs-cuda.gz" ]; then
+    log "no $CARRY/p1/llmbs-cuda.gz: the machine was released after call 1 (p1 is gone); carry p1 again"
+    exit 3
+  fi
+  gunzip -c "$CARRY/p1/llmbs-cuda.gz" > "$BIN" && chmod +x "$BIN"
+fi
 
 # CUDA user-space libraries live in PyTorch's environment here: put their folders on the path.
 libdirs=$(python3 - <<'PY' 2>/dev/null
@@ -62,6 +71,10 @@ if [ "$STAGE" = smoke ]; then [ -n "$RESULTS" ] && cp "$OUT"/*.txt "$OUT"/smoke.
 
 GGUF="$CARRY/model.gguf"
 if [ ! -f "$GGUF" ]; then cat "$CARRY/p1/model.gguf.part1" "$CARRY/p2/model.gguf.part2" > "$GGUF"; fi
+if [ -f "$CARRY/p2/model.sha256" ] && [ "$(sha256sum "$GGUF" | cut -d' ' -f1)" != "$(cat "$CARRY/p2/model.sha256")" ]; then
+  log "the model reassembled from p1 and p2 does not match its sha256 (parts from different packs?)"
+  rm -f "$GGUF"; exit 4
+fi
 log "model sha256 $(sha256sum "$GGUF" | cut -c1-16)"
 
 summarize() {
@@ -90,12 +103,12 @@ PY
 return 0
 }
 
-# The quality run (issue 15): the initial stage on the index and Z^s/Z^b carried in dev-carry/p3
-# (the CPU run's `llmbs pipeline --config beauty --to index`, so the two differ only in hardware
-# and steps), the anneal stage, every test user with the adapter on and off, the baselines.
+# The quality run (issue 15): the initial stage on the index and Z^b carried in dev-carry/p2/seed
+# (the CPU run's `llmbs pipeline --config beauty --to index`; Z^s is embedded again here), the
+# anneal stage, the test users with the adapter on and off, the baselines, within DEADLINE_S.
 if [ "$STAGE" = train ]; then
-  BIN="$BIN" GGUF="$GGUF" DATA="$CARRY/p2/beauty" RUN_SEED="$CARRY/p3" \
-    scripts/gpu-quality-run.sh "$OUT/quality" "$RESULTS"
+  BIN="$BIN" GGUF="$GGUF" DATA="$CARRY/p2/beauty" RUN_SEED="$CARRY/p2/seed" \
+    DEADLINE_S="${DEADLINE_S:-$(( 570 - SECONDS ))}" scripts/gpu-quality-run.sh "$OUT/quality" "$RESULTS"
   log "quality run done"
   exit 0
 fi

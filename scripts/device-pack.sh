@@ -1,26 +1,42 @@
 #!/usr/bin/env bash
-# Fills the ignored folder dev-carry/ with what scripts/device-check.sh needs on the GPU machine,
-# split so each `run` call carries under 64 MiB: part 1 = binary (~21 MB gzipped) + the GGUF's
-# first 42 MB, part 2 = the rest of the GGUF + Beauty + LETTER's index, part 3 (when RUN, default
-# runs/beauty, holds index/ and embeddings/) = that run's index and gzipped Z^s/Z^b for
-# STAGE=train. Prints the carry lists.
+# Fills the ignored folder dev-carry/ with what the GPU machine needs, in two parts that each
+# keep a `run` call's working tree under its 64 MiB (this tree's tracked files included):
+#   p1 = the gzipped CUDA binary (scripts/build-cuda.sh) + the GGUF's first bytes, up to 62 MiB;
+#   p2 = the rest of the GGUF + Beauty (inter, item) + the seed run's index and gzipped Z^b
+#        (RUN, default runs/beauty: `llmbs pipeline --config beauty --to index` on the CPU).
+# Z^s (26 MB gzipped) does not travel: scripts/gpu-quality-run.sh embeds it on the GPU in seconds.
+# With LETTER=1, p2 also carries Beauty.letter-index.json (STAGE=full of scripts/device-check.sh).
+# Prints the carry lists.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GGUF=$(scripts/fetch-model.sh)
-rm -rf dev-carry && mkdir -p dev-carry/p1 dev-carry/p2/beauty
-cp target-cuda/llmbs-cuda.gz dev-carry/p1/llmbs-cuda.gz
-first=42000000
+RUN="${RUN:-runs/beauty}"
+LIMIT=$(( 62 * 1024 * 1024 ))
+BIN_GZ=target-cuda/llmbs-cuda.gz
+[ -f "$BIN_GZ" ] || { echo "$BIN_GZ missing: run scripts/build-cuda.sh first" >&2; exit 1; }
+for f in "$RUN"/index/*.index.json "$RUN/embeddings/behavior.safetensors"; do
+  [ -f "$f" ] || { echo "$f missing: run llmbs pipeline --config beauty --to index first" >&2; exit 1; }
+done
+
+rm -rf dev-carry && mkdir -p dev-carry/p1 dev-carry/p2/beauty dev-carry/p2/seed/index dev-carry/p2/seed/embeddings
+cp "$BIN_GZ" dev-carry/p1/llmbs-cuda.gz
+first=$(( LIMIT - $(stat -c %s "$BIN_GZ") ))
 head -c "$first" "$GGUF" > dev-carry/p1/model.gguf.part1
 tail -c +"$(( first + 1 ))" "$GGUF" > dev-carry/p2/model.gguf.part2
-cp ../shared/data/beauty/Beauty.inter.json ../shared/data/beauty/Beauty.item.json \
-   ../shared/data/beauty/Beauty.letter-index.json dev-carry/p2/beauty/
-RUN="${RUN:-runs/beauty}"
-if [ -d "$RUN/index" ] && [ -d "$RUN/embeddings" ]; then
-  mkdir -p dev-carry/p3/index dev-carry/p3/embeddings
-  cp "$RUN"/index/*.index.json dev-carry/p3/index/
-  for f in semantic behavior; do
-    gzip -c "$RUN/embeddings/$f.safetensors" > "dev-carry/p3/embeddings/$f.safetensors.gz"
-  done
+sha256sum "$GGUF" | cut -d' ' -f1 > dev-carry/p2/model.sha256
+cp ../shared/data/beauty/Beauty.inter.json ../shared/data/beauty/Beauty.item.json dev-carry/p2/beauty/
+if [ "${LETTER:-0}" = 1 ]; then
+  cp ../shared/data/beauty/Beauty.letter-index.json dev-carry/p2/beauty/
 fi
-du -sh dev-carry/p*
-echo "call 1 carry: [\"dev-carry/p1\"]   call 2 carry: [\"dev-carry/p2\"]   call 3 (STAGE=train): [\"dev-carry/p3\"]"
+cp "$RUN"/index/*.index.json dev-carry/p2/seed/index/
+gzip -c "$RUN/embeddings/behavior.safetensors" > dev-carry/p2/seed/embeddings/behavior.safetensors.gz
+
+for p in p1 p2; do
+  size=$(du -sb "dev-carry/$p" | cut -f1)
+  echo "dev-carry/$p: $size bytes ($(( size / 1024 / 1024 )) MiB)"
+  if [ "$size" -gt "$LIMIT" ]; then
+    echo "dev-carry/$p is over $LIMIT bytes: the call's working tree would pass 64 MiB" >&2
+    exit 1
+  fi
+done
+echo "call 1 carry: [\"dev-carry/p1\"] (STAGE=smoke)   call 2 carry: [\"dev-carry/p2\"] (STAGE=train)"

@@ -154,15 +154,18 @@ pub fn select_users(samples: &[Sample], limit: Option<usize>, seed: u64) -> Vec<
     s
 }
 
-/// The default label: `<split>-<model>-<adapter>[-<N>u-seed<S>][-<M>min-seed<S>][-t<K>][-choices]`
+/// The default label: `<split>-<model>-<adapter>[-<N>u][-<M>min][-seed<S>][-t<K>][-choices]`
 /// (the last two only where they differ from the defaults).
 pub fn default_label(c: &EvalConfig, model: &str, adapter: &str) -> String {
     let mut l = format!("{}-{model}-{adapter}", c.split.name());
     if let Some(n) = c.limit {
-        l.push_str(&format!("-{n}u-seed{}", c.seed));
+        l.push_str(&format!("-{n}u"));
     }
     if let Some(m) = c.max_minutes {
-        l.push_str(&format!("-{m}min-seed{}", c.seed));
+        l.push_str(&format!("-{m}min"));
+    }
+    if c.limit.is_some() || c.max_minutes.is_some() {
+        l.push_str(&format!("-seed{}", c.seed));
     }
     if c.template != 0 {
         l.push_str(&format!("-t{}", c.template));

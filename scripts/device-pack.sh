@@ -20,7 +20,7 @@ done
 
 rm -rf dev-carry && mkdir -p dev-carry/p1 dev-carry/p2/beauty dev-carry/p2/seed/index dev-carry/p2/seed/embeddings
 cp "$BIN_GZ" dev-carry/p1/llmbs-cuda.gz
-first=$(( LIMIT - $(stat -c %s "$BIN_GZ") ))
+first=$(( LIMIT - $(stat -c %s "$BIN_GZ") - 65536 ))
 head -c "$first" "$GGUF" > dev-carry/p1/model.gguf.part1
 tail -c +"$(( first + 1 ))" "$GGUF" > dev-carry/p2/model.gguf.part2
 sha256sum "$GGUF" | cut -d' ' -f1 > dev-carry/p2/model.sha256

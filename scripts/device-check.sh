@@ -59,7 +59,7 @@ if grep -q "not found" "$OUT/ldd.txt"; then log "missing libraries:"; grep "not 
 nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader > "$OUT/nvidia-smi.txt" 2>&1
 log "gpu: $(cat "$OUT/nvidia-smi.txt")"
 "$BIN" --version > "$OUT/version.txt" 2>&1
-log "binary: $(cat "$OUT/version.txt")"
+log "binary: $(cat "$OUT/version.txt") $(cat "$CARRY/p1/llmbs-cuda.commit" 2>/dev/null)"
 nproc > "$OUT/cpu-cores.txt"
 : > "$OUT/bench.jsonl"
 

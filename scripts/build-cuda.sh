@@ -179,7 +179,8 @@ strip "$BIN"
 gzip -1 -c "$BIN" > "$TARGET_DIR/llmbs-cuda.gz.tmp"
 mv "$TARGET_DIR/llmbs-cuda.gz.tmp" "$TARGET_DIR/llmbs-cuda.gz"
 # Which source the binary is (device-pack.sh carries it, device-check.sh logs it).
-echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src build.rs Cargo.toml Cargo.lock || echo -dirty) features=$FEATURES" \
+# The last commit that changed the source (docs-only commits after it do not change the binary).
+echo "$(git log -1 --format=%h -- src build.rs Cargo.toml Cargo.lock)$(git diff --quiet HEAD -- src build.rs Cargo.toml Cargo.lock || echo -dirty) features=$FEATURES" \
     > "$TARGET_DIR/llmbs-cuda.commit"
 
 echo

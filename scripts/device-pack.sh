@@ -21,8 +21,9 @@ done
 rm -rf dev-carry && mkdir -p dev-carry/p1 dev-carry/p2/beauty dev-carry/p2/seed/index dev-carry/p2/seed/embeddings
 cp "$BIN_GZ" dev-carry/p1/llmbs-cuda.gz
 cp target-cuda/llmbs-cuda.commit dev-carry/p1/ 2>/dev/null || true
-if [ "$(cut -d' ' -f1 target-cuda/llmbs-cuda.commit 2>/dev/null)" != "$(git rev-parse --short HEAD)" ]; then
-  echo "warning: $BIN_GZ was not built from HEAD ($(cat target-cuda/llmbs-cuda.commit 2>/dev/null || echo unknown)): rerun scripts/build-cuda.sh" >&2
+src_commit="$(git log -1 --format=%h -- src build.rs Cargo.toml Cargo.lock)"
+if [ "$(cut -d' ' -f1 target-cuda/llmbs-cuda.commit 2>/dev/null)" != "$src_commit" ]; then
+  echo "warning: $BIN_GZ was not built from the current source ($src_commit; it says $(cat target-cuda/llmbs-cuda.commit 2>/dev/null || echo unknown)): rerun scripts/build-cuda.sh" >&2
 fi
 first=$(( LIMIT - $(stat -c %s "$BIN_GZ") - 65536 ))
 head -c "$first" "$GGUF" > dev-carry/p1/model.gguf.part1

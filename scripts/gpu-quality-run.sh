@@ -129,7 +129,23 @@ fi
 for adapter in on off; do
   log "eval adapter $adapter: $(grep -m1 -A2 'R@1' "$OUT/eval_adapter_$adapter.log" | tail -1)"
 done
+# Baselines on exactly the users each evaluation ranked: a time-limited evaluation's users are
+# the first N of the seeded order, the users of `--limit N --seed 1` (tests/run.rs checks it).
 "$BIN" baselines --run "$R" --split test --seed 1 $LIMIT > "$OUT/baselines.log" 2>&1
+if [ -z "${EVAL_LIMIT:-}" ]; then
+  for n in $(python3 - "$R" <<'PY'
+import glob, json, sys
+ns = set()
+for p in glob.glob(f"{sys.argv[1]}/eval/test-*.json"):
+    r = json.load(open(p))
+    if r.get("users", 0) < r.get("planned_users", 0):
+        ns.add(r["users"])
+print(" ".join(map(str, sorted(ns))))
+PY
+  ); do
+    "$BIN" baselines --run "$R" --split test --seed 1 --limit "$n" >> "$OUT/baselines.log" 2>&1
+  done
+fi
 [ -n "${SMI:-}" ] && kill "$SMI" 2>/dev/null
 summarize
 log "quality.json written"

@@ -6,7 +6,7 @@ mod common;
 
 use candle_core::{DType, Device};
 use common::tiny_pipeline;
-use llmbs::eval::run::{evaluate_run, EvalConfig, EvalJob};
+use llmbs::eval::run::{evaluate_run, select_users, EvalConfig, EvalJob};
 use llmbs::pipeline::run_pipeline;
 use llmbs::run::OpenOptions;
 use llmbs::train::stage::saved_state;
@@ -131,6 +131,17 @@ fn a_time_budget_evaluates_a_random_sample_and_says_so() {
         users, first16,
         "a time budget must not favour the first users"
     );
+    // They are exactly the users of `--limit 16 --seed 3`, so `llmbs baselines --limit 16 --seed
+    // 3` scores the same users (scripts/gpu-quality-run.sh relies on it).
+    let d = run.open(&OpenOptions::default()).unwrap();
+    let mut sample: Vec<String> = select_users(&d.split.test, Some(16), 3)
+        .iter()
+        .map(|s| serde_json::Value::from(d.ds.users[s.user as usize].clone()).to_string())
+        .collect();
+    let mut got = users.clone();
+    sample.sort();
+    got.sort();
+    assert_eq!(got, sample);
     assert!(
         std::fs::read_to_string(run.eval_dir().join(format!("{}.md", cut.label)))
             .unwrap()

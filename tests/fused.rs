@@ -37,12 +37,7 @@ fn samples() -> Vec<Encoded> {
 }
 
 fn adamw(p: &Params) -> AdamW {
-    let cfg = AdamWConfig {
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.01,
-    };
+    let cfg = AdamWConfig::default();
     AdamW::new(cfg, p).unwrap()
 }
 
@@ -83,22 +78,7 @@ fn full_trainer() -> Trainer {
 /// A frozen tiny base with a fresh LoRA adapter (with dropout) as the only trainable part.
 fn lora_trainer() -> Trainer {
     let dev = Device::Cpu;
-    let (vm, _) = random_model(&LlamaConfig::tiny(VOCAB), 8, DType::F32, &dev).unwrap();
-    let base: std::collections::HashMap<String, Tensor> = varmap_vars(&vm, "")
-        .into_iter()
-        .map(|(n, v)| (n, v.as_tensor().copy().unwrap()))
-        .collect();
-    let vb = VarBuilder::from_tensors(base, DType::F32, &dev);
-    let mut model = llmbs::llm::Llama::new(&LlamaConfig::tiny(VOCAB), vb).unwrap();
-    let lora_vm = VarMap::new();
-    let lc = llmbs::llm::LoraConfig {
-        lora_dropout: 0.1,
-        ..Default::default()
-    };
-    model
-        .attach_lora(&lc, VarBuilder::from_varmap(&lora_vm, DType::F32, &dev))
-        .unwrap();
-    seed_new_modules(&lora_vm, 2).unwrap();
+    let (model, lora_vm) = common::toy_lora_model(VOCAB, 0.1);
     // A non-zero B so the adapter contributes from the first step.
     for (name, var) in varmap_vars(&lora_vm, "") {
         if name.contains("lora_B") {

@@ -202,12 +202,7 @@ fn multi_tensor_adamw_equals_the_cpu_one_pass_adamw() {
             names: names.iter().map(|s| s.to_string()).collect(),
             vars: vars.clone(),
         };
-        let cfg = AdamWConfig {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.01,
-        };
+        let cfg = AdamWConfig::default();
         let mut opt = AdamW::new(cfg, &p).unwrap();
         let mut norms = Vec::new();
         for step in 0..4u64 {
@@ -240,12 +235,7 @@ fn samples() -> Vec<Encoded> {
 fn trainer(dev: &Device, dtype: DType) -> Trainer {
     let (vm, model) = random_model(&LlamaConfig::tiny(40), 3, DType::F32, dev).unwrap();
     let p = params(vec![varmap_vars(&vm, "")]);
-    let cfg = AdamWConfig {
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.01,
-    };
+    let cfg = AdamWConfig::default();
     let mixed = (dtype == DType::BF16).then(|| {
         let trainable = llmbs::train::setup::named(&varmap_vars(&vm, ""), "");
         llmbs::train::mixed::MixedPrecision::new(DType::BF16, &model, &trainable, None).unwrap()

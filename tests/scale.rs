@@ -65,12 +65,7 @@ fn gct_head(vm: &VarMap) -> Gct {
 }
 
 fn adamw(p: &Params) -> AdamW {
-    let cfg = AdamWConfig {
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.01,
-    };
+    let cfg = AdamWConfig::default();
     AdamW::new(cfg, p).unwrap()
 }
 

@@ -58,10 +58,8 @@ fn first_ids(model: &llmbs::llm::Llama, samples: &[Encoded]) -> Vec<u32> {
 /// AdamW with the usual betas and eps.
 fn adamw(weight_decay: f64, p: &llmbs::train::optim::Params) -> AdamW {
     let cfg = AdamWConfig {
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
         weight_decay,
+        ..AdamWConfig::default()
     };
     AdamW::new(cfg, p).unwrap()
 }
@@ -539,26 +537,7 @@ fn annealing_trains_only_the_adapter_and_switches_off_to_the_base() {
 
 /// A frozen tiny base with a fresh LoRA adapter (dropout `p`) as the only trainable part.
 fn lora_trainer(p: f32) -> Trainer {
-    let dev = Device::Cpu;
-    let (vm, _) = random_model(&LlamaConfig::tiny(VOCAB), 8, DType::F32, &dev).unwrap();
-    let base: std::collections::HashMap<String, Tensor> = varmap_vars(&vm, "")
-        .into_iter()
-        .map(|(n, v)| (n, v.as_tensor().copy().unwrap()))
-        .collect();
-    let mut model = llmbs::llm::Llama::new(
-        &LlamaConfig::tiny(VOCAB),
-        VarBuilder::from_tensors(base, DType::F32, &dev),
-    )
-    .unwrap();
-    let lora_vm = VarMap::new();
-    let lc = llmbs::llm::LoraConfig {
-        lora_dropout: p,
-        ..Default::default()
-    };
-    model
-        .attach_lora(&lc, VarBuilder::from_varmap(&lora_vm, DType::F32, &dev))
-        .unwrap();
-    seed_new_modules(&lora_vm, 2).unwrap();
+    let (model, lora_vm) = common::toy_lora_model(VOCAB, p);
     let params = params(vec![varmap_vars(&lora_vm, "")]);
     let opt = adamw(0.0, &params);
     Trainer {

@@ -62,6 +62,18 @@ pub struct AdamWConfig {
     pub weight_decay: f64,
 }
 
+impl Default for AdamWConfig {
+    /// PyTorch's `torch.optim.AdamW` defaults.
+    fn default() -> Self {
+        Self {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        }
+    }
+}
+
 /// AdamW over `Params`, with first and second moments in f32.
 pub struct AdamW {
     pub cfg: AdamWConfig,
@@ -400,10 +412,8 @@ mod tests {
             vars: vec![var.clone()],
         };
         let cfg = AdamWConfig {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
             weight_decay: 0.0,
+            ..AdamWConfig::default()
         };
         let mut opt = AdamW::new(cfg, &p).unwrap();
         let g = Tensor::new(&[0.5f32, -2.0], &Device::Cpu).unwrap();
@@ -431,12 +441,7 @@ mod tests {
                 names: vec!["layer.weight".into()],
                 vars: vec![var.clone()],
             };
-            let cfg = AdamWConfig {
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-                weight_decay: 0.01,
-            };
+            let cfg = AdamWConfig::default();
             let mut opt = AdamW::new(cfg, &p).unwrap();
             for step in 0..3 {
                 let g = Tensor::from_vec(vals(step + 2), n, &Device::Cpu).unwrap();

@@ -87,12 +87,7 @@ pub fn probe_step(
         seed: 0,
         checkpoint_activations: p.checkpoint_activations,
     };
-    let adamw = AdamWConfig {
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.01,
-    };
+    let adamw = AdamWConfig::default();
     let vocab = loaded.cfg.vocab_size;
     let mut t = trainer_for(&loaded, p.tune, &p.lora, dtype, cfg, adamw)?;
     drop(loaded);
@@ -224,10 +219,8 @@ mod tests {
             checkpoint_activations: true,
         };
         let adamw = AdamWConfig {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
             weight_decay: 0.0,
+            ..AdamWConfig::default()
         };
         let mut t = trainer_for(
             &loaded,

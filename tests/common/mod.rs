@@ -181,3 +181,29 @@ pub fn toy_padded(aux: bool) -> Vec<llmbs::tasks::build::Encoded> {
         })
         .collect()
 }
+
+/// A tiny random base (seed 8) frozen as plain tensors, with a fresh LoRA adapter of dropout
+/// `dropout` (seed 2) as its only variables: the model and the adapter's VarMap.
+pub fn toy_lora_model(vocab: usize, dropout: f32) -> (llmbs::llm::Llama, candle_nn::VarMap) {
+    use candle_nn::{VarBuilder, VarMap};
+    use llmbs::train::setup::{seed_new_modules, varmap_vars};
+    let dev = Device::Cpu;
+    let cfg = LlamaConfig::tiny(vocab);
+    let (vm, _) = random_model(&cfg, 8, DType::F32, &dev).unwrap();
+    let base: std::collections::HashMap<String, Tensor> = varmap_vars(&vm, "")
+        .into_iter()
+        .map(|(n, v)| (n, v.as_tensor().copy().unwrap()))
+        .collect();
+    let vb = VarBuilder::from_tensors(base, DType::F32, &dev);
+    let mut model = llmbs::llm::Llama::new(&cfg, vb).unwrap();
+    let lora_vm = VarMap::new();
+    let lc = llmbs::llm::LoraConfig {
+        lora_dropout: dropout,
+        ..Default::default()
+    };
+    model
+        .attach_lora(&lc, VarBuilder::from_varmap(&lora_vm, DType::F32, &dev))
+        .unwrap();
+    seed_new_modules(&lora_vm, 2).unwrap();
+    (model, lora_vm)
+}

@@ -30,15 +30,7 @@ impl HeadCe {
         let n = self.targets.len();
         let vocab = w.len() / d;
         let mut e = super::take_big(n * vocab);
-        sgemm(
-            (n, vocab, d),
-            &mut e,
-            vocab,
-            false,
-            View::rows(h, d),
-            View::t(w, d),
-            self.mode,
-        )?;
+        super::matmul_t_into(&mut e, h, w, d, self.mode)?;
         let rows: Vec<(f32, f64)> = e
             .par_chunks_mut(vocab)
             .zip(self.targets.par_iter())

@@ -28,17 +28,7 @@ impl CustomOp2 for Linear {
     ) -> Result<(CpuStorage, Shape)> {
         let (x, w) = (slice(s1, l1, "linear")?, slice(s2, l2, "linear")?);
         let (d_out, d_in) = l2.shape().dims2()?;
-        let rows = x.len() / d_in;
-        let mut y = vec![0f32; rows * d_out];
-        sgemm(
-            (rows, d_out, d_in),
-            &mut y,
-            d_out,
-            false,
-            View::rows(x, d_in),
-            View::t(w, d_in),
-            self.mode,
-        )?;
+        let y = super::matmul_t(x, w, x.len() / d_in, d_in, self.mode)?;
         let mut dims = l1.shape().dims().to_vec();
         if let Some(last) = dims.last_mut() {
             *last = d_out;

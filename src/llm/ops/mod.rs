@@ -334,11 +334,23 @@ pub(crate) fn matmul_t(
     d_in: usize,
     mode: Gemm,
 ) -> Result<Vec<f32>> {
-    let d_out = w.len() / d_in.max(1);
-    let mut y = vec![0f32; rows * d_out];
-    let (xv, wv) = (View::rows(x, d_in), View::t(w, d_in));
-    sgemm((rows, d_out, d_in), &mut y, d_out, false, xv, wv, mode)?;
+    let mut y = vec![0f32; rows * (w.len() / d_in.max(1))];
+    matmul_t_into(&mut y, x, w, d_in, mode)?;
     Ok(y)
+}
+
+/// [`matmul_t`] into `y` [rows, out] (overwritten), e.g. a reused buffer.
+pub(crate) fn matmul_t_into(
+    y: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    d_in: usize,
+    mode: Gemm,
+) -> Result<()> {
+    let d_out = w.len() / d_in.max(1);
+    let rows = x.len() / d_in.max(1);
+    let (xv, wv) = (View::rows(x, d_in), View::t(w, d_in));
+    sgemm((rows, d_out, d_in), y, d_out, false, xv, wv, mode)
 }
 
 /// `dx [rows, in] (+)= dy [rows, out] · w [out, in]` (`acc`: add to dx).

@@ -35,8 +35,49 @@ pub fn parse_dtype(s: &str) -> anyhow::Result<DType> {
         "f32" => Ok(DType::F32),
         "bf16" => Ok(DType::BF16),
         "f16" => Ok(DType::F16),
-        _ => anyhow::bail!("--dtype {s}: expected f32, bf16 or f16"),
+        _ => anyhow::bail!("--dtype {s}: expected f32, bf16, f16 or auto"),
     }
+}
+
+/// How `--dtype auto` chose a training dtype (recorded with the stage).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DtypeChoice {
+    pub asked: String,
+    pub chosen: String,
+    /// The CPU GEMM probe (`llm::ops::probe_cpu_gemm`), GFLOP/s.
+    pub f32_gflops: Option<f64>,
+    pub bf16_gflops: Option<f64>,
+}
+
+/// `--dtype` for training: `auto` is bf16 on CUDA and, on a CPU, whichever of f32 and bf16
+/// GEMMs the probe measures faster (bf16 only with AVX512-BF16; on some CPUs bf16 is 1.6x f32,
+/// on others slower). Other values as [`parse_dtype`].
+pub fn train_dtype(s: &str, device: &Device) -> anyhow::Result<(DType, DtypeChoice)> {
+    let choice = |d: DType, f: Option<f64>, b: Option<f64>| DtypeChoice {
+        asked: s.to_string(),
+        chosen: format!("{d:?}").to_lowercase(),
+        f32_gflops: f,
+        bf16_gflops: b,
+    };
+    if s != "auto" {
+        let d = parse_dtype(s)?;
+        return Ok((d, choice(d, None, None)));
+    }
+    if !device.is_cpu() {
+        return Ok((DType::BF16, choice(DType::BF16, None, None)));
+    }
+    let (f, b) = crate::llm::ops::probe_cpu_gemm()?;
+    // A clear margin, so noise does not flip the choice between runs.
+    let d = match b {
+        Some(b) if b > 1.1 * f => DType::BF16,
+        _ => DType::F32,
+    };
+    eprintln!(
+        "--dtype auto: f32 GEMM {f:.0} GFLOP/s, bf16 {} -> {}",
+        b.map_or("unavailable".into(), |b| format!("{b:.0} GFLOP/s")),
+        format!("{d:?}").to_lowercase()
+    );
+    Ok((d, choice(d, Some(f), b)))
 }
 
 pub fn device_name(d: &Device) -> String {
@@ -53,7 +94,8 @@ pub struct DeviceArgs {
     /// auto, cpu, cuda or cuda:N
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// f32, bf16 or f16 (weights and activations; bf16 is meant for CUDA)
+    /// f32, bf16 or f16 (weights and activations); training also takes auto (bf16 on CUDA,
+    /// the faster of f32 and bf16 GEMMs on a CPU, measured at start)
     #[arg(long, default_value = "f32")]
     pub dtype: String,
 }
@@ -61,5 +103,12 @@ pub struct DeviceArgs {
 impl DeviceArgs {
     pub fn resolve(&self) -> anyhow::Result<(Device, DType)> {
         Ok((parse_device(&self.device)?, parse_dtype(&self.dtype)?))
+    }
+
+    /// [`DeviceArgs::resolve`] for training, where `--dtype auto` is allowed.
+    pub fn resolve_train(&self) -> anyhow::Result<(Device, DType, DtypeChoice)> {
+        let dev = parse_device(&self.device)?;
+        let (d, c) = train_dtype(&self.dtype, &dev)?;
+        Ok((dev, d, c))
     }
 }

@@ -23,7 +23,7 @@ enum Command {
     /// Behavior item embeddings Z^b (DIN) or the SASRec baseline, trained and ranked on the split.
     Behavior(commands::behavior::BehaviorArgs),
     /// Train the recommender: `--stage initial` (tasks + GCT) or `--stage anneal` (adapter).
-    Train(commands::train::TrainArgs),
+    Train(Box<commands::train::TrainArgs>),
     /// Every stage from data to eval into runs/<name>/, skipping stages that are up to date.
     Pipeline(commands::pipeline::PipelineArgs),
     /// The top-K next items for a user or a history, with titles and scores.
@@ -50,7 +50,7 @@ fn main() -> anyhow::Result<()> {
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Index(args) => commands::index::run(args),
         Command::Behavior(args) => commands::behavior::run(args),
-        Command::Train(args) => commands::train::run(args),
+        Command::Train(args) => commands::train::run(*args),
         Command::Pipeline(args) => commands::pipeline::run(args),
         Command::Recommend(args) => commands::recommend::run(args),
         Command::Eval(args) => commands::eval::run(args),

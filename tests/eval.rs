@@ -3,7 +3,8 @@
 use candle_core::{DType, Device};
 use llmbs::data::Sample;
 use llmbs::eval::{
-    beam_search, beam_search_with, evaluate, score_all_items, Scoring, Search, Trie,
+    beam_search, beam_search_norm, beam_search_with, evaluate, score_all_items, Normalize, Scoring,
+    Search, Trie,
 };
 use llmbs::llm::{init::random_model, Llama, LlamaConfig};
 
@@ -31,6 +32,7 @@ fn search(beam: usize, batch: usize) -> Search {
         beam,
         batch,
         scoring: Scoring::All,
+        normalize: Normalize::Vocab,
     }
 }
 
@@ -185,4 +187,65 @@ fn target_ranked_first_scores_one() {
         .collect();
     let out = evaluate(&m, &prompts, &miss, &items, search(4, 2), |_, _| Ok(())).unwrap();
     assert_eq!(out.metrics.recall[&10], 0.0);
+}
+
+/// After the item-vocabulary loss the scores are log-probabilities over the ID tokens only:
+/// the full beam then ranks every item by its teacher-forced log-likelihood under the softmax
+/// over the trie's token range (computed here by hand).
+#[test]
+fn id_normalised_beam_equals_the_id_softmax_likelihood() {
+    use candle_core::{Tensor, D};
+    let m = model(14);
+    let ids = catalogue(20);
+    let trie = Trie::new(&ids).unwrap();
+    let r = trie.token_range();
+    let prompt = vec![2u32, 6, 1, 8];
+    let got = beam_search_norm(
+        &m,
+        std::slice::from_ref(&prompt),
+        &trie,
+        ids.len(),
+        Scoring::All,
+        Normalize::Ids,
+    )
+    .unwrap()
+    .remove(0);
+    let head = m.lm_head().narrow(0, r.start as usize, r.len()).unwrap();
+    let mut want: Vec<(u32, f32)> = ids
+        .iter()
+        .enumerate()
+        .map(|(item, id)| {
+            let mut seq = prompt.clone();
+            seq.extend(id);
+            let x = Tensor::new(seq.as_slice(), &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            let h = m
+                .forward_hidden(&x, None, None, None, llmbs::llm::Mode::Infer)
+                .unwrap()
+                .squeeze(0)
+                .unwrap()
+                .narrow(0, prompt.len() - 1, id.len())
+                .unwrap();
+            let lp = candle_nn::ops::log_softmax(&h.matmul(&head.t().unwrap()).unwrap(), D::Minus1)
+                .unwrap();
+            let lp: Vec<Vec<f32>> = lp.to_vec2().unwrap();
+            let score = id
+                .iter()
+                .enumerate()
+                .map(|(k, &t)| lp[k][(t - r.start) as usize])
+                .sum();
+            (item as u32, score)
+        })
+        .collect();
+    want.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g.0, w.0);
+        assert!((g.1 - w.1).abs() < 1e-3, "{g:?} vs {w:?}");
+    }
+    // Over the whole vocabulary the scores are lower (text tokens take mass).
+    let full = beam_search(&m, std::slice::from_ref(&prompt), &trie, 5).unwrap();
+    assert!(full[0][0].1 < got[0].1);
 }

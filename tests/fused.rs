@@ -14,8 +14,8 @@ use llmbs::llm::kernels::with_fused;
 use llmbs::llm::ops::GradBuffers;
 use llmbs::llm::{init::random_model, LlamaConfig, Mode};
 use llmbs::tasks::build::Encoded;
-use llmbs::train::loss::{response_ce_sum, Gct};
-use llmbs::train::optim::{AdamW, AdamWConfig, Params};
+use llmbs::train::loss::{response_ce, response_ce_sum, CeMode, Gct};
+use llmbs::train::optim::{AdamW, AdamWConfig, Groups, NewGroup, Params};
 use llmbs::train::setup::{params, seed_new_modules, varmap_vars};
 use llmbs::train::step::{StepConfig, Trainer};
 
@@ -72,6 +72,7 @@ fn full_trainer() -> Trainer {
         step: 0,
         mixed: None,
         dp: None,
+        teacher: None,
     }
 }
 
@@ -98,6 +99,7 @@ fn lora_trainer() -> Trainer {
         step: 0,
         mixed: None,
         dp: None,
+        teacher: None,
     }
 }
 
@@ -170,4 +172,113 @@ fn fused_model_gives_the_composed_hidden_states_and_gradients() {
         let r = rel(f, c);
         assert!(r < 1e-5, "{name}: gradients differ by {r} (relative)");
     }
+}
+
+/// The item-vocabulary loss (targets 20..40 scored over those rows only, the others over the
+/// vocabulary) with distillation targets on some rows: fused and composed give the same
+/// (mixed) loss, the same logged one-hot cross-entropy and the same gradients.
+#[test]
+fn item_vocabulary_loss_and_soft_targets_fused_equal_composed() {
+    let dev = Device::Cpu;
+    let (vm, model) = random_model(&LlamaConfig::tiny(VOCAB), 6, DType::F32, &dev).unwrap();
+    let vars = varmap_vars(&vm, "");
+    let ids = Tensor::new(&[[1u32, 25, 9, 22, 7], [3, 31, 8, 36, 0]], &dev).unwrap();
+    let at = [(0usize, 0usize), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)];
+    let targets = [25u32, 9, 22, 31, 8, 36];
+    let soft: Vec<Vec<(u32, f32)>> = vec![
+        vec![(25, 0.5), (27, 0.25), (39, 0.25)],
+        vec![],
+        vec![(22, 1.0)],
+        vec![(20, 0.1), (31, 0.9)],
+        vec![],
+        vec![],
+    ];
+    for mode in [
+        CeMode {
+            id_rows: Some((20, 40)),
+            soft: None,
+        },
+        CeMode {
+            id_rows: Some((20, 40)),
+            soft: Some((&soft, 0.4)),
+        },
+        CeMode {
+            id_rows: None,
+            soft: Some((&soft, 0.7)),
+        },
+    ] {
+        let run = |fused: bool| {
+            with_fused(fused, || {
+                let all: Vec<_> = vars.iter().map(|(_, v)| v.clone()).collect();
+                let bufs = Arc::new(GradBuffers::new(&all).unwrap());
+                let active = bufs.activate();
+                let h = model
+                    .forward_hidden(&ids, None, None, None, Mode::Train)
+                    .unwrap();
+                let ce = response_ce(&model, &h, &at, &targets, &mode).unwrap();
+                let g = ce.loss.backward().unwrap();
+                drop(active);
+                let mut grads: Vec<Option<Tensor>> =
+                    all.iter().map(|v| g.get(v.as_tensor()).cloned()).collect();
+                bufs.merge(&mut grads).unwrap();
+                (ce.loss, ce.hard, grads)
+            })
+        };
+        let ((lf, hf, gf), (lc, hc, gc)) = (run(true), run(false));
+        assert!(rel(&lf, &lc) < 1e-5, "{mode:?}: losses differ");
+        assert!(
+            (hf - hc).abs() < 1e-4 * hc.abs(),
+            "{mode:?}: hard CE {hf} vs {hc}"
+        );
+        for ((name, _), (f, c)) in vars.iter().zip(gf.iter().zip(&gc)) {
+            let (f, c) = (f.as_ref().unwrap(), c.as_ref().unwrap());
+            let r = rel(f, c);
+            assert!(
+                r < 1e-5,
+                "{mode:?}: {name}: gradients differ by {r} (relative)"
+            );
+        }
+    }
+}
+
+/// The recipe's levers in the real trainer: the item-vocabulary loss over tokens 10..25 and
+/// parameter groups (embedding rows from 20 on and the projectors at 3x the rate, no decay)
+/// follow the same 20-step curve fused and composed, and the loss falls.
+#[test]
+fn item_loss_and_parameter_groups_follow_the_same_curve_fused_and_composed() {
+    fn make() -> Trainer {
+        let mut t = full_trainer();
+        t.cfg.id_rows = Some((10, 25));
+        let from = t
+            .params
+            .names
+            .iter()
+            .map(|n| match n.as_str() {
+                "model.embed_tokens.weight" => Some(20 * 32),
+                _ if n.starts_with("gct.") => Some(0),
+                _ => None,
+            })
+            .collect();
+        let new = NewGroup {
+            lr_scale: 3.0,
+            weight_decay: 0.0,
+        };
+        t.opt.groups = Some(Groups { new, from });
+        t
+    }
+    let (f, c) = (curve(true, make), curve(false, make));
+    assert!(f[19].0 < f[0].0, "the loss did not fall: {f:?}");
+    for (i, ((lf, nf), (lc, nc))) in f.iter().zip(&c).enumerate() {
+        assert!(
+            (lf - lc).abs() <= 1e-4 * lc.abs().max(1.0),
+            "step {i}: loss {lf} vs {lc}"
+        );
+        assert!(
+            (nf - nc).abs() <= 1e-3 * nc.abs().max(1.0),
+            "step {i}: norm {nf} vs {nc}"
+        );
+    }
+    // Without the groups and the item loss the curve is another one (the levers act).
+    let plain = curve(true, full_trainer);
+    assert!((plain[5].0 - f[5].0).abs() > 1e-6);
 }

@@ -253,6 +253,7 @@ fn trainer(dev: &Device, dtype: DType) -> Trainer {
         step: 0,
         mixed,
         dp: None,
+        teacher: None,
     }
 }
 

@@ -36,6 +36,7 @@ fn stages_are_replaced_only_when_asked_and_read_the_recorded_settings() {
         prompts: None,
         start: Start::Fresh,
         quiet: true,
+        dtype_choice: None,
     };
     let err = run_stage(&run, &job, &Device::Cpu, DType::F32).unwrap_err();
     assert!(format!("{err:#}").contains("--overwrite"), "{err:#}");

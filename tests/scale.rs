@@ -129,6 +129,7 @@ fn setup(lora: Option<f32>, checkpoint: bool, recipe: bool) -> Setup {
             step: 0,
             mixed,
             dp: None,
+            teacher: None,
         },
     }
 }

@@ -120,6 +120,7 @@ fn trainer(seed: u64, lr: f64, total: usize) -> Parts {
             step: 0,
             mixed: None,
             dp: None,
+            teacher: None,
         },
         model_vm,
         gct_vm,
@@ -549,6 +550,7 @@ fn lora_trainer(p: f32) -> Trainer {
         step: 0,
         mixed: None,
         dp: None,
+        teacher: None,
     }
 }
 

@@ -30,6 +30,9 @@ pub struct BehaviorJob {
     pub command: String,
 }
 
+/// The trained encoder's weights in its report directory (what a distillation teacher loads).
+pub const MODEL_FILE: &str = "model.safetensors";
+
 /// A published full-ranking row (../shared/data/README.md): it belongs to the dataset it was
 /// published on, so reports show it only for that dataset (name and size).
 #[derive(Debug, Clone, Serialize)]
@@ -213,6 +216,16 @@ pub fn run_job(job: &BehaviorJob, device: &Device) -> anyhow::Result<BehaviorRep
     let co = super::cooccurrence_check(&out.table, &split.train, job.neighbors)?;
     crate::embed::save_table(&job.out, &out.table)
         .with_context(|| format!("writing the item table {}", job.out.display()))?;
+    std::fs::create_dir_all(&job.report_dir)
+        .with_context(|| format!("creating {}", job.report_dir.display()))?;
+    let model_path = job.report_dir.join(MODEL_FILE);
+    let weights: std::collections::HashMap<String, candle_core::Tensor> =
+        out.weights.iter().cloned().collect();
+    crate::util::atomic_write_with(&model_path, |tmp| {
+        candle_core::safetensors::save(&weights, tmp)?;
+        Ok(())
+    })
+    .with_context(|| format!("writing {}", model_path.display()))?;
     let report = BehaviorReport {
         kind: "behavior",
         encoder: cfg.encoder,

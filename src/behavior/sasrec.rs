@@ -293,17 +293,24 @@ fn causal_mask(t: usize, dev: &Device) -> candle_core::Result<Tensor> {
     Tensor::from_vec(m, (t, t), dev)
 }
 
+impl SasRec {
+    /// Every item's score after each history, the repeat bias included: `[histories, n_items]`.
+    pub fn scores(&self, histories: &[&[u32]]) -> candle_core::Result<Tensor> {
+        let mut logits = self.logits(&self.user_states(histories)?)?;
+        if let Some(beta) = &self.hist_bias {
+            let max = self.cfg.max_len;
+            let seen = histories.iter().map(|h| &h[h.len().saturating_sub(max)..]);
+            logits = add_history_bias(&logits, beta, seen)?;
+        }
+        Ok(logits)
+    }
+}
+
 impl Ranker for SasRec {
     fn top_k(&self, histories: &[&[u32]], k: usize) -> candle_core::Result<Vec<Vec<u32>>> {
         let mut out = Vec::with_capacity(histories.len());
         for chunk in histories.chunks(EVAL_BATCH) {
-            let mut logits = self.logits(&self.user_states(chunk)?)?;
-            if let Some(beta) = &self.hist_bias {
-                let max = self.cfg.max_len;
-                let seen = chunk.iter().map(|h| &h[h.len().saturating_sub(max)..]);
-                logits = add_history_bias(&logits, beta, seen)?;
-            }
-            let scores: Vec<Vec<f32>> = logits.to_vec2()?;
+            let scores: Vec<Vec<f32>> = self.scores(chunk)?.to_vec2()?;
             out.extend(scores.iter().map(|s| TopK::of(s, k)));
         }
         Ok(out)

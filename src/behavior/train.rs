@@ -72,6 +72,9 @@ pub struct TrainOutcome {
     pub final_eval_seconds: f64,
     pub train_examples: usize,
     pub parameters: usize,
+    /// The kept weights by variable name (`RUN/behavior/<encoder>/model.safetensors`; a
+    /// distillation teacher rebuilds the model from them).
+    pub weights: Vec<(String, Tensor)>,
 }
 
 enum Model {
@@ -378,6 +381,7 @@ pub fn train(
     let (valid, test) = final_ranking(model.ranker(), split, obs)?;
     let final_eval_seconds = t1.elapsed().as_secs_f64();
     let table = model.ranker().item_table()?.to_device(&Device::Cpu)?;
+    let weights = snapshot(&vm)?;
     Ok(TrainOutcome {
         table,
         log,
@@ -389,5 +393,6 @@ pub fn train(
         final_eval_seconds,
         train_examples: n_examples,
         parameters,
+        weights,
     })
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use crate::device::DeviceArgs;
 use crate::eval::run::{evaluate_run, EvalConfig, EvalJob, SplitName};
-use crate::eval::Scoring;
+use crate::eval::{Normalize, Scoring};
 use crate::run::RunDir;
 
 #[derive(clap::Args, Debug)]
@@ -61,6 +61,10 @@ pub struct EvalArgs {
     /// users done (a random sample) and says how many were planned
     #[arg(long)]
     pub max_minutes: Option<f64>,
+    /// What the log-probabilities are normalised over: vocab (every token) or ids (the item-ID
+    /// tokens); default: as the run's model trained (ids after the item-vocabulary loss)
+    #[arg(long, value_enum)]
+    pub normalize: Option<Normalize>,
     #[command(flatten)]
     pub dev: DeviceArgs,
 }
@@ -80,6 +84,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             label: a.label,
             vocab_seed: a.vocab_seed,
             max_minutes: a.max_minutes,
+            normalize: a.normalize,
         },
         data: a.data,
         index: a.index,

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::data::Dataset;
 use crate::device::DeviceArgs;
-use crate::eval::beam_search;
+use crate::eval::{beam_search_norm, Scoring};
 use crate::llm::tokenizer::encode;
 use crate::run::model::{load_run_model, resolve};
 use crate::run::{OpenOptions, RunDir};
@@ -105,7 +105,14 @@ pub fn run(a: RecommendArgs) -> anyhow::Result<()> {
         .map(|&i| items.tokens[i as usize].as_slice())
         .collect();
     let prompt = encode(&loaded.tokenizer, &prompts.srt_prompt(0, &h))?;
-    let ranked = beam_search(model, &[prompt], &items.trie, a.beam.max(a.k))?;
+    // Scores normalised as the run's model trained (the item-ID tokens after the item loss).
+    let own = crate::eval::run::EvalConfig {
+        model: a.m.choice(),
+        ..Default::default()
+    };
+    let norm = crate::eval::run::normalize_for(&own, d.trained.as_ref());
+    let beam = a.beam.max(a.k);
+    let ranked = beam_search_norm(model, &[prompt], &items.trie, beam, Scoring::All, norm)?;
     let recs: Vec<Rec> = ranked
         .first()
         .map(|r| r.as_slice())

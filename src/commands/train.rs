@@ -102,6 +102,27 @@ pub struct TrainArgs {
     /// dtype of the data-parallel gradient sums: f32 (exact) or bf16 (half the traffic)
     #[arg(long, value_enum)]
     pub dp_reduce: Option<ReduceDType>,
+    /// Initial stage: keep the first K decoder layers of the backbone (layer pruning, SLMRec)
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// Item-vocabulary loss: item-ID targets scored by a softmax over the ID tokens only (the
+    /// run's evaluations then normalise over them too)
+    #[arg(long)]
+    pub item_loss: bool,
+    /// Peak learning rate of the new parameters (ID-token and [CON] rows, GCT projectors);
+    /// default: --lr
+    #[arg(long)]
+    pub lr_new: Option<f64>,
+    /// Weight decay of the new parameters; default: the backbone's (0.01)
+    #[arg(long)]
+    pub weight_decay_new: Option<f64>,
+    /// Distillation from the run's SASRec teacher (RUN/behavior/sasrec): the teacher's share of
+    /// each item-ID target, in (0, 1]
+    #[arg(long)]
+    pub distill_weight: Option<f64>,
+    /// Temperature of the teacher's softmax (1)
+    #[arg(long, requires = "distill_weight")]
+    pub distill_temperature: Option<f64>,
     #[command(flatten)]
     pub dev: DeviceArgs,
 }
@@ -130,8 +151,22 @@ fn flags(a: &TrainArgs) -> anyhow::Result<serde_json::Value> {
         valid_users,
         max_minutes,
         seed,
-        dp_reduce
+        dp_reduce,
+        layers,
+        lr_new,
+        weight_decay_new
     );
+    if a.item_loss {
+        o.insert("item_loss".into(), true.into());
+    }
+    if let Some(w) = a.distill_weight {
+        let d = crate::train::distill::DistillConfig {
+            weight: w,
+            temperature: a.distill_temperature.unwrap_or(1.0),
+            ..Default::default()
+        };
+        o.insert("distill".into(), serde_json::to_value(d)?);
+    }
     if a.srt_dense {
         o.insert("srt_dense".into(), true.into());
     }
@@ -150,7 +185,7 @@ fn flags(a: &TrainArgs) -> anyhow::Result<serde_json::Value> {
 }
 
 pub fn run(a: TrainArgs) -> anyhow::Result<()> {
-    let (device, dtype) = a.dev.resolve()?;
+    let (device, dtype, choice) = a.dev.resolve_train()?;
     let run = RunDir::new(&a.run);
     let start = match (a.resume, a.overwrite) {
         (true, _) => Start::Resume,
@@ -169,6 +204,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         prompts: a.prompts,
         start,
         quiet: false,
+        dtype_choice: Some(choice),
     };
     match &a.devices {
         Some(list) => {

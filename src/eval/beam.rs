@@ -35,6 +35,28 @@ pub enum Scoring {
     Choices,
 }
 
+/// What each step's log-probabilities are normalised over.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Normalize {
+    /// The whole vocabulary (a model trained with the full-vocabulary cross-entropy).
+    #[default]
+    Vocab,
+    /// The item-ID tokens only (a model trained with the item-vocabulary loss,
+    /// `TrainConfig::item_loss`): the head's text rows are never computed.
+    Ids,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Hyp {
     user: usize,
@@ -49,7 +71,18 @@ fn log_probs(
     model: &Llama,
     hidden: &Tensor,
     cols: &std::ops::Range<u32>,
+    norm: Normalize,
 ) -> candle_core::Result<Vec<Vec<f32>>> {
+    if norm == Normalize::Ids {
+        let (a, n) = (cols.start as usize, (cols.end - cols.start) as usize);
+        let w = model.lm_head().narrow(0, a, n)?;
+        let logits = hidden.matmul(&w.t()?)?.to_dtype(DType::F32)?; // [rows, ids]
+        if logits.device().is_cpu() && logits.is_contiguous() {
+            return cpu_log_probs(&logits, &(0..n as u32));
+        }
+        let lp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        return lp.to_device(&Device::Cpu)?.to_vec2();
+    }
     let logits = model.logits(hidden)?; // [rows, vocab] f32
     if logits.device().is_cpu() && logits.dtype() == DType::F32 && logits.is_contiguous() {
         return cpu_log_probs(&logits, cols);
@@ -98,6 +131,17 @@ pub fn beam_search(
     beam_search_with(model, prompts, trie, beam, Scoring::All)
 }
 
+/// [`beam_search_with`] over the full vocabulary (the models trained without the item loss).
+pub fn beam_search_with(
+    model: &Llama,
+    prompts: &[Vec<u32>],
+    trie: &Trie,
+    beam: usize,
+    scoring: Scoring,
+) -> candle_core::Result<Vec<Ranked>> {
+    beam_search_norm(model, prompts, trie, beam, scoring, Normalize::Vocab)
+}
+
 /// The prompts prefilled into `cache`: each prompt's length and the log-probabilities of the
 /// ID tokens after its last position.
 fn prefill(
@@ -105,6 +149,7 @@ fn prefill(
     prompts: &[Vec<u32>],
     cache: &mut crate::llm::KvCache,
     cols: &std::ops::Range<u32>,
+    norm: Normalize,
 ) -> candle_core::Result<(Vec<usize>, Vec<Vec<f32>>)> {
     let dev = model.device().clone();
     let u = prompts.len();
@@ -138,17 +183,18 @@ fn prefill(
         .enumerate()
         .map(|(r, &l)| (r, (l - shared).max(1) - 1))
         .collect();
-    let lp = log_probs(model, &Llama::gather(&hidden, &last)?, cols)?;
+    let lp = log_probs(model, &Llama::gather(&hidden, &last)?, cols, norm)?;
     Ok((lens, lp))
 }
 
-/// [`beam_search`] with a choice of what the scores sum.
-pub fn beam_search_with(
+/// [`beam_search`] with a choice of what the scores sum and what they are normalised over.
+pub fn beam_search_norm(
     model: &Llama,
     prompts: &[Vec<u32>],
     trie: &Trie,
     beam: usize,
     scoring: Scoring,
+    norm: Normalize,
 ) -> candle_core::Result<Vec<Ranked>> {
     let dev = model.device().clone();
     let u = prompts.len();
@@ -158,7 +204,7 @@ pub fn beam_search_with(
     let mut cache = model.new_cache();
     let cols = trie.token_range();
     let off = cols.start as usize;
-    let (lens, mut lp) = prefill(model, prompts, &mut cache, &cols)?;
+    let (lens, mut lp) = prefill(model, prompts, &mut cache, &cols, norm)?;
     let mut live: Vec<Hyp> = (0..u)
         .map(|user| Hyp {
             user,
@@ -225,7 +271,7 @@ pub fn beam_search_with(
             Some(&mut cache),
             Mode::Infer,
         )?;
-        lp = log_probs(model, &h.squeeze(1)?, &cols)?;
+        lp = log_probs(model, &h.squeeze(1)?, &cols, norm)?;
         live = next
             .into_iter()
             .enumerate()
@@ -264,7 +310,8 @@ pub fn score_all_items(
             .forward_hidden(&x, None, None, None, Mode::Infer)?
             .squeeze(0)?;
         let rows = h.narrow(0, prompt.len() - 1, id.len())?;
-        let lp = log_probs(model, &rows, &(0..model.config().vocab_size as u32))?;
+        let all = 0..model.config().vocab_size as u32;
+        let lp = log_probs(model, &rows, &all, Normalize::Vocab)?;
         let score: f32 = id
             .iter()
             .enumerate()

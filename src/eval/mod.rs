@@ -20,7 +20,9 @@ use crate::llm::{tokenizer::encode, Llama};
 use crate::metrics::{MetricAccumulator, Metrics};
 use crate::tasks::Prompts;
 
-pub use beam::{beam_search, beam_search_with, score_all_items, Ranked, Scoring};
+pub use beam::{
+    beam_search, beam_search_norm, beam_search_with, score_all_items, Normalize, Ranked, Scoring,
+};
 pub use ppl::{perplexity, PplReport};
 pub use trie::Trie;
 
@@ -95,6 +97,7 @@ pub struct Search {
     pub beam: usize,
     pub batch: usize,
     pub scoring: Scoring,
+    pub normalize: Normalize,
 }
 
 /// Beam search for every sample in batches of `batch` users, with metrics. `on_batch` sees
@@ -116,7 +119,8 @@ pub fn evaluate(
     let mut results: Vec<Option<Ranked>> = vec![None; samples.len()];
     for chunk in order.chunks(search.batch.max(1)) {
         let ps: Vec<Vec<u32>> = chunk.iter().map(|&i| prompts_ids[i].clone()).collect();
-        let out = beam_search_with(model, &ps, &items.trie, search.beam, search.scoring)?;
+        let (trie, beam) = (&items.trie, search.beam);
+        let out = beam_search_norm(model, &ps, trie, beam, search.scoring, search.normalize)?;
         on_batch(chunk, &out)?;
         for (&i, r) in chunk.iter().zip(out) {
             results[i] = Some(r);

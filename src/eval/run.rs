@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::partial::{partial_path, Partial};
 pub use super::report::{Coverage, EvalReport};
-use super::{evaluate, prompt_ids, Prediction, Ranked, Scoring};
+use super::{evaluate, prompt_ids, Normalize, Prediction, Ranked, Scoring};
 use crate::data::{Dataset, Sample};
 use crate::device::device_name;
 use crate::metrics::{coverage, rank_of, MetricAccumulator, Metrics, NDCG_KS, RECALL_KS};
@@ -77,6 +77,9 @@ pub struct EvalConfig {
     /// batches, and the evaluation stops after the round that passes it; the report covers the
     /// users done, a random sample of the planned ones.
     pub max_minutes: Option<f64>,
+    /// What the scores are normalised over; None: as the model trained (the item-ID tokens
+    /// for a run whose initial stage used the item-vocabulary loss, else the vocabulary).
+    pub normalize: Option<Normalize>,
 }
 
 impl Default for EvalConfig {
@@ -93,6 +96,7 @@ impl Default for EvalConfig {
             label: None,
             vocab_seed: 0,
             max_minutes: None,
+            normalize: None,
         }
     }
 }
@@ -173,7 +177,22 @@ pub fn default_label(c: &EvalConfig, model: &str, adapter: &str) -> String {
     if c.scoring == Scoring::Choices {
         l.push_str("-choices");
     }
+    match c.normalize {
+        Some(Normalize::Ids) => l.push_str("-norm-ids"),
+        Some(Normalize::Vocab) => l.push_str("-norm-vocab"),
+        None => {}
+    }
     l
+}
+
+/// The normalisation an evaluation uses: the asked one, else the one the run's own model
+/// trained with (another `--model` is a plain language model: the vocabulary).
+pub fn normalize_for(c: &EvalConfig, trained: Option<&crate::run::StageRecord>) -> Normalize {
+    let own = c.model.model.is_none();
+    c.normalize.unwrap_or(match trained {
+        Some(r) if own && r.train.item_loss => Normalize::Ids,
+        _ => Normalize::Vocab,
+    })
 }
 
 /// One line of the predictions file: user, target, its rank, the top items with scores and
@@ -255,6 +274,7 @@ pub fn evaluate_run(
         SplitName::Valid => &d.split.valid,
     };
     let samples = select_users(split, c.limit, c.seed);
+    let normalize = normalize_for(c, d.trained.as_ref());
     let prompts = prompt_ids(
         &samples,
         &rm.items,
@@ -278,11 +298,19 @@ pub fn evaluate_run(
     // What must match for a resumed evaluation to be the same evaluation.
     let settings = serde_json::json!({
         "split": c.split, "users": samples.len(), "limit": c.limit, "seed": c.seed,
-        "beam": c.beam, "scoring": c.scoring, "model": rm.desc, "index": d.index_path.display().to_string(),
+        "beam": c.beam, "scoring": c.scoring, "normalize": normalize, "model": rm.desc, "index": d.index_path.display().to_string(),
         "prompt": template, "dtype": format!("{dtype:?}").to_lowercase(),
         "max_history": d.max_history,
     });
-    let r = rank_users(job, &rm, &d.ds, &samples, &prompts, &preds_path, &settings)?;
+    let r = rank_users(
+        job,
+        &rm,
+        &d.ds,
+        (&samples, &prompts),
+        normalize,
+        &preds_path,
+        &settings,
+    )?;
     let planned = samples.len();
     // Users a time budget did not reach leave the evaluation (a random sample remains).
     let (samples, ranked): (Vec<Sample>, Vec<Ranked>) = samples
@@ -316,11 +344,17 @@ pub fn evaluate_run(
         mean_prompt_tokens: mean_prompt,
         device: device_name(device),
         dtype: format!("{dtype:?}").to_lowercase(),
-        scoring: match c.scoring {
-            Scoring::All => "sum of full-vocabulary log-probabilities of every ID token, no length normalisation",
-            Scoring::Choices => "sum of full-vocabulary log-probabilities of the ID tokens the trie leaves a choice for (forced tokens add nothing)",
-        }
-        .into(),
+        scoring: format!(
+            "{}; log-probabilities normalised over {}",
+            match c.scoring {
+                Scoring::All => "sum of the log-probabilities of every ID token, no length normalisation",
+                Scoring::Choices => "sum of the log-probabilities of the ID tokens the trie leaves a choice for (forced tokens add nothing)",
+            },
+            match normalize {
+                Normalize::Vocab => "the full vocabulary",
+                Normalize::Ids => "the item-ID tokens (the model trained with the item-vocabulary loss)",
+            }
+        ),
         paper_table2: paper_row(&d.ds),
         predictions: preds_path.display().to_string(),
     };
@@ -345,8 +379,8 @@ fn rank_users(
     job: &EvalJob,
     rm: &RunModel,
     ds: &Dataset,
-    samples: &[Sample],
-    prompts: &[Vec<u32>],
+    (samples, prompts): (&[Sample], &[Vec<u32>]),
+    normalize: Normalize,
     preds_path: &std::path::Path,
     settings: &serde_json::Value,
 ) -> anyhow::Result<Ranking> {
@@ -386,6 +420,7 @@ fn rank_users(
         beam: c.beam,
         batch: c.batch,
         scoring: c.scoring,
+        normalize,
     };
     let mut seconds = 0.0;
     for users in todo.chunks(round) {

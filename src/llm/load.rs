@@ -189,6 +189,32 @@ impl Loaded {
         })
     }
 
+    /// Keeps the first `k` decoder layers (then the final norm and the head), the pruning of
+    /// SLMRec (ICLR 2025): the weights of later layers are dropped and the config says
+    /// `num_hidden_layers = k`, so a checkpoint saved from it is a `k`-layer Hugging Face model.
+    /// `k` equal to the layer count changes nothing.
+    pub fn keep_layers(&mut self, k: usize) -> Result<(), LlmError> {
+        let n = self.cfg.num_hidden_layers;
+        if k == 0 || k > n {
+            return Err(LlmError::Format(format!(
+                "layers {k}: {} has {n} decoder layers (keep 1..={n})",
+                self.source.describe()
+            )));
+        }
+        self.weights.retain(|name, _| {
+            match name
+                .strip_prefix("model.layers.")
+                .and_then(|r| r.split('.').next())
+                .and_then(|i| i.parse::<usize>().ok())
+            {
+                Some(i) => i < k,
+                None => true,
+            }
+        });
+        self.cfg.num_hidden_layers = k;
+        Ok(())
+    }
+
     /// Builds the decoder from the weights (a `VarBuilder` over the tensor map).
     pub fn build(&self, device: &Device) -> candle_core::Result<Llama> {
         let dtype = self

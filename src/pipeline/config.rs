@@ -27,8 +27,16 @@ pub struct PipelineConfig {
     pub model: String,
     /// Another run whose finished stages with the same inputs are linked instead of rerun.
     pub reuse: Option<String>,
+    /// Compute dtype of the training stages: f32, bf16 or auto (bf16 on CUDA; on a CPU the
+    /// faster of f32 and bf16 GEMMs, measured when the stage starts and recorded with it).
+    #[serde(default = "f32_name")]
+    pub dtype: String,
     pub embed: EmbedConfig,
     pub behavior: BehaviorConfig,
+    /// A second behavior encoder trained only as the distillation teacher
+    /// (`train_initial.distill`), into `RUN/behavior/<encoder>/`; None: no teacher stage.
+    #[serde(default)]
+    pub teacher: Option<BehaviorConfig>,
     pub index: IndexConfig,
     pub train_initial: TrainConfig,
     /// None switches the anneal stage off (the paper's "w/o AAT" ablation).
@@ -37,6 +45,10 @@ pub struct PipelineConfig {
     pub eval: Vec<EvalConfig>,
     /// Most-popular and cluster baselines on every evaluation's users.
     pub baselines: bool,
+}
+
+fn f32_name() -> String {
+    "f32".into()
 }
 
 /// The configs compiled into the binary, by name.
@@ -86,8 +98,10 @@ pub fn resolve(raw: &Value) -> anyhow::Result<PipelineConfig> {
     };
     let mut v = serde_json::json!({
         "name": "", "description": "", "data": "", "model": "default", "reuse": null,
+        "dtype": "f32",
         "embed": EmbedConfig::default(),
         "behavior": BehaviorConfig::new(encoder),
+        "teacher": null,
         "index": IndexConfig::default(),
         "train_initial": TrainConfig::new(Stage::Initial),
         "train_anneal": TrainConfig::new(Stage::Anneal),
@@ -97,6 +111,15 @@ pub fn resolve(raw: &Value) -> anyhow::Result<PipelineConfig> {
         let slot = v.get_mut(k).with_context(|| format!("unknown key '{k}'"))?;
         match (k.as_str(), val) {
             ("train_anneal", Value::Null) => *slot = Value::Null,
+            ("teacher", Value::Object(_)) => {
+                let enc = match val.get("encoder") {
+                    Some(e) => serde_json::from_value(e.clone()).context("teacher.encoder")?,
+                    None => EncoderKind::Sasrec,
+                };
+                let mut t = serde_json::to_value(BehaviorConfig::new(enc))?;
+                overlay(&mut t, val, k)?;
+                *slot = t;
+            }
             ("eval", Value::Array(list)) => {
                 let mut out = Vec::new();
                 for (i, e) in list.iter().enumerate() {
@@ -109,6 +132,14 @@ pub fn resolve(raw: &Value) -> anyhow::Result<PipelineConfig> {
             (_, Value::Object(_)) if slot.is_object() => overlay(slot, val, k)?,
             _ => *slot = val.clone(),
         }
+    }
+    // The anneal stage trains with the initial stage's softmax unless told otherwise.
+    let asked = obj
+        .get("train_anneal")
+        .and_then(|a| a.get("item_loss"))
+        .is_some();
+    if !asked && v["train_anneal"].is_object() {
+        v["train_anneal"]["item_loss"] = v["train_initial"]["item_loss"].clone();
     }
     // A stage section cannot change which stage it is.
     v["train_initial"]["stage"] = serde_json::to_value(Stage::Initial)?;
@@ -123,6 +154,29 @@ pub fn resolve(raw: &Value) -> anyhow::Result<PipelineConfig> {
     for e in &c.eval {
         e.validate()?;
     }
+    if let Some(t) = &c.teacher {
+        anyhow::ensure!(
+            t.encoder != c.behavior.encoder,
+            "teacher.encoder: the behavior stage already trains {} (its model is the teacher); drop 'teacher'",
+            t.encoder.name()
+        );
+    }
+    if let Some(d) = &c.train_initial.distill {
+        let own = [
+            Some(c.behavior.encoder),
+            c.teacher.as_ref().map(|t| t.encoder),
+        ];
+        anyhow::ensure!(
+            own.contains(&Some(d.teacher)),
+            "train_initial.distill.teacher: {} is trained by neither 'behavior' nor 'teacher'",
+            d.teacher.name()
+        );
+    }
+    anyhow::ensure!(
+        matches!(c.dtype.as_str(), "f32" | "bf16" | "auto"),
+        "dtype: {} (f32, bf16 or auto)",
+        c.dtype
+    );
     anyhow::ensure!(!c.name.is_empty(), "'name' is required");
     anyhow::ensure!(!c.data.is_empty(), "'data' is required");
     Ok(c)

@@ -23,11 +23,12 @@ use crate::train::{StageJob, Start};
 use crate::util::write_json;
 
 /// Stage names, in order.
-pub const STAGES: [&str; 7] = [
+pub const STAGES: [&str; 8] = [
     "data",
     "embed",
     "behavior",
     "index",
+    "teacher",
     "train_initial",
     "train_anneal",
     "eval",
@@ -103,8 +104,14 @@ fn settings(c: &PipelineConfig, stage: &str) -> anyhow::Result<serde_json::Value
         "data" => json!({}),
         "embed" => json!({"model": c.model, "embed": c.embed}),
         "behavior" => serde_json::to_value(&c.behavior)?,
+        "teacher" => serde_json::to_value(&c.teacher)?,
         "index" => serde_json::to_value(&c.index)?,
+        // The dtype joins the settings only where it is not the default (older runs' hashes hold).
+        "train_initial" if c.dtype != "f32" => {
+            json!({"model": c.model, "train": c.train_initial, "dtype": c.dtype})
+        }
         "train_initial" => json!({"model": c.model, "train": c.train_initial}),
+        "train_anneal" if c.dtype != "f32" => json!({"train": c.train_anneal, "dtype": c.dtype}),
         "train_anneal" => serde_json::to_value(&c.train_anneal)?,
         _ => json!({"eval": c.eval, "baselines": c.baselines}),
     })
@@ -215,6 +222,24 @@ fn run_one(job: &PipelineJob, stage: &str, ds_name: &str) -> anyhow::Result<Vec<
             };
             crate::behavior::job::run_job(&b, dev)?;
         }
+        "teacher" => {
+            let t = c.teacher.as_ref().context("no teacher stage")?;
+            let enc = t.encoder.name();
+            let b = crate::behavior::job::BehaviorJob {
+                data,
+                out: run.join(format!("embeddings/behavior-{enc}.safetensors")),
+                report_dir: run.behavior_report_dir(enc),
+                config: t.clone(),
+                neighbors: 10,
+                command: format!("llmbs pipeline (config {}, teacher)", c.name),
+            };
+            crate::behavior::job::run_job(&b, dev)?;
+            let m = crate::behavior::job::MODEL_FILE;
+            return Ok(vec![
+                format!("behavior/{enc}/{m}"),
+                format!("behavior/{enc}/report.json"),
+            ]);
+        }
         "index" => {
             let i = crate::index::job::IndexJob {
                 data: Some(data),
@@ -239,8 +264,14 @@ fn run_one(job: &PipelineJob, stage: &str, ds_name: &str) -> anyhow::Result<Vec<
                 prompts: None,
                 start: train_start(run, cfg),
                 quiet: job.quiet,
+                dtype_choice: None,
             };
-            crate::train::run_stage(run, &t, dev, DType::F32)?;
+            let (dtype, choice) = crate::device::train_dtype(&c.dtype, dev)?;
+            let t = StageJob {
+                dtype_choice: Some(choice),
+                ..t
+            };
+            crate::train::run_stage(run, &t, dev, dtype)?;
         }
         _ => return report::eval_stage(job),
     }
@@ -262,7 +293,9 @@ pub fn run_pipeline(job: &PipelineJob) -> anyhow::Result<()> {
         if job.to.is_some_and(|t| pos > t) {
             break;
         }
-        if *stage == "train_anneal" && c.train_anneal.is_none() {
+        if (*stage == "train_anneal" && c.train_anneal.is_none())
+            || (*stage == "teacher" && c.teacher.is_none())
+        {
             continue;
         }
         crate::util::check_interrupt().with_context(|| format!("before pipeline stage {stage}"))?;

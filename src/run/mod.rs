@@ -34,6 +34,9 @@ pub struct StageRecord {
     /// The prompt templates, inline: the run does not depend on a prompts file staying put.
     pub prompts: Prompts,
     pub train: TrainConfig,
+    /// The compute dtype and, for `--dtype auto`, the GEMM probe that chose it.
+    #[serde(default)]
+    pub compute: Option<crate::device::DtypeChoice>,
 }
 
 /// The data of a run, as its training saw it (defaults where the run has not trained yet).

@@ -146,6 +146,9 @@ pub struct Encoded {
     pub response_len: usize,
     pub gct_item: Option<u32>,
     pub history_loss: Vec<usize>,
+    /// SRT: the sample's history then its target (what a behavior teacher reads for
+    /// distillation, `train::distill`); empty for the other tasks.
+    pub srt_items: Vec<u32>,
 }
 
 impl Encoded {
@@ -386,6 +389,14 @@ impl TaskBuilder<'_> {
             input.push(con);
         }
         let mut history_loss = Vec::new();
+        let srt_items = match p.kind {
+            TaskKind::Srt => {
+                let row = self.srt_windows.as_ref().map_or(p.row, |w| w[p.row]);
+                let s = &self.samples[row];
+                s.history.iter().copied().chain([s.target]).collect()
+            }
+            _ => Vec::new(),
+        };
         if let (TaskKind::Srt, Some(w)) = (p.kind, &self.srt_windows) {
             let s = &self.samples[w[p.row]];
             let ids: Vec<&[u32]> = s
@@ -410,6 +421,7 @@ impl TaskBuilder<'_> {
             response_len,
             gct_item,
             history_loss,
+            srt_items,
         })
     }
 }

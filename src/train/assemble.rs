@@ -56,6 +56,14 @@ pub fn backbone(
     let src = ModelSource::parse(source)?;
     let keep_f32 = |n: &str| trains(c.stage, c.tune, n);
     let mut loaded = Loaded::load_with(&src, device, dtype, &keep_f32)?;
+    if let Some(k) = c.layers {
+        // A resumed run reloads its own k-layer checkpoint: then this keeps everything.
+        let n = loaded.cfg.num_hidden_layers;
+        loaded.keep_layers(k).context("train config: layers")?;
+        if k < n {
+            eprintln!("layers: keeping the first {k} of {n} decoder layers");
+        }
+    }
     let mut new_tokens: Vec<String> = tokens.iter().flatten().cloned().collect();
     new_tokens.sort();
     new_tokens.dedup();
@@ -175,19 +183,35 @@ pub fn assemble(
         },
         &p,
     )?;
+    if c.lr_new.is_some() || c.weight_decay_new.is_some() {
+        opt.groups = Some(new_groups(&p, bb, c));
+    }
     if let Some(d) = resume {
         opt.load(&p, &d.join("optimizer.safetensors"))?;
     }
     let n_params = p.count();
+    let mut cfg = step_config(c);
+    if c.item_loss {
+        let r = bb.items.trie.token_range();
+        cfg.id_rows = Some((r.start, r.end));
+    }
+    let teacher = match &c.distill {
+        Some(d) => {
+            let dir = run.behavior_report_dir(d.teacher.name());
+            Some(super::distill::Teacher::load(&dir, d, &bb.items.ids)?)
+        }
+        None => None,
+    };
     let trainer = Trainer {
         model,
         params: p,
         gct,
         opt,
-        cfg: step_config(c),
+        cfg,
         step: 0,
         mixed,
         dp: None,
+        teacher,
     };
     Ok(Assembled {
         trainer,
@@ -196,6 +220,30 @@ pub fn assemble(
         gct: gct_vm,
         n_params,
     })
+}
+
+/// The parameter groups of `c`: the rows from the first item-ID token on (the ID tokens and
+/// `[CON]`, the last rows of the grown embedding and an untied head) and the GCT projectors
+/// are new; everything else is the backbone.
+fn new_groups(p: &super::optim::Params, bb: &Backbone, c: &TrainConfig) -> super::optim::Groups {
+    let first = bb.items.trie.token_range().start as usize;
+    let d = bb.loaded.cfg.hidden_size;
+    let from = p
+        .names
+        .iter()
+        .map(|n| match n.as_str() {
+            "model.embed_tokens.weight" | "lm_head.weight" => Some(first * d),
+            _ if n.starts_with("gct.") => Some(0),
+            _ => None,
+        })
+        .collect();
+    super::optim::Groups {
+        new: super::optim::NewGroup {
+            lr_scale: c.lr_new.unwrap_or(c.lr) / c.lr,
+            weight_decay: c.weight_decay_new.unwrap_or(c.weight_decay),
+        },
+        from,
+    }
 }
 
 /// The GCT head over the run's Z^s and Z^b (centred inside `Gct`).
@@ -236,5 +284,7 @@ fn step_config(c: &TrainConfig) -> StepConfig {
         micro_batch: c.micro_batch,
         seed: c.seed,
         checkpoint_activations: c.checkpoint_activations,
+        id_rows: None,
+        distill_alpha: c.distill.as_ref().map_or(0.0, |d| d.weight),
     }
 }

@@ -11,6 +11,9 @@ pub struct MicroBatch {
     /// (row, pos) of every response-predicting position and the token it must predict.
     pub at: Vec<(usize, usize)>,
     pub targets: Vec<u32>,
+    /// Distillation: per target in `targets`, the teacher's soft target over tokens (empty
+    /// rows: none); empty without a teacher (`train::distill`).
+    pub soft: Vec<Vec<(u32, f32)>>,
     /// (row, pos) of each `[CON]` and the GCT target item.
     pub con_at: Vec<(usize, usize)>,
     pub con_items: Vec<u32>,
@@ -47,6 +50,7 @@ impl MicroBatch {
             ids: Tensor::from_vec(ids, (b, t), dev)?,
             at,
             targets,
+            soft: Vec::new(),
             con_at,
             con_items,
             tokens,
@@ -76,6 +80,7 @@ mod tests {
             response_len,
             gct_item: con.then_some(7),
             history_loss: Vec::new(),
+            srt_items: Vec::new(),
         }
     }
 

@@ -242,6 +242,7 @@ impl Reducer {
             sums.tokens as f32,
             sums.padded as f32,
             stop as u8 as f32,
+            sums.mixed as f32,
         ]);
         let n = v.len();
         let v = comm
@@ -259,6 +260,7 @@ impl Reducer {
             gb: s[2] as f64,
             tokens: s[3].round() as usize,
             padded: s[4].round() as usize,
+            mixed: s[6] as f64,
         };
         Ok((sums, s[5] > 0.0))
     }

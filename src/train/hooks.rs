@@ -82,6 +82,10 @@ impl Hooks for StageHooks<'_> {
                     beam: self.cfg.valid_beam,
                     batch: self.cfg.valid_batch,
                     scoring: eval::Scoring::All,
+                    normalize: match self.cfg.item_loss {
+                        true => eval::Normalize::Ids,
+                        false => eval::Normalize::Vocab,
+                    },
                 },
                 // A Ctrl-C here is honoured after the save that follows validation.
                 |_, _| Ok(()),

@@ -8,6 +8,27 @@ use rand::Rng;
 
 use crate::llm::Llama;
 
+/// Per response target, a soft target as `(token, weight)` pairs (empty: none).
+pub type SoftTargets<'a> = &'a [Vec<(u32, f32)>];
+
+/// How the response cross-entropy scores its targets.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CeMode<'a> {
+    /// Item-vocabulary loss: a target inside this token range (the item-ID tokens) is scored
+    /// by a softmax over the range only; other targets over the whole vocabulary.
+    pub id_rows: Option<(u32, u32)>,
+    /// Distillation: per target, the teacher's distribution `q` over tokens (empty: none) and
+    /// its share alpha in the target `(1 - alpha) onehot + alpha q`.
+    pub soft: Option<(SoftTargets<'a>, f64)>,
+}
+
+/// Summed response cross-entropies of a micro-batch: `loss` (scalar, what trains: the mixed
+/// targets with distillation) and `hard` (the one-hot cross-entropy, what is logged).
+pub struct CeSums {
+    pub loss: Tensor,
+    pub hard: f64,
+}
+
 /// Summed (not averaged) cross-entropy of `targets` under the logits of the hidden rows `at`:
 /// hidden [b, t, d], at: (row, pos) pairs, targets: one token id per pair. The caller divides
 /// by the token count of the whole accumulated batch.
@@ -17,13 +38,117 @@ pub fn response_ce_sum(
     at: &[(usize, usize)],
     targets: &[u32],
 ) -> Result<Tensor> {
-    let h = Llama::gather(hidden, at)?; // [n, d]
-                                        // One op for head + cross-entropy where there is a fused kernel (crate::llm::ops::ce).
-    if let Some(loss) = crate::llm::ops::ce::head_ce_sum(&h, model.lm_head(), targets)? {
-        return Ok(loss);
+    Ok(response_ce(model, hidden, at, targets, &CeMode::default())?.loss)
+}
+
+/// [`response_ce_sum`] as `mode` says (item-vocabulary softmax, distillation targets).
+pub fn response_ce(
+    model: &Llama,
+    hidden: &Tensor,
+    at: &[(usize, usize)],
+    targets: &[u32],
+    mode: &CeMode,
+) -> Result<CeSums> {
+    let vocab = model.lm_head().dim(0)?;
+    let in_ids = |t: u32| mode.id_rows.is_some_and(|(a, b)| (a..b).contains(&t));
+    let (ids, text): (Vec<usize>, Vec<usize>) =
+        (0..targets.len()).partition(|&i| in_ids(targets[i]));
+    let mut parts = Vec::new();
+    for (group, rows) in [(ids, mode.id_rows), (text, None)] {
+        if group.is_empty() {
+            continue;
+        }
+        let (r0, r1) = rows.map_or((0, vocab), |(a, b)| (a as usize, b as usize));
+        let h = Llama::gather(hidden, &group.iter().map(|&i| at[i]).collect::<Vec<_>>())?; // [n, d]
+        let local: Vec<u32> = group.iter().map(|&i| targets[i] - r0 as u32).collect();
+        let soft: Vec<Vec<(u32, f32)>> = match mode.soft {
+            Some((q, _)) => group
+                .iter()
+                .map(|&i| {
+                    q.get(i).map_or(Vec::new(), |row| {
+                        row.iter()
+                            .filter(|(t, _)| (r0..r1).contains(&(*t as usize)))
+                            .map(|&(t, w)| (t - r0 as u32, w))
+                            .collect()
+                    })
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        let spec = crate::llm::ops::ce::HeadTargets {
+            targets: &local,
+            rows: r0..r1,
+            soft: &soft,
+            alpha: mode.soft.map_or(0.0, |s| s.1),
+        };
+        parts.push(head_rows_ce(model, &h, &spec)?);
     }
-    let logits = model.logits(&h)?; // [n, vocab]
-    nll_sum(&logits, targets)
+    let mut loss: Option<Tensor> = None;
+    let mut hard = 0f64;
+    for (l, h) in parts {
+        loss = Some(match loss {
+            Some(x) => (x + l)?,
+            None => l,
+        });
+        hard += h;
+    }
+    let loss = match loss {
+        Some(l) => l,
+        None => Tensor::zeros((), DType::F32, hidden.device())?,
+    };
+    Ok(CeSums { loss, hard })
+}
+
+/// One group of [`response_ce`]: the fused head op where there is one, else the logits of the
+/// scored rows, log-softmax and gathers (the CUDA cross-entropy kernel for one-hot targets).
+fn head_rows_ce(
+    model: &Llama,
+    h: &Tensor,
+    spec: &crate::llm::ops::ce::HeadTargets,
+) -> Result<(Tensor, f64)> {
+    let w = model.lm_head();
+    if let Some(t) = crate::llm::ops::ce::head_ce(h, w, spec)? {
+        let hard = t.get(1)?.to_scalar::<f32>()? as f64;
+        return Ok((t.get(0)?, hard));
+    }
+    let full = spec.rows.start == 0 && spec.rows.end == w.dim(0)?;
+    let logits = match full {
+        true => model.logits(h)?,
+        false => h
+            .matmul(&w.narrow(0, spec.rows.start, spec.rows.len())?.t()?)?
+            .to_dtype(DType::F32)?,
+    }; // [n, rows]
+    let hard = nll_sum(&logits, spec.targets)?;
+    if spec.soft.iter().all(|s| s.is_empty()) {
+        let v = hard.to_scalar::<f32>()? as f64;
+        return Ok((hard, v));
+    }
+    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+    let width = logits.dim(1)?;
+    let (mut idx, mut wts, mut hard_w) = (Vec::new(), Vec::new(), Vec::new());
+    for (r, q) in spec.soft.iter().enumerate() {
+        if q.is_empty() {
+            hard_w.push(1f32);
+            continue;
+        }
+        hard_w.push(1.0 - spec.alpha as f32);
+        for &(t, w) in q {
+            idx.push((r * width) as u32 + t);
+            wts.push(spec.alpha as f32 * w);
+        }
+    }
+    let dev = logits.device();
+    let tgt = Tensor::from_slice(spec.targets, (spec.targets.len(), 1), dev)?;
+    let hard_rows = logp.gather(&tgt, 1)?.squeeze(1)?; // [n]
+    let hard_part = (hard_rows * Tensor::from_vec(hard_w, spec.targets.len(), dev)?)?.sum_all()?;
+    let n = idx.len();
+    let soft_part = (logp
+        .flatten_all()?
+        .index_select(&Tensor::from_vec(idx, n, dev)?, 0)?
+        * Tensor::from_vec(wts, n, dev)?)?
+    .sum_all()?;
+    let v = hard.to_scalar::<f32>()? as f64;
+    Ok(((hard_part + soft_part)?.neg()?, v))
 }
 
 /// -sum_i log softmax(logits_i)[targets_i]; logits [n, c].

@@ -16,7 +16,7 @@ use candle_core::{Result, Tensor, Var};
 use rand::rngs::StdRng;
 
 use super::batch::MicroBatch;
-use super::loss::{response_ce_sum, Gct};
+use super::loss::{response_ce, CeMode, Gct};
 use super::optim::Params;
 use super::step::StepConfig;
 use crate::llm::{Llama, Mode};
@@ -42,7 +42,10 @@ impl Norms {
 /// Loss sums (not yet divided) and token counts of some micro-batches.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Sums {
+    /// One-hot cross-entropy of the response tokens.
     pub ce: f64,
+    /// The cross-entropy that trains (with distillation: of the mixed targets; else `ce`).
+    pub mixed: f64,
     pub gs: f64,
     pub gb: f64,
     pub tokens: usize,
@@ -52,6 +55,7 @@ pub struct Sums {
 impl Sums {
     pub fn add(&mut self, o: Sums) {
         self.ce += o.ce;
+        self.mixed += o.mixed;
         self.gs += o.gs;
         self.gb += o.gb;
         self.tokens += o.tokens;
@@ -97,9 +101,15 @@ pub fn micro_loss(
     c: &StepConfig,
     rng: &mut StdRng,
 ) -> Result<(Tensor, Sums)> {
-    let ce_sum = response_ce_sum(model, hidden, &mb.at, &mb.targets)?;
+    let mode = CeMode {
+        id_rows: c.id_rows,
+        soft: (!mb.soft.is_empty()).then_some((mb.soft.as_slice(), c.distill_alpha)),
+    };
+    let ce = response_ce(model, hidden, &mb.at, &mb.targets, &mode)?;
+    let ce_sum = ce.loss;
     let mut sums = Sums {
-        ce: ce_sum.to_scalar::<f32>()? as f64,
+        ce: ce.hard,
+        mixed: ce_sum.to_scalar::<f32>()? as f64,
         tokens: mb.tokens,
         padded: mb.padded,
         ..Sums::default()

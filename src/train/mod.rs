@@ -5,6 +5,7 @@ pub mod assemble;
 pub mod batch;
 pub mod checkpoint;
 pub mod dist;
+pub mod distill;
 pub mod hooks;
 pub mod loss;
 pub mod micro;
@@ -164,6 +165,26 @@ pub struct TrainConfig {
     /// The dtype data-parallel ranks sum gradients in (`--devices` with several devices).
     #[serde(default)]
     pub dp_reduce: ReduceDType,
+    /// Initial stage: keep only the first K decoder layers of the backbone (then the final norm
+    /// and the head), as SLMRec does; checkpoints say `num_hidden_layers = K`. None: all.
+    #[serde(default)]
+    pub layers: Option<usize>,
+    /// Item-vocabulary loss: a target that is an item-ID token is scored by a softmax over the
+    /// ID tokens only (what the trie decodes among), so those positions skip the text head;
+    /// text targets keep the full vocabulary. The run's evaluations then normalise over the
+    /// ID tokens too (`eval::Normalize::Ids`).
+    #[serde(default)]
+    pub item_loss: bool,
+    /// Parameter groups: peak learning rate of the new parameters (ID-token and `[CON]` rows,
+    /// GCT projectors); None: `lr`, as the backbone. Same schedule shape.
+    #[serde(default)]
+    pub lr_new: Option<f64>,
+    /// Weight decay of the new parameters; None: `weight_decay`.
+    #[serde(default)]
+    pub weight_decay_new: Option<f64>,
+    /// Distillation from the run's behavior teacher (`distill::DistillConfig`); None: off.
+    #[serde(default)]
+    pub distill: Option<distill::DistillConfig>,
 }
 
 impl TrainConfig {
@@ -215,6 +236,11 @@ impl TrainConfig {
             seed: 0,
             checkpoint_activations: false,
             dp_reduce: ReduceDType::F32,
+            layers: None,
+            item_loss: false,
+            lr_new: None,
+            weight_decay_new: None,
+            distill: None,
         }
     }
 
@@ -272,6 +298,27 @@ impl TrainConfig {
         }
         if self.lora.r == 0 {
             return bad("lora.r", "must be > 0");
+        }
+        if self.layers == Some(0) {
+            return bad("layers", "must be > 0 (or null for every layer)");
+        }
+        if self.layers.is_some() && self.stage == Stage::Anneal {
+            return bad(
+                "layers",
+                "the anneal stage keeps the initial model's layers (prune in the initial stage)",
+            );
+        }
+        if self.lr_new.is_some_and(|l| !(l > 0.0 && l.is_finite())) {
+            return bad("lr_new", "must be a positive number");
+        }
+        if self
+            .weight_decay_new
+            .is_some_and(|w| !(w >= 0.0 && w.is_finite()))
+        {
+            return bad("weight_decay_new", "must be >= 0");
+        }
+        if let Some(d) = &self.distill {
+            d.validate()?;
         }
         Ok(())
     }

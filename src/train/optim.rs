@@ -74,9 +74,28 @@ impl Default for AdamWConfig {
     }
 }
 
+/// Parameter groups: the new parameters (item-ID and `[CON]` rows, GCT projectors) with a
+/// learning rate and weight decay of their own.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NewGroup {
+    /// Their learning rate over the backbone's at every step (the schedule's shape is shared).
+    pub lr_scale: f64,
+    pub weight_decay: f64,
+}
+
+/// Which part of each parameter is new: the elements from `from[i]` on (0: all of it, None:
+/// none), so a grown embedding's fresh rows are a group of their own.
+#[derive(Debug, Clone)]
+pub struct Groups {
+    pub new: NewGroup,
+    pub from: Vec<Option<usize>>,
+}
+
 /// AdamW over `Params`, with first and second moments in f32.
 pub struct AdamW {
     pub cfg: AdamWConfig,
+    /// None: one group, every parameter at the step's rate and `cfg.weight_decay`.
+    pub groups: Option<Groups>,
     pub t: usize,
     m: Vec<Tensor>,
     v: Vec<Tensor>,
@@ -103,6 +122,7 @@ impl AdamW {
                 .collect::<candle_core::Result<_>>()?;
             return Ok(Self {
                 cfg,
+                groups: None,
                 t: 0,
                 m,
                 v,
@@ -113,6 +133,7 @@ impl AdamW {
         let zeros = |v: &Var| Tensor::zeros(v.shape(), DType::F32, v.device());
         Ok(Self {
             cfg,
+            groups: None,
             t: 0,
             m: params
                 .vars
@@ -148,7 +169,7 @@ impl AdamW {
         grads: &[Option<Tensor>],
         lr: f64,
     ) -> candle_core::Result<()> {
-        if self.step_cuda(params, grads, lr, 0.0)?.is_some() {
+        if self.groups.is_none() && self.step_cuda(params, grads, lr, 0.0)?.is_some() {
             return Ok(());
         }
         self.step_scaled(params, grads, lr, 1.0)
@@ -164,8 +185,10 @@ impl AdamW {
         lr: f64,
         max_norm: f64,
     ) -> candle_core::Result<f64> {
-        if let Some(norm) = self.step_cuda(params, grads, lr, max_norm)? {
-            return Ok(norm);
+        if self.groups.is_none() {
+            if let Some(norm) = self.step_cuda(params, grads, lr, max_norm)? {
+                return Ok(norm);
+            }
         }
         let norm = grad_norm(grads)?;
         self.step_scaled(params, grads, lr, clip_scale(norm, max_norm))?;
@@ -198,7 +221,18 @@ impl AdamW {
                 bc2,
                 scale,
             };
-            if self.fused_cpu(var, g, i, h)? {
+            // The new part of this parameter, from element `from` on, and its constants.
+            let new = self.groups.as_ref().and_then(|gr| {
+                let from = gr.from.get(i).copied().flatten()?;
+                let wd = if decays(&params.names[i]) {
+                    gr.new.weight_decay
+                } else {
+                    0.0
+                };
+                let lr = lr * gr.new.lr_scale;
+                Some((from, Hyper { lr, wd, ..h }))
+            });
+            if self.fused_cpu(var, g, i, h, new)? {
                 continue;
             }
             let g = (g.to_dtype(DType::F32)? * scale)?;
@@ -206,7 +240,23 @@ impl AdamW {
             let v = ((&self.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
             let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + c.eps)?)?;
             let w = var.as_tensor().to_dtype(DType::F32)?;
-            let w = ((w * (1.0 - lr * wd))? - (update * lr)?)?;
+            let w = match new {
+                None => ((w * (1.0 - lr * wd))? - (update * lr)?)?,
+                Some((from, n)) => {
+                    // Per-element constants: the old part, then the new one.
+                    let len = w.elem_count();
+                    let at = |x: f64, y: f64| -> Vec<f32> {
+                        (0..len)
+                            .map(|j| if j < from { x as f32 } else { y as f32 })
+                            .collect()
+                    };
+                    let dev = w.device();
+                    let keep =
+                        Tensor::from_vec(at(1.0 - lr * wd, 1.0 - n.lr * n.wd), w.shape(), dev)?;
+                    let rate = Tensor::from_vec(at(lr, n.lr), w.shape(), dev)?;
+                    ((w * keep)? - (update * rate)?)?
+                }
+            };
             var.set(&w.to_dtype(var.dtype())?)?;
             self.m[i] = m;
             self.v[i] = v;
@@ -218,7 +268,15 @@ impl AdamW {
     /// and v (the composed tensor ops make about three times as many passes over memory and
     /// allocate three new parameter-sized tensors, which is most of an optimizer step's time on
     /// a CPU). False when the tensors are elsewhere or not f32.
-    fn fused_cpu(&self, var: &Var, g: &Tensor, i: usize, h: Hyper) -> candle_core::Result<bool> {
+    /// `new`: the element from which the parameter is new, with that part's constants.
+    fn fused_cpu(
+        &self,
+        var: &Var,
+        g: &Tensor,
+        i: usize,
+        h: Hyper,
+        new: Option<(usize, Hyper)>,
+    ) -> candle_core::Result<bool> {
         use rayon::prelude::*;
         let w_t = var.as_tensor();
         let all_cpu_f32 = [w_t, g, &self.m[i], &self.v[i]]
@@ -231,6 +289,10 @@ impl AdamW {
         let (b1, b2, eps) = (c.beta1 as f32, c.beta2 as f32, c.eps as f32);
         let (bc1, bc2) = (h.bc1 as f32, h.bc2 as f32);
         let (lr, decay, scale) = (h.lr as f32, (1.0 - h.lr * h.wd) as f32, h.scale as f32);
+        let (from, lr_new, decay_new) = match new {
+            Some((f, n)) => (f, n.lr as f32, (1.0 - n.lr * n.wd) as f32),
+            None => (usize::MAX, lr, decay),
+        };
         const CHUNK: usize = 1 << 14;
         mutate_cpu(w_t, |w| {
             mutate_cpu(&self.m[i], |m| {
@@ -248,6 +310,10 @@ impl AdamW {
                                     let mj = b1 * m[j] + (1.0 - b1) * gj;
                                     let vj = b2 * v[j] + (1.0 - b2) * gj * gj;
                                     let upd = (mj / bc1) / ((vj / bc2).sqrt() + eps);
+                                    let (lr, decay) = match o + j >= from {
+                                        true => (lr_new, decay_new),
+                                        false => (lr, decay),
+                                    };
                                     w[j] = w[j] * decay - lr * upd;
                                     m[j] = mj;
                                     v[j] = vj;
@@ -333,6 +399,7 @@ impl AdamW {
     pub fn replicate(&self, params: &Params) -> candle_core::Result<Self> {
         let mut r = Self::new(self.cfg, params)?;
         r.t = self.t;
+        r.groups = self.groups.clone();
         for (i, var) in params.vars.iter().enumerate() {
             let m = self.m[i].to_device(var.device())?.copy()?;
             let v = self.v[i].to_device(var.device())?.copy()?;
@@ -423,6 +490,50 @@ mod tests {
             (w[0] - 0.9).abs() < 1e-6 && (w[1] - 1.1).abs() < 1e-6,
             "{w:?}"
         );
+    }
+
+    #[test]
+    fn parameter_groups_give_the_new_part_its_own_rate_and_decay() {
+        // First AdamW step = lr * sign(g) (plus decay); elements from 2 on are new: 3x the rate
+        // and no decay, the old ones the base rate and decay 0.5.
+        for contiguous in [true, false] {
+            let var = Var::new(&[1f32, 1.0, 1.0, 1.0], &Device::Cpu).unwrap();
+            let p = Params {
+                names: vec!["model.embed_tokens.weight".into()],
+                vars: vec![var.clone()],
+            };
+            let cfg = AdamWConfig {
+                weight_decay: 0.5,
+                ..AdamWConfig::default()
+            };
+            let mut opt = AdamW::new(cfg, &p).unwrap();
+            opt.groups = Some(Groups {
+                new: NewGroup {
+                    lr_scale: 3.0,
+                    weight_decay: 0.0,
+                },
+                from: vec![Some(2)],
+            });
+            let g = Tensor::new(&[0.5f32, -2.0, 0.5, -2.0], &Device::Cpu).unwrap();
+            let g = match contiguous {
+                true => g,
+                false => Tensor::stack(&[&g, &g], 1)
+                    .unwrap()
+                    .narrow(1, 0, 1)
+                    .unwrap()
+                    .squeeze(1)
+                    .unwrap(),
+            };
+            opt.step(&p, &[Some(g)], 0.1).unwrap();
+            let w: Vec<f32> = var.as_tensor().to_vec1().unwrap();
+            let want = [0.95 - 0.1, 0.95 + 0.1, 1.0 - 0.3, 1.0 + 0.3];
+            for (a, b) in w.iter().zip(want) {
+                assert!(
+                    (a - b).abs() < 1e-5,
+                    "{w:?} vs {want:?} (contiguous {contiguous})"
+                );
+            }
+        }
     }
 
     #[test]

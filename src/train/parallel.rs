@@ -220,6 +220,7 @@ impl Trainer {
             step: self.step,
             mixed: Some(mixed),
             dp: None,
+            teacher: None,
         })
     }
 

@@ -63,6 +63,7 @@ pub fn random_samples(vocab: usize, batch: usize, seq: usize, seed: u64) -> Vec<
             response_len: seq.max(2) - 1,
             gct_item: None,
             history_loss: Vec::new(),
+            srt_items: Vec::new(),
         })
         .collect()
 }
@@ -86,6 +87,8 @@ pub fn probe_step(
         micro_batch: p.micro_batch,
         seed: 0,
         checkpoint_activations: p.checkpoint_activations,
+        id_rows: None,
+        distill_alpha: 0.0,
     };
     let adamw = AdamWConfig::default();
     let vocab = loaded.cfg.vocab_size;
@@ -217,6 +220,8 @@ mod tests {
             micro_batch: 2,
             seed: 0,
             checkpoint_activations: true,
+            id_rows: None,
+            distill_alpha: 0.0,
         };
         let adamw = AdamWConfig {
             weight_decay: 0.0,

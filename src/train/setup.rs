@@ -84,6 +84,7 @@ pub fn trainer_for(
         step: 0,
         mixed,
         dp: None,
+        teacher: None,
     })
 }
 

@@ -46,6 +46,8 @@ pub struct StageJob {
     pub start: Start,
     /// No progress bar (tests).
     pub quiet: bool,
+    /// How the compute dtype was chosen (`--dtype auto`'s probe); None: as given.
+    pub dtype_choice: Option<crate::device::DtypeChoice>,
 }
 
 /// Settings that only bound one invocation, so a resumed run may change them (memory and
@@ -63,6 +65,24 @@ pub fn config_diff(saved: &TrainConfig, asked: &TrainConfig) -> anyhow::Result<V
         .filter(|(k, v)| b.get(*k) != Some(v))
         .map(|(k, v)| format!("{k}: {v} -> {}", b.get(k).cloned().unwrap_or_default()))
         .collect())
+}
+
+/// The anneal stage trains the initial model with the softmax it was trained with: after an
+/// initial stage with the item-vocabulary loss the anneal stage uses it too (said once).
+fn inherit_item_loss(run: &RunDir, job: &StageJob) -> anyhow::Result<StageJob> {
+    let mut job = job.clone();
+    if job.config.stage == Stage::Anneal && !job.config.item_loss {
+        if let Some(rec) = run.record(Stage::Initial)? {
+            if rec.train.item_loss {
+                eprintln!(
+                    "item_loss: on, as the initial stage of {} trained",
+                    run.root().display()
+                );
+                job.config.item_loss = true;
+            }
+        }
+    }
+    Ok(job)
 }
 
 /// The saved state of the stage's latest complete checkpoint.
@@ -194,9 +214,9 @@ fn source(run: &RunDir, job: &StageJob, resume: Option<&Path>) -> anyhow::Result
 fn check_dtype(device: &Device, dtype: DType) -> anyhow::Result<()> {
     match dtype {
         DType::F32 => Ok(()),
-        DType::BF16 if device.is_cpu() => {
+        DType::BF16 if device.is_cpu() && !crate::llm::ops::bf16_matmul_available() => {
             eprintln!(
-                "bf16 on the CPU: correct but slower than f32 (CPU matmuls are fastest in f32)"
+                "bf16 on a CPU without AVX512-BF16: correct but slower than f32 (--dtype auto chooses)"
             );
             Ok(())
         }
@@ -241,8 +261,12 @@ fn run_stage_on(
 ) -> anyhow::Result<Option<TrainReport>> {
     let device = devices.first().context("no device")?;
     check_dtype(device, dtype)?;
+    let job = &inherit_item_loss(run, job)?;
     let c = &job.config;
     c.validate()?;
+    if parallel && devices.len() > 1 && c.distill.is_some() {
+        anyhow::bail!("distill: the teacher runs on rank 0 only; train with one device");
+    }
     let prev = begin(run, job)?;
     let resume_dir = prev.as_ref().map(|p| p.0.clone());
     let d = inputs(run, job, prev.is_some())?;
@@ -279,6 +303,15 @@ fn run_stage_on(
         model: job.model.clone().unwrap_or_else(|| src.clone()),
         prompts: d.prompts.clone(),
         train: c.clone(),
+        compute: Some(job.dtype_choice.clone().unwrap_or_else(|| {
+            let name = format!("{dtype:?}").to_lowercase();
+            crate::device::DtypeChoice {
+                asked: name.clone(),
+                chosen: name,
+                f32_gflops: None,
+                bf16_gflops: None,
+            }
+        })),
     })?;
     let state = prev.map(|p| p.1);
     train_loop(run, job, &d, &bb, parts, state, device, dtype).map(Some)

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::batch::{bucket, MicroBatch};
 use super::dist::{agree, Communicator, Reducer};
-use super::loss::{response_ce_sum, Gct};
+use super::loss::{response_ce, CeMode, Gct};
 use super::micro::{self, GradAcc, Norms, Sums};
 use super::mixed::MixedPrecision;
 use super::optim::{cosine_lr, AdamW, Params};
@@ -32,6 +32,11 @@ pub struct StepConfig {
     pub seed: u64,
     /// Recompute each decoder layer in the backward instead of keeping its activations.
     pub checkpoint_activations: bool,
+    /// Item-vocabulary loss: the item-ID token range `[a, b)`, whose targets are scored by a
+    /// softmax over it only (`loss::CeMode`); None: every target over the whole vocabulary.
+    pub id_rows: Option<(u32, u32)>,
+    /// Distillation: the teacher's share of each ID target (used when a teacher is set).
+    pub distill_alpha: f64,
 }
 
 /// What one step measured (a line of the JSONL log).
@@ -39,9 +44,10 @@ pub struct StepConfig {
 pub struct StepStats {
     pub step: usize,
     pub lr: f64,
-    /// ce + lambda_s * gct_s + lambda_b * gct_b.
+    /// What trains: the response cross-entropy (of the mixed targets with distillation) +
+    /// lambda_s * gct_s + lambda_b * gct_b.
     pub loss: f64,
-    /// Mean cross-entropy per response token.
+    /// Mean (one-hot) cross-entropy per response token.
     pub ce: f64,
     /// Mean semantic / behavior InfoNCE per SRT sample (0 without GCT).
     pub gct_s: f64,
@@ -73,6 +79,8 @@ pub struct Trainer {
     /// The other ranks of data-parallel training (`Trainer::enable_data_parallel`); this
     /// trainer is rank 0.
     pub dp: Option<DataParallel>,
+    /// Distillation: the behavior teacher whose soft targets join the ID targets.
+    pub teacher: Option<super::distill::Teacher>,
 }
 
 impl Trainer {
@@ -150,7 +158,10 @@ impl Trainer {
             }
             let mb_seed = step_seed ^ (k as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407);
             let refs: Vec<&Encoded> = groups[k].iter().map(|&i| &samples[i]).collect();
-            let mb = MicroBatch::new(&refs, self.model.device())?;
+            let mut mb = MicroBatch::new(&refs, self.model.device())?;
+            if let Some(t) = &self.teacher {
+                mb.soft = t.soft_targets(&refs, &mb.targets)?;
+            }
             let mut rng = rand::rngs::StdRng::seed_from_u64(mb_seed);
             let dropout_seed = mb_seed ^ 0xD0_0D;
             self.model.seed_dropout(dropout_seed);
@@ -230,6 +241,7 @@ impl Trainer {
     ) -> StepStats {
         let c = self.cfg;
         let ce = sums.ce / norms.resp_tokens.max(1) as f64;
+        let mixed = sums.mixed / norms.resp_tokens.max(1) as f64;
         let (gs, gb) = if norms.n_gct > 0 {
             (sums.gs / norms.n_gct as f64, sums.gb / norms.n_gct as f64)
         } else {
@@ -239,7 +251,7 @@ impl Trainer {
         StepStats {
             step: self.step,
             lr,
-            loss: ce + c.lambda_s * gs + c.lambda_b * gb,
+            loss: mixed + c.lambda_s * gs + c.lambda_b * gb,
             ce,
             gct_s: gs,
             gct_b: gb,
@@ -262,8 +274,11 @@ impl Trainer {
             let hidden = self
                 .model
                 .forward_hidden(&mb.ids, None, None, None, Mode::Infer)?;
-            let s = response_ce_sum(&self.model, &hidden, &mb.at, &mb.targets)?;
-            sum += s.to_scalar::<f32>()? as f64;
+            let mode = CeMode {
+                id_rows: self.cfg.id_rows,
+                soft: None,
+            };
+            sum += response_ce(&self.model, &hidden, &mb.at, &mb.targets, &mode)?.hard;
             n += mb.targets.len();
         }
         Ok(sum / n.max(1) as f64)

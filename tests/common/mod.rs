@@ -138,6 +138,7 @@ pub fn toy_srt(history: &[usize], next: usize, gct: bool) -> llmbs::tasks::build
         response_len: 2,
         gct_item: gct.then_some(next as u32),
         history_loss: Vec::new(),
+        srt_items: Vec::new(),
     }
 }
 
@@ -154,6 +155,8 @@ pub fn toy_step(lr: f64, total: usize, micro_batch: usize) -> llmbs::train::step
         micro_batch,
         seed: 5,
         checkpoint_activations: false,
+        id_rows: None,
+        distill_alpha: 0.0,
     }
 }
 
@@ -176,6 +179,7 @@ pub fn toy_padded(aux: bool) -> Vec<llmbs::tasks::build::Encoded> {
                 } else {
                     vec![]
                 },
+                srt_items: Vec::new(),
                 input,
             }
         })

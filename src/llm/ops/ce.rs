@@ -17,7 +17,16 @@ use super::{gemm_mode, sgemm, tensor, with_cpu, Gemm, View};
 use crate::llm::kernels::{slice, use_fused};
 
 struct HeadCe {
+    /// Each row's hard target, relative to `rows`.
     targets: Vec<u32>,
+    /// Each row's other target weights `(token relative to rows, weight)`: the distillation
+    /// part of a mixed target (empty: one-hot).
+    soft: Vec<Vec<(u32, f32)>>,
+    /// Share of the soft part in each mixed target (0 without soft targets).
+    alpha: f32,
+    /// The softmax runs over rows `rows.0 .. rows.0 + rows.1` of the head (all of them, or
+    /// the item-ID tokens for the item-vocabulary loss).
+    rows: (usize, usize),
     sink: Option<Sink>,
     mode: Gemm,
     /// (E, 1 / row sums) from the forward, taken by the backward.
@@ -25,24 +34,58 @@ struct HeadCe {
 }
 
 impl HeadCe {
-    /// E = exp(h W^T - rowmax), 1 / rowsum(E), and the summed loss.
-    fn exps(&self, h: &[f32], w: &[f32], d: usize) -> Result<(Vec<f32>, Vec<f32>, f64)> {
+    /// E = exp(h W^T - rowmax) over the op's head rows, 1 / rowsum(E), and the summed mixed
+    /// and hard cross-entropies.
+    fn exps(&self, h: &[f32], w: &[f32], d: usize) -> Result<(Vec<f32>, Vec<f32>, [f64; 2])> {
         let n = self.targets.len();
-        let vocab = w.len() / d;
+        let (r0, vocab) = self.rows;
+        let w = &w[r0 * d..(r0 + vocab) * d];
         let mut e = super::take_big(n * vocab);
         super::matmul_t_into(&mut e, h, w, d, self.mode)?;
-        let rows: Vec<(f32, f64)> = e
+        let alpha = self.alpha as f64;
+        let rows: Vec<(f32, f64, f64)> = e
             .par_chunks_mut(vocab)
-            .zip(self.targets.par_iter())
-            .map(|(row, &tgt)| {
+            .enumerate()
+            .map(|(r, row)| {
+                let tgt = self.targets[r] as usize;
                 let m = super::vmath::max(row);
-                let target = row[tgt as usize];
+                let target = row[tgt];
+                // -sum_k q_k z_k of the soft part, read before the row is exponentiated.
+                let soft: Option<f64> = self.soft.get(r).filter(|s| !s.is_empty()).map(|s| {
+                    s.iter()
+                        .map(|&(k, q)| q as f64 * row[k as usize] as f64)
+                        .sum()
+                });
                 let sum = super::vmath::exp_shift_sum(row, m);
-                (1.0 / sum, (m + sum.ln() - target) as f64)
+                let lse = m + sum.ln();
+                let hard = (lse - target) as f64;
+                let mixed = match soft {
+                    Some(zq) => (1.0 - alpha) * hard + alpha * (lse as f64 - zq),
+                    None => hard,
+                };
+                (1.0 / sum, mixed, hard)
             })
             .collect();
-        let loss = rows.iter().map(|r| r.1).sum();
+        let loss = [
+            rows.iter().map(|r| r.1).sum(),
+            rows.iter().map(|r| r.2).sum(),
+        ];
         Ok((e, rows.into_iter().map(|r| r.0).collect(), loss))
+    }
+
+    /// Row `r`'s target weights scaled by the upstream gradients (g of the mixed loss, g of the
+    /// hard one): `dlogits_r = (g0 + g1) softmax_r - sum_k c_k onehot_k`.
+    fn corrections(&self, r: usize, g: [f32; 2]) -> Vec<(usize, f32)> {
+        let soft = self.soft.get(r).filter(|s| !s.is_empty());
+        let hard_w = match soft {
+            Some(_) => g[0] * (1.0 - self.alpha) + g[1],
+            None => g[0] + g[1],
+        };
+        let mut c = vec![(self.targets[r] as usize, hard_w)];
+        if let Some(s) = soft {
+            c.extend(s.iter().map(|&(k, q)| (k as usize, g[0] * self.alpha * q)));
+        }
+        c
     }
 }
 
@@ -65,7 +108,8 @@ impl CustomOp2 for HeadCe {
         if let Ok(mut slot) = self.saved.lock() {
             *slot = Some((e, inv));
         }
-        Ok((CpuStorage::F32(vec![loss as f32]), Shape::from(())))
+        let out = vec![loss[0] as f32, loss[1] as f32];
+        Ok((CpuStorage::F32(out), Shape::from(2)))
     }
 
     fn bwd(
@@ -76,45 +120,58 @@ impl CustomOp2 for HeadCe {
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let _t = super::timing::scope("head ce bwd");
-        let scale = g.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
+        let gv = g.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+        let g2 = [
+            gv.first().copied().unwrap_or(0.0),
+            gv.get(1).copied().unwrap_or(0.0),
+        ];
+        let scale = g2[0] + g2[1];
         let (n, d) = h.dims2()?;
-        let vocab = w.dim(0)?;
+        let (r0, vocab) = self.rows;
+        let full = w.dim(0)?;
         let kept = self.saved.lock().ok().and_then(|mut s| s.take());
         with_cpu(&[h, w], "head_ce bwd", |s| {
-            let (hs, ws) = (s[0], s[1]);
+            let (hs, ws_all) = (s[0], s[1]);
+            let ws = &ws_all[r0 * d..(r0 + vocab) * d];
             let (e, inv) = match kept {
                 Some(k) => k,
                 None => {
-                    let (e, inv, _) = self.exps(hs, ws, d)?;
+                    let (e, inv, _) = self.exps(hs, ws_all, d)?;
                     (e, inv)
                 }
             };
-            let tgt = |r: usize| self.targets[r] as usize;
-            // dh = D (E W) - g W[target]
+            let corr: Vec<Vec<(usize, f32)>> = (0..n).map(|r| self.corrections(r, g2)).collect();
+            // dh = D (E W) - sum_k c_k W[k]
             let mut dh = vec![0f32; n * d];
             let (ev, wv) = (View::rows(&e, vocab), View::rows(ws, d));
             sgemm((n, d, vocab), &mut dh, d, false, ev, wv, self.mode)?;
             dh.par_chunks_mut(d).enumerate().for_each(|(r, row)| {
-                let (k, wt) = (scale * inv[r], &ws[tgt(r) * d..][..d]);
-                row.iter_mut()
-                    .zip(wt)
-                    .for_each(|(x, w)| *x = *x * k - scale * w);
+                let k = scale * inv[r];
+                row.iter_mut().for_each(|x| *x *= k);
+                for &(t, c) in &corr[r] {
+                    row.iter_mut()
+                        .zip(&ws[t * d..][..d])
+                        .for_each(|(x, w)| *x -= c * w);
+                }
             });
             let dh = tensor(dh, &[n, d], h)?;
-            // dW [vocab, d] += E^T (D h) - g onehot^T h
+            // dW [rows, d] += E^T (D h) - sum_k c_k onehot_k^T h
             let mut dhs = hs.to_vec();
             dhs.par_chunks_mut(d).enumerate().for_each(|(r, row)| {
                 let k = scale * inv[r];
                 row.iter_mut().for_each(|x| *x *= k);
             });
             let add = |buf: &mut [f32], acc: bool| -> Result<()> {
+                let buf = &mut buf[r0 * d..(r0 + vocab) * d];
                 let (et, hv) = (View::t(&e, vocab), View::rows(&dhs, d));
                 sgemm((vocab, d, n), buf, d, acc, et, hv, self.mode)?;
-                for r in 0..n {
-                    let row = &mut buf[tgt(r) * d..][..d];
-                    row.iter_mut()
-                        .zip(&hs[r * d..][..d])
-                        .for_each(|(b, x)| *b -= scale * x);
+                for (r, cr) in corr.iter().enumerate() {
+                    for &(t, c) in cr {
+                        buf[t * d..][..d]
+                            .iter_mut()
+                            .zip(&hs[r * d..][..d])
+                            .for_each(|(b, x)| *b -= c * x);
+                    }
                 }
                 Ok(())
             };
@@ -124,9 +181,9 @@ impl CustomOp2 for HeadCe {
                     None
                 }
                 None if w.track_op() => {
-                    let mut dw = vec![0f32; vocab * d];
+                    let mut dw = vec![0f32; full * d];
                     add(&mut dw, false)?;
-                    Some(tensor(dw, &[vocab, d], w)?)
+                    Some(tensor(dw, &[full, d], w)?)
                 }
                 None => None,
             };
@@ -136,32 +193,83 @@ impl CustomOp2 for HeadCe {
     }
 }
 
-/// Summed cross-entropy of `targets` under the logits `h W^T`: h [n, d], w [vocab, d]; a
-/// scalar. None where this device/dtype has no fused kernel (the caller composes it).
-pub fn head_ce_sum(h: &Tensor, w: &Tensor, targets: &[u32]) -> Result<Option<Tensor>> {
+/// What a head cross-entropy scores: row `i` of the hidden states against `targets[i]`, over
+/// the head rows `rows` (token ids are relative to `rows.start`), optionally mixed with a
+/// soft target: `(1 - alpha) onehot + alpha q` (distillation).
+pub struct HeadTargets<'a> {
+    pub targets: &'a [u32],
+    pub rows: std::ops::Range<usize>,
+    /// Per row, `q` as `(token, weight)` pairs summing to 1 (empty: one-hot only).
+    pub soft: &'a [Vec<(u32, f32)>],
+    pub alpha: f64,
+}
+
+impl HeadTargets<'_> {
+    /// Checks the ids against the rows; names the first bad one.
+    fn check(&self, n: usize, vocab: usize) -> Result<()> {
+        let width = self.rows.len();
+        if n != self.targets.len() || !(self.soft.is_empty() || self.soft.len() == n) {
+            candle_core::bail!(
+                "head_ce: {n} hidden rows, {} targets, {} soft rows",
+                self.targets.len(),
+                self.soft.len()
+            )
+        }
+        if self.rows.end > vocab || self.rows.is_empty() {
+            candle_core::bail!("head_ce: rows {:?} outside the head of {vocab}", self.rows)
+        }
+        let soft = self.soft.iter().flatten().map(|x| &x.0);
+        if let Some(t) = self
+            .targets
+            .iter()
+            .chain(soft)
+            .find(|&&t| t as usize >= width)
+        {
+            candle_core::bail!("head_ce: target {t} outside the {width} rows scored")
+        }
+        Ok(())
+    }
+}
+
+/// The summed cross-entropies of `spec` under the logits `h W[rows]^T`: h [n, d], w [vocab, d];
+/// a `[2]` tensor (the mixed loss, the hard-target cross-entropy). None where this device and
+/// dtype have no fused kernel (the caller composes it).
+pub fn head_ce(h: &Tensor, w: &Tensor, spec: &HeadTargets) -> Result<Option<Tensor>> {
     if !(use_fused(h) && use_fused(w) && w.is_contiguous()) {
         return Ok(None);
     }
     let (n, d) = h.dims2()?;
     let (vocab, dw) = w.dims2()?;
-    if n != targets.len() || d != dw {
-        candle_core::bail!(
-            "head_ce: hidden {:?}, head {:?}, {} targets",
-            h.dims(),
-            w.dims(),
-            targets.len()
-        )
+    if d != dw {
+        candle_core::bail!("head_ce: hidden {:?}, head {:?}", h.dims(), w.dims())
     }
-    if let Some(t) = targets.iter().find(|&&t| t as usize >= vocab) {
-        candle_core::bail!("head_ce: target {t} outside the vocabulary of {vocab}")
-    }
+    spec.check(n, vocab)?;
     let op = HeadCe {
-        targets: targets.to_vec(),
+        targets: spec.targets.to_vec(),
+        soft: spec.soft.to_vec(),
+        alpha: if spec.soft.is_empty() {
+            0.0
+        } else {
+            spec.alpha as f32
+        },
+        rows: (spec.rows.start, spec.rows.len()),
         sink: sink_for(w),
         mode: gemm_mode(),
         saved: Mutex::new(None),
     };
     Ok(Some(h.contiguous()?.apply_op2(w, op)?))
+}
+
+/// Summed cross-entropy of `targets` under the logits `h W^T` over the whole head: h [n, d],
+/// w [vocab, d]; a scalar. None where this device/dtype has no fused kernel.
+pub fn head_ce_sum(h: &Tensor, w: &Tensor, targets: &[u32]) -> Result<Option<Tensor>> {
+    let spec = HeadTargets {
+        targets,
+        rows: 0..w.dim(0)?,
+        soft: &[],
+        alpha: 0.0,
+    };
+    head_ce(h, w, &spec)?.map(|t| t.get(0)).transpose()
 }
 
 /// Cross-entropy over logits already computed (the CUDA path, where the head is a cuBLAS

@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use rand::{Rng, SeedableRng};
 
 use super::attn::{attention, AttnShape};
-use super::ce::head_ce_sum;
+use super::ce::{head_ce, head_ce_sum, HeadTargets};
 use super::embed::embedding;
 use super::linear::linear;
 use super::norm::rms_norm;
@@ -363,6 +363,74 @@ fn head_cross_entropy_matches_log_softmax_gather() {
                 },
             );
         }
+    }
+}
+
+/// The item-vocabulary loss and distillation targets: a softmax over a row range of the head
+/// and mixed targets `(1 - alpha) onehot + alpha q`, both outputs (mixed, hard) and their
+/// gradients against log-softmax and gathers.
+#[test]
+fn head_cross_entropy_over_rows_with_soft_targets() {
+    let (n, d, vocab) = (6usize, 16usize, 40usize);
+    let rows = 25..37;
+    let h = var(&[n, d], 70);
+    let w = var(&[vocab, d], 71);
+    let targets: Vec<u32> = (0..n).map(|i| ((i * 5 + 1) % rows.len()) as u32).collect();
+    let soft: Vec<Vec<(u32, f32)>> = (0..n)
+        .map(|i| match i % 3 {
+            0 => Vec::new(),
+            _ => vec![(2, 0.5), ((i % 7) as u32 + 3, 0.3), (11, 0.2)],
+        })
+        .collect();
+    let alpha = 0.6;
+    for sinks in [false, true] {
+        check(
+            "head_ce rows + soft",
+            &[&h, &w],
+            sinks,
+            || {
+                let spec = HeadTargets {
+                    targets: &targets,
+                    rows: rows.clone(),
+                    soft: &soft,
+                    alpha,
+                };
+                head_ce(h.as_tensor(), w.as_tensor(), &spec)
+                    .unwrap()
+                    .unwrap()
+            },
+            || {
+                let wr = w.as_tensor().narrow(0, rows.start, rows.len()).unwrap();
+                let logits = h.as_tensor().matmul(&wr.t().unwrap()).unwrap();
+                let lp = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1).unwrap();
+                let (mut mixed, mut hard) = (Vec::new(), Vec::new());
+                for r in 0..n {
+                    let row = lp.get(r).unwrap();
+                    let at = |k: u32| row.get(k as usize).unwrap();
+                    let t = at(targets[r]);
+                    hard.push(t.clone());
+                    let m = if soft[r].is_empty() {
+                        t
+                    } else {
+                        let mut acc = (t * (1.0 - alpha)).unwrap();
+                        for &(k, q) in &soft[r] {
+                            acc = (acc + (at(k) * (alpha * q as f64)).unwrap()).unwrap();
+                        }
+                        acc
+                    };
+                    mixed.push(m);
+                }
+                let sum = |v: Vec<Tensor>| {
+                    Tensor::stack(&v, 0)
+                        .unwrap()
+                        .sum_all()
+                        .unwrap()
+                        .neg()
+                        .unwrap()
+                };
+                Tensor::stack(&[sum(mixed), sum(hard)], 0).unwrap()
+            },
+        );
     }
 }
 

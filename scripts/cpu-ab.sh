@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The fixed-budget A/B of the CPU recipe's levers (issue 22, docs/RESULTS.md "CPU recipe A/B"):
+# every arm trains the initial stage for the same CPU minutes from the same seed on runs/beauty's
+# embeddings, index and behavior models, then ranks the same 2,000 seeded validation users
+# (beam 20). An arm's cosine schedule ends at the budget: a 12-step probe measures its seconds
+# per step, and its step count is the budget divided by that (a guard of --max-minutes stops
+# it if the machine slows down).
+#
+# Usage: scripts/cpu-ab.sh ARM [ARM ...]   (ARM names below; default: all, in order)
+#   MINUTES=20 SEED=0 BASE=runs/beauty OUT=runs/ab scripts/cpu-ab.sh k4 k8
+# Results: $OUT/<arm>/train/initial/{report.json,log.jsonl}, one row each in $OUT/ab.tsv.
+# Between arms the script waits while $OUT/hold exists (to build without sharing the cores).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MINUTES="${MINUTES:-20}"
+SEED="${SEED:-0}"
+BASE="${BASE:-runs/beauty}"
+OUT="${OUT:-runs/ab}"
+DATA="${DATA:-../shared/data/beauty}"
+mkdir -p "$OUT"
+BIN="${BIN:-$OUT/llmbs}"
+[ -x "$BIN" ] || cp target/release/llmbs "$BIN"
+
+# Common to every arm: dense SRT at 4/5 of the samples, GCT, effective batch 16, seed, the
+# same 2,000 validation users; arms differ only in the flags after their name.
+COMMON=(--srt-dense --mix srt=4 --batch-size 16 --micro-batch 8 --warmup-steps 20 --seed "$SEED")
+declare -A ARMS=(
+  [full]="--lr 5e-4 --item-loss"
+  [k16]="--lr 5e-4 --item-loss --layers 16"
+  [k12]="--lr 5e-4 --item-loss --layers 12"
+  [k8]="--lr 5e-4 --item-loss --layers 8"
+  [k4]="--lr 5e-4 --item-loss --layers 4"
+  [k4-lr2e-4]="--lr 2e-4 --item-loss --layers 4"
+  [k4-lr2e-3]="--lr 2e-3 --item-loss --layers 4"
+  [k4-fullvocab]="--lr 5e-4 --layers 4"
+  [k4-groups]="--lr 5e-4 --item-loss --layers 4 --lr-new 3e-3 --weight-decay-new 0"
+  [k4-distill]="--lr 5e-4 --item-loss --layers 4 --distill-weight 0.5"
+  [k4-srtonly]="--lr 5e-4 --item-loss --layers 4 --mix srt=1,id2text=0,text2id=0,hist_text2id=0,hist_id2text=0"
+)
+ORDER=(k4 k8 k12 k16 full k4-lr2e-4 k4-lr2e-3 k4-fullvocab k4-groups k4-distill k4-srtonly)
+[ $# -gt 0 ] && ORDER=("$@")
+
+link_base() { # the arm's run directory shares the base run's inputs
+  mkdir -p "$1"
+  for d in embeddings index behavior; do
+    [ -e "$1/$d" ] || ln -s "$(realpath "$BASE/$d")" "$1/$d"
+  done
+}
+
+for arm in "${ORDER[@]}"; do
+  flags="${ARMS[$arm]:-}"
+  [ -n "$flags" ] || { echo "cpu-ab: unknown arm $arm" >&2; exit 2; }
+  while [ -e "$OUT/hold" ]; do sleep 10; done
+  run="$OUT/$arm"; probe="$OUT/$arm-probe"
+  rm -rf "$run" "$probe"; link_base "$run"; link_base "$probe"
+  # shellcheck disable=SC2086
+  "$BIN" train --stage initial --run "$probe" --data "$DATA" "${COMMON[@]}" $flags \
+    --steps 12 --eval-every 1000 --valid-users 0 --max-minutes 10 >/dev/null 2>"$probe.err"
+  spstep=$(python3 -c "
+import json,statistics,sys
+s=[json.loads(l) for l in open('$probe/train/initial/log.jsonl') if '\"lr\"' in l]
+print(statistics.median(x['seconds'] for x in s[2:]))")
+  steps=$(python3 -c "print(max(1, int($MINUTES*60/$spstep)))")
+  echo "cpu-ab: $arm: $spstep s/step in the probe -> $steps steps in $MINUTES min" >&2
+  rm -rf "$probe"
+  # shellcheck disable=SC2086
+  "$BIN" train --stage initial --run "$run" --data "$DATA" "${COMMON[@]}" $flags \
+    --steps "$steps" --eval-every "$steps" --valid-users 2000 \
+    --max-minutes "$(python3 -c "print($MINUTES*1.1)")" 2>"$run.err" >/dev/null
+  python3 - "$arm" "$run" "$flags" >>"$OUT/ab.tsv" <<'PY'
+import json, sys
+arm, run, flags = sys.argv[1:4]
+r = json.load(open(f"{run}/train/initial/report.json"))
+logs = [json.loads(l) for l in open(f"{run}/train/initial/log.jsonl")]
+steps = [x for x in logs if "lr" in x]
+val = [x for x in logs if "valid_loss" in x][-1]
+mins = sum(x["seconds"] for x in steps) / 60
+print("\t".join(str(v) for v in [
+    arm, flags, round(r["median_tokens_per_s"], 1), len(steps), round(mins, 1),
+    round(val["valid_loss"], 4), val["recall10"], val["ndcg10"], val["ndcg10_se"],
+    val["coverage10"], val["users"], round(val["seconds"], 1)]))
+PY
+  tail -1 "$OUT/ab.tsv" >&2
+done

@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
 # The fixed-budget A/B of the CPU recipe's levers (issue 22, docs/RESULTS.md "CPU recipe A/B"):
-# every arm trains the initial stage for the same CPU minutes from the same seed on runs/beauty's
-# embeddings, index and behavior models, then ranks the same 2,000 seeded validation users
+# every arm trains the initial stage for the same CPU minutes from the same seed on runs/beauty-cpu's
+# embeddings, index and behavior models (its SASRec teacher: `llmbs pipeline --config beauty-cpu
+# --to teacher`), then ranks the same 2,000 seeded validation users
 # (beam 20). An arm's cosine schedule ends at the budget: a 12-step probe measures its seconds
 # per step, and its step count is the budget divided by that (a guard of --max-minutes stops
 # it if the machine slows down).
 #
 # Usage: scripts/cpu-ab.sh ARM [ARM ...]   (ARM names below; default: all, in order)
-#   MINUTES=20 SEED=0 BASE=runs/beauty OUT=runs/ab scripts/cpu-ab.sh k4 k8
+#   MINUTES=20 SEED=0 BASE=runs/beauty-cpu OUT=runs/ab scripts/cpu-ab.sh k4 k8
+# The learning-rate probe: MINUTES=6 OUT=runs/ab-lr scripts/cpu-ab.sh k4-lr2e-4 k4-lr5e-4 k4
 # Results: $OUT/<arm>/train/initial/{report.json,log.jsonl}, one row each in $OUT/ab.tsv.
 # Between arms the script waits while $OUT/hold exists (to build without sharing the cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MINUTES="${MINUTES:-20}"
 SEED="${SEED:-0}"
-BASE="${BASE:-runs/beauty}"
+BASE="${BASE:-runs/beauty-cpu}"
 OUT="${OUT:-runs/ab}"
 DATA="${DATA:-../shared/data/beauty}"
 mkdir -p "$OUT"
@@ -25,19 +27,20 @@ BIN="${BIN:-$OUT/llmbs}"
 # same 2,000 validation users; arms differ only in the flags after their name.
 COMMON=(--srt-dense --mix srt=4 --batch-size 16 --micro-batch 8 --warmup-steps 20 --seed "$SEED")
 declare -A ARMS=(
-  [full]="--lr 5e-4 --item-loss"
-  [k16]="--lr 5e-4 --item-loss --layers 16"
-  [k12]="--lr 5e-4 --item-loss --layers 12"
-  [k8]="--lr 5e-4 --item-loss --layers 8"
-  [k4]="--lr 5e-4 --item-loss --layers 4"
+  [k4]="--lr 2e-3 --item-loss --layers 4"
+  [k8]="--lr 2e-3 --item-loss --layers 8"
+  [k12]="--lr 2e-3 --item-loss --layers 12"
+  [k16]="--lr 2e-3 --item-loss --layers 16"
+  [full]="--lr 2e-3 --item-loss"
   [k4-lr2e-4]="--lr 2e-4 --item-loss --layers 4"
-  [k4-lr2e-3]="--lr 2e-3 --item-loss --layers 4"
-  [k4-fullvocab]="--lr 5e-4 --layers 4"
-  [k4-groups]="--lr 5e-4 --item-loss --layers 4 --lr-new 3e-3 --weight-decay-new 0"
-  [k4-distill]="--lr 5e-4 --item-loss --layers 4 --distill-weight 0.5"
-  [k4-srtonly]="--lr 5e-4 --item-loss --layers 4 --mix srt=1,id2text=0,text2id=0,hist_text2id=0,hist_id2text=0"
+  [k4-lr5e-4]="--lr 5e-4 --item-loss --layers 4"
+  [k4-lr5e-3]="--lr 5e-3 --item-loss --layers 4"
+  [k4-fullvocab]="--lr 2e-3 --layers 4"
+  [k4-groups]="--lr 2e-3 --item-loss --layers 4 --lr-new 6e-3 --weight-decay-new 0"
+  [k4-distill]="--lr 2e-3 --item-loss --layers 4 --distill-weight 0.5"
+  [k4-srtonly]="--lr 2e-3 --item-loss --layers 4 --mix srt=1,id2text=0,text2id=0,hist_text2id=0,hist_id2text=0"
 )
-ORDER=(k4 k8 k12 k16 full k4-lr2e-4 k4-lr2e-3 k4-fullvocab k4-groups k4-distill k4-srtonly)
+ORDER=(k4 k4-distill k4-fullvocab k4-groups k8 k12 k16 full k4-lr5e-3 k4-srtonly)
 [ $# -gt 0 ] && ORDER=("$@")
 
 link_base() { # the arm's run directory shares the base run's inputs

@@ -4,6 +4,7 @@
 pub mod behavior;
 pub mod bench;
 pub mod commands;
+pub mod config;
 pub mod data;
 pub mod device;
 pub mod embed;

@@ -3,15 +3,14 @@
 
 pub mod baselines;
 pub mod beam;
+pub mod config;
 pub mod partial;
 pub mod ppl;
 pub mod report;
 pub mod run;
-pub mod trie;
 
 use std::time::Instant;
 
-use anyhow::Context;
 use serde::Serialize;
 use tokenizers::Tokenizer;
 
@@ -20,38 +19,12 @@ use crate::llm::{tokenizer::encode, Llama};
 use crate::metrics::{MetricAccumulator, Metrics};
 use crate::tasks::Prompts;
 
+pub use crate::index::tokens::ItemIds;
+pub use crate::index::trie::{self, Trie};
 pub use beam::{
     beam_search, beam_search_norm, beam_search_with, score_all_items, Normalize, Ranked, Scoring,
 };
 pub use ppl::{perplexity, PplReport};
-pub use trie::Trie;
-
-/// Item IDs as token ids (dataset order) and the trie over them.
-pub struct ItemIds {
-    pub tokens: Vec<Vec<String>>,
-    pub ids: Vec<Vec<u32>>,
-    pub trie: Trie,
-}
-
-impl ItemIds {
-    /// Maps each item's ID tokens to vocabulary ids (they must have been added with
-    /// `llm::vocab::extend_vocab`) and builds the trie.
-    pub fn new(tokens: Vec<Vec<String>>, tok: &Tokenizer) -> anyhow::Result<Self> {
-        let vocab = tok.get_vocab(true);
-        let mut ids = Vec::with_capacity(tokens.len());
-        for (i, id) in tokens.iter().enumerate() {
-            let mut v = Vec::with_capacity(id.len());
-            for t in id {
-                v.push(*vocab.get(t).with_context(|| {
-                    format!("item #{i}: ID token {t} is not in the vocabulary")
-                })?);
-            }
-            ids.push(v);
-        }
-        let trie = Trie::new(&ids).context("building the item-ID trie")?;
-        Ok(Self { tokens, ids, trie })
-    }
-}
 
 /// One user's prediction, as written to `predictions.jsonl`.
 #[derive(Debug, Serialize, serde::Deserialize)]

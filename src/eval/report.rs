@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::run::{EvalConfig, SplitName};
+use super::config::{EvalConfig, SplitName};
 use crate::metrics::Metrics;
 
 /// `eval/<label>.json`.

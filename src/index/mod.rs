@@ -9,6 +9,8 @@ pub mod job;
 pub mod kmeans;
 pub mod stats;
 pub mod synthetic;
+pub mod tokens;
+pub mod trie;
 
 use std::path::PathBuf;
 use std::time::Instant;

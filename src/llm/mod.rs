@@ -12,6 +12,7 @@ pub mod model;
 pub mod ops;
 pub mod peft;
 pub mod save;
+pub mod switch;
 pub mod synthetic;
 pub mod tokenizer;
 pub mod vocab;

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
+use crate::config::train::{Stage, TrainConfig};
 use crate::data::{Dataset, Split, SplitConfig, DEFAULT_MAX_HISTORY};
 use crate::tasks::Prompts;
-use crate::train::{Stage, TrainConfig};
 
 /// A run directory. Only paths: nothing is read or created until asked.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,9 +9,9 @@ use anyhow::Context;
 use candle_core::{DType, Device};
 
 use super::RunDir;
-use crate::eval::ItemIds;
+use crate::config::train::Stage;
+use crate::index::tokens::ItemIds;
 use crate::llm::{peft, vocab, Llama, Loaded, LoraConfig, ModelSource};
-use crate::train::Stage;
 
 /// `--adapter`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -16,7 +16,7 @@ use super::mixed::MixedPrecision;
 use super::optim::{AdamW, AdamWConfig};
 use super::setup::{make_vars, named, params, restore, seed_new_modules, trains, varmap_vars};
 use super::step::{StepConfig, Trainer};
-use super::{IdInit, Stage, TrainConfig, Tune};
+use crate::config::train::{IdInit, Stage, TrainConfig, Tune};
 use crate::data::Dataset;
 use crate::eval::ItemIds;
 use crate::llm::{peft, tokenizer::encode, vocab, Llama, Loaded, ModelSource};

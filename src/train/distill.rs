@@ -11,53 +11,11 @@ use std::path::Path;
 use anyhow::Context;
 use candle_core::{Device, Result};
 use candle_nn::VarBuilder;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use crate::behavior::{BehaviorConfig, EncoderKind, SasRec, SasRecConfig};
+use crate::behavior::{BehaviorConfig, SasRec, SasRecConfig};
+pub use crate::config::train::DistillConfig;
 use crate::tasks::build::Encoded;
-
-/// Settings of the distillation term.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DistillConfig {
-    /// The teacher: a behavior encoder trained into the run (`RUN/behavior/<teacher>/`, its
-    /// `model.safetensors` and `report.json`). SASRec only: one forward gives its next-item
-    /// distribution after every prefix, where DIN scores each (history, item) pair apart.
-    pub teacher: EncoderKind,
-    /// alpha, the teacher's share of each item-ID target: `(1 - alpha) onehot + alpha q`.
-    pub weight: f64,
-    /// Softmax temperature of the teacher's scores.
-    pub temperature: f64,
-}
-
-impl Default for DistillConfig {
-    fn default() -> Self {
-        Self {
-            teacher: EncoderKind::Sasrec,
-            weight: 0.5,
-            temperature: 1.0,
-        }
-    }
-}
-
-impl DistillConfig {
-    pub fn validate(&self) -> anyhow::Result<()> {
-        if self.teacher != EncoderKind::Sasrec {
-            anyhow::bail!(
-                "train config: distill.teacher: {} (only sasrec: DIN would score every item \
-                 against every prefix apart)",
-                self.teacher.name()
-            );
-        }
-        if !(0.0..=1.0).contains(&self.weight) {
-            anyhow::bail!("train config: distill.weight: must be in [0, 1]");
-        }
-        if !(self.temperature > 0.0 && self.temperature.is_finite()) {
-            anyhow::bail!("train config: distill.temperature: must be > 0");
-        }
-        Ok(())
-    }
-}
 
 /// The teacher and the item IDs its distribution is decomposed along.
 pub struct Teacher {

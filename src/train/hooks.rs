@@ -12,7 +12,7 @@ use super::checkpoint::{save_tensors, write_dir};
 use super::run::{Hooks, TrainState, ValidRecord};
 use super::setup::{named, varmap_vars};
 use super::step::Trainer;
-use super::{Stage, TrainConfig};
+use crate::config::train::{Stage, TrainConfig};
 use crate::data::Sample;
 use crate::eval::{self, ItemIds};
 use crate::llm::LlamaConfig;

@@ -18,7 +18,7 @@ use rand::rngs::StdRng;
 use super::batch::MicroBatch;
 use super::loss::{response_ce, CeMode, Gct};
 use super::optim::Params;
-use super::step::StepConfig;
+use super::settings::StepConfig;
 use crate::llm::{Llama, Mode};
 use crate::tasks::build::Encoded;
 

@@ -416,11 +416,15 @@ pub fn grad_norm(grads: &[Option<Tensor>]) -> candle_core::Result<f64> {
     let mut sq = 0f64;
     for g in grads.iter().flatten() {
         if g.device().is_cpu() && g.dtype() == DType::F32 && g.is_contiguous() {
+            // Chunk sums collected in order, then added in order: rayon's own reduction tree
+            // follows the work stealing, so the same gradients could give another last bit
+            // (and, through clipping, other weights).
             sq += with_cpu(&[g], "grad_norm", |s| {
-                Ok(s[0]
+                let parts: Vec<f64> = s[0]
                     .par_chunks(1 << 14)
                     .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
-                    .sum::<f64>())
+                    .collect();
+                Ok(parts.iter().sum::<f64>())
             })?;
         } else {
             sq += g

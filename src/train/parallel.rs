@@ -21,7 +21,7 @@ use super::dist::{agree, Communicator, InProcess};
 use super::loss::Gct;
 use super::optim::Params;
 use super::run::step_samples;
-use super::step::{StepStats, Trainer};
+use super::step::{Ranks, StepStats, Trainer};
 use crate::tasks::build::{Planned, TaskBuilder};
 
 /// The ranks of this process other than the trainer itself, and every local rank's
@@ -35,6 +35,33 @@ pub struct DataParallel {
     remote: bool,
     /// Whether the ranks have agreed to stop (nothing more to tell the remote ranks).
     stopped: bool,
+}
+
+impl Ranks for DataParallel {
+    fn step(
+        &mut self,
+        rank0: &mut Trainer,
+        samples: &[crate::tasks::build::Encoded],
+        stop: &AtomicBool,
+    ) -> Result<Option<StepStats>> {
+        DataParallel::step(self, rank0, samples, stop)
+    }
+
+    fn reduce_dtype(&self) -> DType {
+        self.reduce_dtype
+    }
+
+    fn world(&self) -> usize {
+        DataParallel::world(self)
+    }
+
+    fn is_leader(&self) -> bool {
+        DataParallel::is_leader(self)
+    }
+
+    fn release(&mut self, rank0: &mut Trainer) -> Result<()> {
+        DataParallel::release(self, rank0)
+    }
 }
 
 impl DataParallel {
@@ -178,13 +205,13 @@ impl Trainer {
             .map(|d| self.replica(d))
             .collect::<Result<Vec<_>>>()?;
         let remote = comms[0].world() > devices.len();
-        self.dp = Some(DataParallel {
+        self.dp = Some(Box::new(DataParallel {
             replicas,
             comms,
             reduce_dtype,
             remote,
             stopped: false,
-        });
+        }));
         Ok(())
     }
 

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::plot::{svg, Series};
 use super::run::{Ended, TrainState, ValidRecord};
 use super::step::StepStats;
-use super::TrainConfig;
+use crate::config::train::TrainConfig;
 
 /// One line of `log.jsonl`.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -10,7 +10,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use super::step::Trainer;
-use super::TrainConfig;
+use crate::config::train::TrainConfig;
 use crate::tasks::build::{Encoded, Planned, TaskBuilder};
 
 /// One validation point.

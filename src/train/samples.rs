@@ -8,7 +8,7 @@ use rand::SeedableRng;
 
 use super::assemble::Backbone;
 use super::hooks::ValidSet;
-use super::{AnnealSelect, Stage, TrainConfig};
+use crate::config::train::{AnnealSelect, Stage, TrainConfig};
 use crate::data::Sample;
 use crate::eval;
 use crate::run::RunData;

@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::optim::AdamWConfig;
 use super::setup::{trainer_for, trains};
 use super::step::StepConfig;
-use super::{Stage, Tune};
+use crate::config::train::{Stage, Tune};
 use crate::llm::{LlamaConfig, Loaded, LoraConfig, ModelSource};
 use crate::memory::{self, PeakMemory};
 use crate::tasks::build::{Encoded, TaskKind};

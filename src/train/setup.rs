@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 use super::mixed::MixedPrecision;
 use super::optim::{AdamW, AdamWConfig, Params};
 use super::step::{StepConfig, Trainer};
-use super::{Stage, Tune};
+use crate::config::train::{Stage, Tune};
 use crate::llm::{Llama, Loaded, LoraConfig};
 
 /// Whether the base weight `name` trains (is an f32 variable) in `stage` with `tune`: every

@@ -13,7 +13,7 @@ use super::hooks::StageHooks;
 use super::report::{plot_log, read_log, TrainReport};
 use super::run::{fit, Ended, TrainState};
 use super::samples::{stage_samples, task_builder, valid_set};
-use super::{Stage, TrainConfig};
+use crate::config::train::{Stage, TrainConfig};
 use crate::device::device_name;
 use crate::llm::ModelSource;
 use crate::run::{OpenOptions, RunData, RunDir, StageRecord};

@@ -6,7 +6,6 @@ use std::time::Instant;
 
 use candle_core::{DType, Result};
 use rand::SeedableRng;
-use serde::{Deserialize, Serialize};
 
 use super::batch::{bucket, MicroBatch};
 use super::dist::{agree, Communicator, Reducer};
@@ -14,55 +13,29 @@ use super::loss::{response_ce, CeMode, Gct};
 use super::micro::{self, GradAcc, Norms, Sums};
 use super::mixed::MixedPrecision;
 use super::optim::{cosine_lr, AdamW, Params};
-use super::parallel::DataParallel;
+pub use super::settings::{StepConfig, StepStats};
 use crate::llm::{Llama, Mode};
 use crate::tasks::build::Encoded;
 
-/// The schedule and loss weights a step needs.
-#[derive(Debug, Clone, Copy)]
-pub struct StepConfig {
-    pub lr: f64,
-    pub warmup: usize,
-    pub total: usize,
-    pub min_lr_ratio: f64,
-    pub clip_norm: f64,
-    pub lambda_s: f64,
-    pub lambda_b: f64,
-    pub micro_batch: usize,
-    pub seed: u64,
-    /// Recompute each decoder layer in the backward instead of keeping its activations.
-    pub checkpoint_activations: bool,
-    /// Item-vocabulary loss: the item-ID token range `[a, b)`, whose targets are scored by a
-    /// softmax over it only (`loss::CeMode`); None: every target over the whole vocabulary.
-    pub id_rows: Option<(u32, u32)>,
-    /// Distillation: the teacher's share of each ID target (used when a teacher is set).
-    pub distill_alpha: f64,
-}
-
-/// What one step measured (a line of the JSONL log).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StepStats {
-    pub step: usize,
-    pub lr: f64,
-    /// What trains: the response cross-entropy (of the mixed targets with distillation) +
-    /// lambda_s * gct_s + lambda_b * gct_b.
-    pub loss: f64,
-    /// Mean (one-hot) cross-entropy per response token.
-    pub ce: f64,
-    /// Mean semantic / behavior InfoNCE per SRT sample (0 without GCT).
-    pub gct_s: f64,
-    pub gct_b: f64,
-    pub grad_norm: f64,
-    pub samples: usize,
-    pub tokens: usize,
-    pub padded_tokens: usize,
-    pub seconds: f64,
-    /// Peak resident memory of the process so far, bytes (Linux).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub host_peak_bytes: Option<u64>,
-    /// Peak device memory so far, bytes (CUDA).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub device_peak_bytes: Option<u64>,
+/// The other data-parallel ranks, driven from rank 0's trainer: `train::parallel` builds them
+/// (`Trainer::enable_data_parallel`) and wraps the step from above; the step only hands its
+/// batch over.
+pub trait Ranks: Send {
+    /// One step on every rank; rank 0's statistics (the global sums). None: stopped.
+    fn step(
+        &mut self,
+        rank0: &mut Trainer,
+        samples: &[Encoded],
+        stop: &AtomicBool,
+    ) -> Result<Option<StepStats>>;
+    /// The dtype gradients travel in.
+    fn reduce_dtype(&self) -> DType;
+    /// Ranks in all processes.
+    fn world(&self) -> usize;
+    /// Whether this process holds global rank 0 (the one that validates and writes).
+    fn is_leader(&self) -> bool;
+    /// Tells ranks in other processes that training ended early.
+    fn release(&mut self, rank0: &mut Trainer) -> Result<()>;
 }
 
 /// The model, its trainable parameters (projectors included), the GCT head and the optimizer.
@@ -78,7 +51,7 @@ pub struct Trainer {
     pub mixed: Option<MixedPrecision>,
     /// The other ranks of data-parallel training (`Trainer::enable_data_parallel`); this
     /// trainer is rank 0.
-    pub dp: Option<DataParallel>,
+    pub dp: Option<Box<dyn Ranks>>,
     /// Distillation: the behavior teacher whose soft targets join the ID targets.
     pub teacher: Option<super::distill::Teacher>,
 }
@@ -139,7 +112,7 @@ impl Trainer {
         let step_seed = c.seed ^ (self.step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let groups = bucket(samples, c.micro_batch);
         let mine: Vec<usize> = (rank..groups.len()).step_by(world).collect();
-        let reduce_dtype = self.dp.as_ref().map_or(DType::F32, |d| d.reduce_dtype);
+        let reduce_dtype = self.dp.as_ref().map_or(DType::F32, |d| d.reduce_dtype());
         let mut reducer =
             comm.map(|_| Reducer::new(&self.params, self.model.num_layers(), reduce_dtype));
         let mut acc = GradAcc::new(self.params.vars.len());

@@ -14,7 +14,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::{sgemm, tensor, with_cpu, Gemm, View};
-use crate::llm::kernels::{slice, use_fused};
+use crate::llm::switch::{slice, use_fused};
 
 /// The geometry of one attention call.
 #[derive(Debug, Clone, Copy)]

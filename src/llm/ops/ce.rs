@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 use super::grad::{sink_for, Sink};
 use super::{gemm_mode, sgemm, tensor, with_cpu, Gemm, View};
-use crate::llm::kernels::{slice, use_fused};
+use crate::llm::switch::{slice, use_fused};
 
 struct HeadCe {
     /// Each row's hard target, relative to `rows`.

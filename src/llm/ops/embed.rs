@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use super::grad::{sink_for, Sink};
 use super::{tensor, with_cpu};
-use crate::llm::kernels::{slice, use_fused};
+use crate::llm::switch::{slice, use_fused};
 
 struct Embedding {
     ids: Vec<u32>,

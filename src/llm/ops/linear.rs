@@ -7,7 +7,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
 use super::grad::{sink_for, Sink};
 use super::{gemm_mode, sgemm, tensor, with_cpu, Gemm, View};
-use crate::llm::kernels::{slice, use_fused};
+use crate::llm::switch::{slice, use_fused};
 
 struct Linear {
     sink: Option<Sink>,

@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use super::residual::PreNorm;
 use super::{matmul_acc, matmul_t, tensor, with_cpu, Weight};
-use crate::llm::kernels::{slice, use_fused};
+use crate::llm::switch::{slice, use_fused};
 
 const CHUNK: usize = 1 << 14;
 

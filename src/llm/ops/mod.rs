@@ -6,7 +6,7 @@
 //!
 //! Every op falls back to the composed candle ops where it has no kernel (the CPU: f32; CUDA,
 //! with the `cuda` feature: f32 and bf16) or when `LLMBS_NO_FUSED` is set
-//! ([`crate::llm::kernels::fused_enabled`]).
+//! ([`crate::llm::switch::fused_enabled`]).
 
 pub mod attn;
 #[cfg(target_arch = "x86_64")]
@@ -52,7 +52,7 @@ pub mod bgemm {
 pub fn on_cuda(t: &Tensor) -> bool {
     #[cfg(feature = "cuda")]
     {
-        crate::llm::kernels::fused_enabled() && cuda::supports(t.device(), t.dtype())
+        crate::llm::switch::fused_enabled() && cuda::supports(t.device(), t.dtype())
     }
     #[cfg(not(feature = "cuda"))]
     {
@@ -79,7 +79,7 @@ pub(crate) fn with_cpu<R>(
     let mut slices = Vec::with_capacity(ts.len());
     for (g, l) in &guards {
         match &**g {
-            Storage::Cpu(c) => slices.push(crate::llm::kernels::slice(c, l, name)?),
+            Storage::Cpu(c) => slices.push(crate::llm::switch::slice(c, l, name)?),
             _ => candle_core::bail!("{name}: expected CPU tensors"),
         }
     }
@@ -336,7 +336,7 @@ impl Weight {
     /// None when `w` cannot be read directly (not contiguous f32 on the CPU) or needs a
     /// gradient that has nowhere to go but candle's autograd (no active buffer for it).
     pub fn new(w: &Tensor) -> Option<Self> {
-        if !(crate::llm::kernels::use_fused(w) && w.is_contiguous()) {
+        if !(crate::llm::switch::use_fused(w) && w.is_contiguous()) {
             return None;
         }
         let sink = grad::sink_for(w);

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use super::grad::{sink_for, Sink};
 use super::{tensor, with_cpu};
-use crate::llm::kernels::{slice, use_fused};
+use crate::llm::switch::{slice, use_fused};
 
 /// Rows per parallel task.
 const ROWS: usize = 16;

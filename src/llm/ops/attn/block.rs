@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use super::super::residual::PreNorm;
 use super::super::{matmul_acc, matmul_t, tensor, with_cpu, Weight};
 use super::{core, Attention, AttnShape};
-use crate::llm::kernels::{slice, use_fused};
+use crate::llm::switch::{slice, use_fused};
 
 /// The whole attention sub-layer `o(attention(q(x), k(x), v(x)))` as one op (see
 /// [`attention_block`]), optionally with its pre-norm and residual, `x + o(attention(..(h)))`

@@ -1,0 +1,349 @@
+//! The training stage's typed config (paper 3.4, 4.1.3): what `llmbs train` and the pipeline
+//! resolve, what the run directory records in `train/<stage>/config.json` before step 0 and
+//! what every checkpoint's `state.json` holds. Below `run` and `train`, which both read it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::behavior::EncoderKind;
+
+use crate::llm::LoraConfig;
+use crate::tasks::build::{TaskMix, TextLimits};
+
+/// Which stage a run trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Initial,
+    Anneal,
+}
+
+impl Stage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Initial => "initial",
+            Stage::Anneal => "anneal",
+        }
+    }
+}
+
+/// What the initial stage updates: every weight, or LoRA adapters plus the (grown) embedding
+/// and head, as PEFT's `modules_to_save` does for new tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Tune {
+    Full,
+    Lora,
+}
+
+/// The anneal stage's high-grade subset (paper 3.4.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum AnnealSelect {
+    /// Each user's most recent training sample (the longest history).
+    LatestPerUser,
+    /// Every training sample whose history holds at least `anneal_min_history` items.
+    LongHistories,
+}
+
+/// How the initial stage starts the fresh item-ID token rows (`[CON]` always starts at the
+/// vocabulary mean plus noise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum IdInit {
+    /// The mean of the existing rows plus N(0, 0.02^2) noise (what `llmbs eval` gives an
+    /// untrained model).
+    Mean,
+    /// Each token from its items' title and category text (`llm::vocab::init_id_rows_from_text`).
+    Text,
+}
+
+/// The dtype data-parallel ranks exchange gradients in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ReduceDType {
+    /// Exact sums of the f32 gradients.
+    #[default]
+    F32,
+    /// Half the traffic; each gradient rounded to bf16 before the sum.
+    Bf16,
+}
+
+impl ReduceDType {
+    pub fn dtype(self) -> candle_core::DType {
+        match self {
+            ReduceDType::F32 => candle_core::DType::F32,
+            ReduceDType::Bf16 => candle_core::DType::BF16,
+        }
+    }
+}
+
+/// Runs saved before `id_init` existed started from the mean.
+fn id_init_mean() -> IdInit {
+    IdInit::Mean
+}
+
+/// Every setting of a training run; the resolved value is written to the run directory before
+/// step 0 and into each checkpoint's `state.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub stage: Stage,
+    pub tune: Tune,
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Samples per optimizer step (the effective batch; paper: 128).
+    pub batch_size: usize,
+    /// Samples per forward/backward pass; gradients accumulate to `batch_size`.
+    pub micro_batch: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub warmup_steps: usize,
+    /// The cosine ends at `lr * min_lr_ratio`.
+    pub min_lr_ratio: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Global gradient-norm clip (0: off).
+    pub clip_norm: f64,
+    /// GCT weights (paper Eq. 7); 0 and 0 switch GCT off (no `[CON]` in the inputs).
+    pub lambda_s: f64,
+    pub lambda_b: f64,
+    pub tau: f64,
+    /// Catalogue items sampled as extra GCT negatives per micro-batch.
+    pub gct_negatives: usize,
+    pub mix: TaskMix,
+    pub text: TextLimits,
+    /// History cap of SRT samples (paper: 20).
+    pub max_history: usize,
+    /// Dense SRT (`tasks::dense`): one sample per window of `max_history` items with loss on
+    /// every later history ID as well, i.e. all the window's prefixes in one pass. Off: one
+    /// sample per prefix, loss on the target only (the paper).
+    #[serde(default)]
+    pub srt_dense: bool,
+    /// Share of items whose text never enters training (for the perplexity check).
+    pub heldout_fraction: f64,
+    /// Validate (and checkpoint) every N steps, and after the last one.
+    pub eval_every: usize,
+    /// Validation users (a fixed seeded sample) for beam-search Recall/NDCG; 0: loss only.
+    pub valid_users: usize,
+    pub valid_beam: usize,
+    pub valid_batch: usize,
+    /// Write the resumable checkpoint every N steps (besides validation points).
+    pub save_every: usize,
+    /// Stop (with a checkpoint) after the step that passes this many minutes.
+    pub max_minutes: Option<f64>,
+    pub lora: LoraConfig,
+    pub anneal_select: AnnealSelect,
+    pub anneal_min_history: usize,
+    /// Start of the fresh ID-token rows (initial stage, fresh runs only).
+    #[serde(default = "id_init_mean")]
+    pub id_init: IdInit,
+    pub seed: u64,
+    /// Recompute each decoder layer in the backward instead of keeping its activations
+    /// (less memory, one more forward); the gradients are the same.
+    #[serde(default)]
+    pub checkpoint_activations: bool,
+    /// The dtype data-parallel ranks sum gradients in (`--devices` with several devices).
+    #[serde(default)]
+    pub dp_reduce: ReduceDType,
+    /// Initial stage: keep only the first K decoder layers of the backbone (then the final norm
+    /// and the head), as SLMRec does; checkpoints say `num_hidden_layers = K`. None: all.
+    #[serde(default)]
+    pub layers: Option<usize>,
+    /// Item-vocabulary loss: a target that is an item-ID token is scored by a softmax over the
+    /// ID tokens only (what the trie decodes among), so those positions skip the text head;
+    /// text targets keep the full vocabulary. The run's evaluations then normalise over the
+    /// ID tokens too (`eval::Normalize::Ids`).
+    #[serde(default)]
+    pub item_loss: bool,
+    /// Parameter groups: peak learning rate of the new parameters (ID-token and `[CON]` rows,
+    /// GCT projectors); None: `lr`, as the backbone. Same schedule shape.
+    #[serde(default)]
+    pub lr_new: Option<f64>,
+    /// Weight decay of the new parameters; None: `weight_decay`.
+    #[serde(default)]
+    pub weight_decay_new: Option<f64>,
+    /// Distillation from the run's behavior teacher (`distill::DistillConfig`); None: off.
+    #[serde(default)]
+    pub distill: Option<DistillConfig>,
+}
+
+impl TrainConfig {
+    /// The paper's settings for a stage (4.1.3): AdamW 5e-5, wd 0.01, cosine with warmup,
+    /// effective batch 128, lambda 0.1 each. Anneal trains only the adapter, at a higher rate.
+    pub fn new(stage: Stage) -> Self {
+        let anneal = stage == Stage::Anneal;
+        Self {
+            stage,
+            tune: if anneal { Tune::Lora } else { Tune::Full },
+            steps: if anneal { 200 } else { 3000 },
+            batch_size: 128,
+            micro_batch: 8,
+            lr: if anneal { 2e-4 } else { 5e-5 },
+            weight_decay: 0.01,
+            warmup_steps: if anneal { 10 } else { 100 },
+            min_lr_ratio: 0.1,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            clip_norm: 1.0,
+            lambda_s: if anneal { 0.0 } else { 0.1 },
+            lambda_b: if anneal { 0.0 } else { 0.1 },
+            tau: 0.07,
+            gct_negatives: 64,
+            mix: if anneal {
+                TaskMix::srt_only()
+            } else {
+                TaskMix::default()
+            },
+            text: TextLimits::default(),
+            max_history: crate::data::DEFAULT_MAX_HISTORY,
+            srt_dense: false,
+            heldout_fraction: 0.02,
+            eval_every: if anneal { 50 } else { 500 },
+            // NDCG@10 of the validation sample picks the best checkpoint. At the level this
+            // model aims for (N@10 ~0.03) its standard error is ~0.012 on 200 users, as large
+            // as the differences between checkpoints; 2,000 users bring it to ~0.004 (the
+            // report prints it beside each validation), ~25 s of beam search on an H200.
+            valid_users: 2000,
+            valid_beam: 20,
+            valid_batch: 8,
+            save_every: 50,
+            max_minutes: None,
+            lora: LoraConfig::default(),
+            anneal_select: AnnealSelect::LatestPerUser,
+            anneal_min_history: 10,
+            id_init: IdInit::Text,
+            seed: 0,
+            checkpoint_activations: false,
+            dp_reduce: ReduceDType::F32,
+            layers: None,
+            item_loss: false,
+            lr_new: None,
+            weight_decay_new: None,
+            distill: None,
+        }
+    }
+
+    /// The stage's defaults, then `file`'s keys (a JSON object, any subset of the fields; unknown
+    /// keys are refused by name), then `over` (the same, e.g. from command-line flags).
+    pub fn resolve(
+        base: &TrainConfig,
+        file: Option<&std::path::Path>,
+        over: &serde_json::Value,
+    ) -> anyhow::Result<TrainConfig> {
+        use anyhow::Context;
+        let mut v = serde_json::to_value(base)?;
+        if let Some(p) = file {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let o: serde_json::Value =
+                serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))?;
+            crate::util::overlay(&mut v, &o, "").with_context(|| format!("{}", p.display()))?;
+        }
+        crate::util::overlay(&mut v, over, "").context("train settings")?;
+        // The stage is the caller's, whatever a file says.
+        v["stage"] = serde_json::to_value(base.stage)?;
+        let c: TrainConfig = serde_json::from_value(v).context("train config")?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn gct(&self) -> bool {
+        self.lambda_s > 0.0 || self.lambda_b > 0.0
+    }
+
+    /// Refuses settings that cannot train, naming the key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let bad = |k: &str, why: &str| Err(anyhow::anyhow!("train config: {k}: {why}"));
+        if self.steps == 0 {
+            return bad("steps", "must be > 0");
+        }
+        if self.batch_size == 0 || self.micro_batch == 0 {
+            return bad("batch_size/micro_batch", "must be > 0");
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad("lr", "must be a positive number");
+        }
+        if self.gct() && self.tau <= 0.0 {
+            return bad("tau", "must be > 0");
+        }
+        if !(0.0..1.0).contains(&self.heldout_fraction) {
+            return bad("heldout_fraction", "must be in [0, 1)");
+        }
+        if self.eval_every == 0 || self.save_every == 0 {
+            return bad("eval_every/save_every", "must be > 0");
+        }
+        if self.stage == Stage::Anneal && self.tune != Tune::Lora {
+            return bad("tune", "the anneal stage trains a LoRA adapter only");
+        }
+        if self.lora.r == 0 {
+            return bad("lora.r", "must be > 0");
+        }
+        if self.layers == Some(0) {
+            return bad("layers", "must be > 0 (or null for every layer)");
+        }
+        if self.layers.is_some() && self.stage == Stage::Anneal {
+            return bad(
+                "layers",
+                "the anneal stage keeps the initial model's layers (prune in the initial stage)",
+            );
+        }
+        if self.lr_new.is_some_and(|l| !(l > 0.0 && l.is_finite())) {
+            return bad("lr_new", "must be a positive number");
+        }
+        if self
+            .weight_decay_new
+            .is_some_and(|w| !(w >= 0.0 && w.is_finite()))
+        {
+            return bad("weight_decay_new", "must be >= 0");
+        }
+        if let Some(d) = &self.distill {
+            d.validate()?;
+        }
+        Ok(())
+    }
+}
+
+/// Settings of the distillation term.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistillConfig {
+    /// The teacher: a behavior encoder trained into the run (`RUN/behavior/<teacher>/`, its
+    /// `model.safetensors` and `report.json`). SASRec only: one forward gives its next-item
+    /// distribution after every prefix, where DIN scores each (history, item) pair apart.
+    pub teacher: EncoderKind,
+    /// alpha, the teacher's share of each item-ID target: `(1 - alpha) onehot + alpha q`.
+    pub weight: f64,
+    /// Softmax temperature of the teacher's scores.
+    pub temperature: f64,
+}
+
+impl Default for DistillConfig {
+    fn default() -> Self {
+        Self {
+            teacher: EncoderKind::Sasrec,
+            weight: 0.5,
+            temperature: 1.0,
+        }
+    }
+}
+
+impl DistillConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.teacher != EncoderKind::Sasrec {
+            anyhow::bail!(
+                "train config: distill.teacher: {} (only sasrec: DIN would score every item \
+                 against every prefix apart)",
+                self.teacher.name()
+            );
+        }
+        if !(0.0..=1.0).contains(&self.weight) {
+            anyhow::bail!("train config: distill.weight: must be in [0, 1]");
+        }
+        if !(self.temperature > 0.0 && self.temperature.is_finite()) {
+            anyhow::bail!("train config: distill.temperature: must be > 0");
+        }
+        Ok(())
+    }
+}

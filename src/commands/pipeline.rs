@@ -9,8 +9,8 @@ use crate::run::RunDir;
 
 #[derive(clap::Args, Debug)]
 pub struct PipelineArgs {
-    /// A config file, or the name of an embedded one (beauty-smoke, beauty, beauty-cpu-dense,
-    /// beauty-cpu-prefix, tiny)
+    /// A config file, or the name of an embedded one (beauty-smoke, beauty, beauty-cpu,
+    /// beauty-cpu-dense, beauty-cpu-prefix, tiny)
     #[arg(long, default_value = "beauty-smoke")]
     pub config: String,
     /// Override the config's dataset directory

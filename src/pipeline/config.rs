@@ -52,12 +52,13 @@ fn f32_name() -> String {
 }
 
 /// The configs compiled into the binary, by name.
-pub const EMBEDDED: [(&str, &str); 5] = [
+pub const EMBEDDED: [(&str, &str); 6] = [
     (
         "beauty-smoke",
         include_str!("../../configs/beauty-smoke.json"),
     ),
     ("beauty", include_str!("../../configs/beauty.json")),
+    ("beauty-cpu", include_str!("../../configs/beauty-cpu.json")),
     (
         "beauty-cpu-dense",
         include_str!("../../configs/beauty-cpu-dense.json"),

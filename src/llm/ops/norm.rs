@@ -53,33 +53,32 @@ pub(crate) fn rows_bwd(
     let d = w.len();
     let mut dx = vec![0f32; x.len()];
     let width = if want_w { d } else { 0 };
-    let dw = dx
+    // Per-chunk partial sums collected in chunk order, then added in that order: a rayon
+    // fold/reduce follows the work stealing, so the same input could give another last bit
+    // of dw from run to run (seen as a flaky bit-identity test on CI).
+    let parts: Vec<Vec<f32>> = dx
         .par_chunks_mut(d * ROWS)
         .zip(x.par_chunks(d * ROWS).zip(g.par_chunks(d * ROWS)))
-        .fold(
-            || vec![0f32; width],
-            |mut dw, (dx, (x, g))| {
-                for ((dx, x), g) in dx.chunks_mut(d).zip(x.chunks(d)).zip(g.chunks(d)) {
-                    let r = inv_rms(x, eps);
-                    let dot: f32 = (0..d).map(|j| g[j] * w[j] * x[j]).sum();
-                    let c = r * r * r * dot / d as f32;
-                    for j in 0..d {
-                        dx[j] = r * g[j] * w[j] - x[j] * c;
-                    }
-                    for j in 0..width {
-                        dw[j] += g[j] * x[j] * r;
-                    }
+        .map(|(dx, (x, g))| {
+            let mut dw = vec![0f32; width];
+            for ((dx, x), g) in dx.chunks_mut(d).zip(x.chunks(d)).zip(g.chunks(d)) {
+                let r = inv_rms(x, eps);
+                let dot: f32 = (0..d).map(|j| g[j] * w[j] * x[j]).sum();
+                let c = r * r * r * dot / d as f32;
+                for j in 0..d {
+                    dx[j] = r * g[j] * w[j] - x[j] * c;
                 }
-                dw
-            },
-        )
-        .reduce(
-            || vec![0f32; width],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                a
-            },
-        );
+                for j in 0..width {
+                    dw[j] += g[j] * x[j] * r;
+                }
+            }
+            dw
+        })
+        .collect();
+    let mut dw = vec![0f32; width];
+    for p in &parts {
+        dw.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+    }
     (dx, dw)
 }
 

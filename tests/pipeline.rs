@@ -210,6 +210,20 @@ fn tiny_pipeline_end_to_end_then_skips_and_reruns() {
     assert!(ok, "{err}");
     assert_eq!(err.matches("up to date (skipped)").count(), 7, "{err}");
 
+    // A copy of the dataset (new modification times, as on a fresh machine) is the same data:
+    // nothing reruns.
+    let copy = tmp.path().join("beauty-copy");
+    std::fs::create_dir_all(&copy).unwrap();
+    for e in std::fs::read_dir(&data).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
+    }
+    let mut copied = args.to_vec();
+    copied[4] = s(&copy);
+    let (ok, _, err) = llmbs(&copied);
+    assert!(ok, "{err}");
+    assert_eq!(err.matches("up to date (skipped)").count(), 7, "{err}");
+
     // --from train_anneal reruns the last two stages only.
     let mut from = args.to_vec();
     from.extend(["--from", "train_anneal"]);

@@ -75,22 +75,23 @@ pub fn fnv(bytes: &[u8]) -> u64 {
     h
 }
 
-/// The identity of a dataset directory: file names, sizes and modification times.
+/// The identity of a dataset directory: file names, sizes and content hashes. Not
+/// modification times: a copy of the same files (a fresh machine, a restored share) must
+/// reuse the stages built from them.
 fn data_fingerprint(dir: &Path) -> anyhow::Result<String> {
     let mut parts = Vec::new();
     for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let e = e?;
-        let m = e.metadata()?;
-        let mtime = m
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        if !e.file_type()?.is_file() {
+            continue;
+        }
+        let bytes = std::fs::read(e.path())
+            .with_context(|| format!("reading {}", e.path().display()))?;
         parts.push(format!(
-            "{}:{}:{mtime}",
+            "{}:{}:{:016x}",
             e.file_name().to_string_lossy(),
-            m.len()
+            bytes.len(),
+            fnv(&bytes)
         ));
     }
     parts.sort();
@@ -360,4 +361,26 @@ pub fn run_dirs(c: &PipelineConfig, run: Option<&Path>, suffix: &str) -> (RunDir
     let mut name = base.as_os_str().to_owned();
     name.push(suffix);
     (RunDir::new(PathBuf::from(name)), RunDir::new(base))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::data_fingerprint;
+
+    #[test]
+    fn fingerprint_follows_content_not_copy_or_mtime() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        std::fs::write(a.path().join("x.inter.json"), b"{\"1\": [1, 2]}").unwrap();
+        std::fs::write(a.path().join("x.item.json"), b"{}").unwrap();
+        let fa = data_fingerprint(a.path()).unwrap();
+        // A later copy of the same bytes (new mtimes, other directory) is the same dataset.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        for f in ["x.inter.json", "x.item.json"] {
+            std::fs::copy(a.path().join(f), b.path().join(f)).unwrap();
+        }
+        assert_eq!(fa, data_fingerprint(b.path()).unwrap());
+        // The same size with other bytes is another dataset.
+        std::fs::write(b.path().join("x.inter.json"), b"{\"1\": [2, 1]}").unwrap();
+        assert_ne!(fa, data_fingerprint(b.path()).unwrap());
+    }
 }

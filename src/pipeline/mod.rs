@@ -85,8 +85,8 @@ fn data_fingerprint(dir: &Path) -> anyhow::Result<String> {
         if !e.file_type()?.is_file() {
             continue;
         }
-        let bytes = std::fs::read(e.path())
-            .with_context(|| format!("reading {}", e.path().display()))?;
+        let bytes =
+            std::fs::read(e.path()).with_context(|| format!("reading {}", e.path().display()))?;
         parts.push(format!(
             "{}:{}:{:016x}",
             e.file_name().to_string_lossy(),

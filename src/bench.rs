@@ -320,18 +320,34 @@ fn train_workload(
     Ok(())
 }
 
-/// One layer-sized GEMM ([b * t, 1536] x [576, 1536]^T), f32 and bf16 inputs.
+/// One layer-sized GEMM ([b * t, 1536] x [576, 1536]^T) by every kernel this CPU has (f32,
+/// VDPBF16PS bf16, AMX bf16), and the one-core peak of each kernel's multiply-add instruction:
+/// what says whether a CPU's bf16 can beat its f32 at all.
 fn gemm_workload(line: &mut Value, b: &LlmBench) -> anyhow::Result<()> {
     let dims = (b.batch * b.seq, 576, 1536);
-    for (name, bf16) in [("f32", false), ("bf16", true)] {
-        if bf16 && !crate::llm::ops::bf16_matmul_available() {
+    for name in ["f32", "avx512-bf16", "amx"] {
+        let have = match name {
+            "f32" => true,
+            "amx" => crate::llm::ops::amx_available(),
+            _ => crate::llm::ops::bf16_matmul_available(),
+        };
+        if !have {
             continue;
         }
-        let mut runs = crate::llm::ops::time_gemm(dims, bf16, b.runs)?;
+        let mut runs = crate::llm::ops::time_gemm(dims, name, b.runs)?;
         let m = median(&mut runs);
-        line[format!("{name}_gflops")] = (2.0 * (dims.0 * dims.1 * dims.2) as f64 / m / 1e9).into();
-        line[format!("{name}_runs")] = serde_json::json!(runs);
+        let key = name.replace('-', "_");
+        line[format!("{key}_gflops")] = (2.0 * (dims.0 * dims.1 * dims.2) as f64 / m / 1e9).into();
+        line[format!("{key}_runs")] = serde_json::json!(runs);
     }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (fma, dp, tile) = crate::llm::ops::peaks::instruction_peaks();
+        line["peak_1core_gflops"] = serde_json::json!({
+            "vfmadd231ps_zmm": fma, "vdpbf16ps_zmm": dp, "tdpbf16ps": tile
+        });
+    }
+    line["bf16_kernel"] = crate::llm::ops::bgemm::kernel_name().into();
     line["median_s"] = 0.0.into();
     line["dims"] = serde_json::json!([dims.0, dims.1, dims.2]);
     Ok(())

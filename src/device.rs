@@ -47,17 +47,21 @@ pub struct DtypeChoice {
     /// The CPU GEMM probe (`llm::ops::probe_cpu_gemm`), GFLOP/s.
     pub f32_gflops: Option<f64>,
     pub bf16_gflops: Option<f64>,
+    /// The bf16 GEMM the probe timed: `amx` (tiles) or `avx512-bf16` (VDPBF16PS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bf16_kernel: Option<String>,
 }
 
 /// `--dtype` for training: `auto` is bf16 on CUDA and, on a CPU, whichever of f32 and bf16
-/// GEMMs the probe measures faster (bf16 only with AVX512-BF16; on some CPUs bf16 is 1.6x f32,
-/// on others slower). Other values as [`parse_dtype`].
+/// GEMMs the probe measures faster (bf16 only with AVX512-BF16, on AMX tiles where the CPU has them; on some CPUs the
+/// VDPBF16PS bf16 is 1.6x f32, on others slower). Other values as [`parse_dtype`].
 pub fn train_dtype(s: &str, device: &Device) -> anyhow::Result<(DType, DtypeChoice)> {
     let choice = |d: DType, f: Option<f64>, b: Option<f64>| DtypeChoice {
         asked: s.to_string(),
         chosen: format!("{d:?}").to_lowercase(),
         f32_gflops: f,
         bf16_gflops: b,
+        bf16_kernel: b.map(|_| crate::llm::ops::bgemm::kernel_name().to_string()),
     };
     if s != "auto" {
         let d = parse_dtype(s)?;
@@ -74,7 +78,10 @@ pub fn train_dtype(s: &str, device: &Device) -> anyhow::Result<(DType, DtypeChoi
     };
     eprintln!(
         "--dtype auto: f32 GEMM {f:.0} GFLOP/s, bf16 {} -> {}",
-        b.map_or("unavailable".into(), |b| format!("{b:.0} GFLOP/s")),
+        b.map_or("unavailable".into(), |b| format!(
+            "{b:.0} GFLOP/s ({})",
+            crate::llm::ops::bgemm::kernel_name()
+        )),
         format!("{d:?}").to_lowercase()
     );
     Ok((d, choice(d, Some(f), b)))

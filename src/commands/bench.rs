@@ -10,7 +10,7 @@ use crate::device::DeviceArgs;
 pub enum BenchCommand {
     /// Backbone workloads: forward (inference path, no LM head), backward (forward+backward,
     /// training path with the LM head and cross-entropy), train (backward + AdamW), gemm (one
-    /// layer-sized matmul), embed, beam, step (the trainer's own step: --tune,
+    /// layer-sized matmul by every kernel the CPU has, and their instructions' one-core peaks), embed, beam, step (the trainer's own step: --tune,
     /// --checkpoint-activations, f32 master weights).
     Llm(LlmBenchArgs),
 }

@@ -310,6 +310,7 @@ fn run_stage_on(
                 chosen: name,
                 f32_gflops: None,
                 bf16_gflops: None,
+                bf16_kernel: None,
             }
         })),
     })?;

@@ -20,7 +20,7 @@ use rayon::prelude::*;
 use super::View;
 
 const MR: usize = 12;
-const NR: usize = 32;
+pub(super) const NR: usize = 32;
 /// k per block (even): the B micro-panel, KC / 2 * NR * 4 bytes = 16 KiB, stays in L1.
 const KC: usize = 256;
 /// At most this many MR-row panels per A block: 480 rows * KC / 2 * 4 bytes = 240 KiB, in L2.
@@ -44,9 +44,36 @@ pub fn bf16_bits(x: f32) -> u32 {
     (b + 0x7FFF + ((b >> 16) & 1)) >> 16
 }
 
-/// `dst[m, n] = (accumulate ? dst : 0) + a[m, k] · b[k, n]` with bf16-rounded inputs. The
-/// caller has checked the views against their slices and that [`available`] holds.
+/// Which kernel [`gemm`] runs here: `amx` (tiles, [`super::amx`]) where the CPU has AMX-BF16,
+/// else `avx512-bf16` (this file's VDPBF16PS kernel).
+pub fn kernel_name() -> &'static str {
+    if super::amx::available() {
+        "amx"
+    } else {
+        "avx512-bf16"
+    }
+}
+
+/// `dst[m, n] = (accumulate ? dst : 0) + a[m, k] · b[k, n]` with bf16-rounded inputs, on AMX
+/// tiles where the CPU has them (see [`kernel_name`]). The caller has checked the views against
+/// their slices and that [`available`] holds.
 pub(crate) fn gemm(
+    dims: (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    ab: (View, View),
+    parallel: bool,
+) {
+    if super::amx::available() {
+        super::amx::gemm(dims, dst, dst_rs, accumulate, ab, parallel)
+    } else {
+        gemm_avx512(dims, dst, dst_rs, accumulate, ab, parallel)
+    }
+}
+
+/// [`gemm`] on the VDPBF16PS micro-kernel, whatever the CPU.
+pub(crate) fn gemm_avx512(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
     dst_rs: usize,
@@ -116,13 +143,13 @@ pub(crate) fn gemm(
 thread_local! {
     // Packing buffers reused across calls: fresh ones of a few MiB each would be fresh pages
     // from the kernel on every GEMM.
-    static APACK: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
-    static BPACK: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+    pub(super) static APACK: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+    pub(super) static BPACK: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// This thread's buffer from `cell`, resized to `len` (contents unspecified: packing writes
 /// every element it reads).
-fn scratch(
+pub(super) fn scratch(
     cell: &'static std::thread::LocalKey<std::cell::RefCell<Vec<u32>>>,
     len: usize,
 ) -> Vec<u32> {
@@ -210,7 +237,7 @@ unsafe fn rounded(x: __m512) -> __m512i {
 
 /// 16 bf16 pairs (lo from `lo[..n]`, hi from `hi[..n]`, zeros past `n` or without `hi`).
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn pair_rows(lo: *const f32, hi: Option<*const f32>, n: usize) -> __m512i {
+pub(super) unsafe fn pair_rows(lo: *const f32, hi: Option<*const f32>, n: usize) -> __m512i {
     let mask: __mmask16 = if n >= 16 { 0xFFFF } else { (1u16 << n) - 1 };
     let l = _mm512_srli_epi32::<16>(rounded(_mm512_maskz_loadu_ps(mask, lo)));
     match hi {
@@ -225,7 +252,7 @@ unsafe fn pair_rows(lo: *const f32, hi: Option<*const f32>, n: usize) -> __m512i
 
 /// 16 bf16 pairs from `n <= 32` consecutive floats (pairs adjacent in memory), zero-padded.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn pair_adjacent(src: *const f32, n: usize) -> __m512i {
+pub(super) unsafe fn pair_adjacent(src: *const f32, n: usize) -> __m512i {
     let m = |c: usize| -> __mmask16 {
         if c >= 16 {
             0xFFFF
@@ -240,7 +267,7 @@ unsafe fn pair_adjacent(src: *const f32, n: usize) -> __m512i {
 
 /// Transposes a 16 x 16 matrix of 32-bit lanes held as 16 row vectors.
 #[target_feature(enable = "avx512f")]
-unsafe fn transpose16(r: &mut [__m512i; 16]) {
+pub(super) unsafe fn transpose16(r: &mut [__m512i; 16]) {
     let z = _mm512_setzero_si512();
     let mut t = [z; 16];
     for i in 0..8 {
@@ -291,7 +318,7 @@ unsafe fn pairs_transposed(
 
 /// Packs `b[k0..k0 + kc, j0..j0 + w]` as `[kc / 2][NR]` pairs (zero-padded) into `out`.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn pack_b(b: View, k0: usize, kc: usize, j0: usize, w: usize, out: &mut [u32]) {
+pub(super) unsafe fn pack_b(b: View, k0: usize, kc: usize, j0: usize, w: usize, out: &mut [u32]) {
     let kp = kc.div_ceil(2);
     let ptr = b.data.as_ptr();
     if b.cs == 1 {
@@ -365,7 +392,13 @@ unsafe fn pack_a(a: View, i0: usize, mc: usize, k0: usize, kc: usize, out: &mut 
 
 /// The bf16 pair (k, k + 1) at the other index `x` of a view (`a_side`: x is the row), zero
 /// when `!real` or past the block's `left` k values.
-fn pair_at(v: View, (k, left): (usize, usize), x: usize, real: bool, a_side: bool) -> u32 {
+pub(super) fn pair_at(
+    v: View,
+    (k, left): (usize, usize),
+    x: usize,
+    real: bool,
+    a_side: bool,
+) -> u32 {
     if !real {
         return 0;
     }
@@ -449,7 +482,7 @@ mod tests {
                 };
                 let get = |v: &View, i: usize, j: usize| v.data[i * v.rs + j * v.cs];
                 let mut c = vec![0.5f32; m * n];
-                gemm((m, n, k), &mut c, n, true, (a, b), m % 2 == 1);
+                gemm_avx512((m, n, k), &mut c, n, true, (a, b), m % 2 == 1);
                 let mut worst = 0f64;
                 for i in 0..m {
                     for j in 0..n {

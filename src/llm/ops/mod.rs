@@ -8,6 +8,8 @@
 //! with the `cuda` feature: f32 and bf16) or when `LLMBS_NO_FUSED` is set
 //! ([`crate::llm::switch::fused_enabled`]).
 
+#[cfg(target_arch = "x86_64")]
+pub mod amx;
 pub mod attn;
 #[cfg(target_arch = "x86_64")]
 pub mod bgemm;
@@ -19,6 +21,8 @@ pub mod grad;
 pub mod linear;
 pub mod mlp;
 pub mod norm;
+#[cfg(target_arch = "x86_64")]
+pub mod peaks;
 mod residual;
 pub mod rope;
 pub mod timing;
@@ -33,6 +37,10 @@ pub use grad::GradBuffers;
 pub mod bgemm {
     pub fn available() -> bool {
         false
+    }
+
+    pub fn kernel_name() -> &'static str {
+        "none"
     }
 
     pub(crate) fn gemm(
@@ -198,6 +206,18 @@ impl Bf16Matmul {
 impl Drop for Bf16Matmul {
     fn drop(&mut self) {
         BF16_MATMUL.with(|c| c.set(self.0));
+    }
+}
+
+/// Whether this CPU runs the bf16 GEMM on AMX tiles.
+pub fn amx_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        amx::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 
@@ -449,11 +469,17 @@ pub(crate) fn tensor(v: Vec<f32>, shape: &[usize], like: &Tensor) -> Result<Tens
 mod tests;
 
 /// Seconds per `a [m, k] · b^T` (b stored `[n, k]`, as a layer's forward) for each of `runs`
-/// timed runs after one warm-up, in f32 or with bf16 inputs (`llmbs bench llm --workload
-/// gemm`).
-pub fn time_gemm((m, n, k): (usize, usize, usize), bf16: bool, runs: usize) -> Result<Vec<f64>> {
-    if bf16 && !bgemm::available() {
-        candle_core::bail!("this CPU has no AVX512-BF16")
+/// timed runs after one warm-up, by `kernel`: `f32`, `avx512-bf16` (the VDPBF16PS kernel) or
+/// `amx` (tiles) (`llmbs bench llm --workload gemm`).
+pub fn time_gemm((m, n, k): (usize, usize, usize), kernel: &str, runs: usize) -> Result<Vec<f64>> {
+    let ok = match kernel {
+        "f32" => true,
+        "avx512-bf16" => bgemm::available(),
+        "amx" => cfg!(target_arch = "x86_64") && amx_available(),
+        other => candle_core::bail!("GEMM kernel {other}: expected f32, avx512-bf16 or amx"),
+    };
+    if !ok {
+        candle_core::bail!("this CPU cannot run the {kernel} GEMM")
     }
     let a: Vec<f32> = (0..m * k)
         .map(|i| ((i * 7919) % 997) as f32 / 997.0 - 0.5)
@@ -461,20 +487,17 @@ pub fn time_gemm((m, n, k): (usize, usize, usize), bf16: bool, runs: usize) -> R
     let b: Vec<f32> = (0..n * k)
         .map(|i| ((i * 104729) % 991) as f32 / 991.0 - 0.5)
         .collect();
-    let mode = if bf16 { Gemm::Bf16 } else { Gemm::Parallel };
     let mut c = vec![0f32; m * n];
     let mut out = Vec::with_capacity(runs);
     for r in 0..=runs {
+        let (av, bv) = (View::rows(&a, k), View::t(&b, k));
         let t = std::time::Instant::now();
-        sgemm(
-            (m, n, k),
-            &mut c,
-            n,
-            false,
-            View::rows(&a, k),
-            View::t(&b, k),
-            mode,
-        )?;
+        match kernel {
+            "f32" => sgemm((m, n, k), &mut c, n, false, av, bv, Gemm::Parallel)?,
+            #[cfg(target_arch = "x86_64")]
+            "avx512-bf16" => bgemm::gemm_avx512((m, n, k), &mut c, n, false, (av, bv), true),
+            _ => bgemm::gemm((m, n, k), &mut c, n, false, (av, bv), true),
+        }
         if r > 0 {
             out.push(t.elapsed().as_secs_f64());
         }

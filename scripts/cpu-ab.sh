@@ -8,7 +8,8 @@
 # it if the machine slows down).
 #
 # Usage: scripts/cpu-ab.sh ARM [ARM ...]   (ARM names below; default: all, in order)
-#   MINUTES=20 SEED=0 BASE=runs/beauty-cpu OUT=runs/ab scripts/cpu-ab.sh k4 k8
+#   MINUTES=20 SEED=0 BASE=runs/beauty-cpu OUT=runs/ab DTYPE=f32 scripts/cpu-ab.sh k4 k8
+# DTYPE: f32 (the default, as the session-6 rows), bf16 or auto (the recipe's: the faster GEMM).
 # The learning-rate probe: MINUTES=6 OUT=runs/ab-lr scripts/cpu-ab.sh k4-lr2e-4 k4-lr5e-4 k4
 # Results: $OUT/<arm>/train/initial/{report.json,log.jsonl}, one row each in $OUT/ab.tsv.
 # Between arms the script waits while $OUT/hold exists (to build without sharing the cores).
@@ -16,6 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MINUTES="${MINUTES:-20}"
 SEED="${SEED:-0}"
+DTYPE="${DTYPE:-f32}"
 BASE="${BASE:-runs/beauty-cpu}"
 OUT="${OUT:-runs/ab}"
 DATA="${DATA:-../shared/data/beauty}"
@@ -25,7 +27,7 @@ BIN="${BIN:-$OUT/llmbs}"
 
 # Common to every arm: dense SRT at 4/5 of the samples, GCT, effective batch 16, seed, the
 # same 2,000 validation users; arms differ only in the flags after their name.
-COMMON=(--srt-dense --mix srt=4 --batch-size 16 --micro-batch 8 --warmup-steps 20 --seed "$SEED")
+COMMON=(--srt-dense --mix srt=4 --batch-size 16 --micro-batch 8 --warmup-steps 20 --seed "$SEED" --dtype "$DTYPE")
 declare -A ARMS=(
   [k4]="--lr 2e-3 --item-loss --layers 4"
   [k8]="--lr 2e-3 --item-loss --layers 8"

@@ -347,7 +347,7 @@ fn gemm_workload(line: &mut Value, b: &LlmBench) -> anyhow::Result<()> {
             "vfmadd231ps_zmm": fma, "vdpbf16ps_zmm": dp, "tdpbf16ps": tile
         });
     }
-    line["bf16_kernel"] = crate::llm::ops::bgemm::kernel_name().into();
+    line["bf16_kernel"] = crate::llm::ops::bf16_kernel_name().into();
     line["median_s"] = 0.0.into();
     line["dims"] = serde_json::json!([dims.0, dims.1, dims.2]);
     Ok(())

@@ -61,7 +61,7 @@ pub fn train_dtype(s: &str, device: &Device) -> anyhow::Result<(DType, DtypeChoi
         chosen: format!("{d:?}").to_lowercase(),
         f32_gflops: f,
         bf16_gflops: b,
-        bf16_kernel: b.map(|_| crate::llm::ops::bgemm::kernel_name().to_string()),
+        bf16_kernel: b.map(|_| crate::llm::ops::bf16_kernel_name().to_string()),
     };
     if s != "auto" {
         let d = parse_dtype(s)?;
@@ -80,7 +80,7 @@ pub fn train_dtype(s: &str, device: &Device) -> anyhow::Result<(DType, DtypeChoi
         "--dtype auto: f32 GEMM {f:.0} GFLOP/s, bf16 {} -> {}",
         b.map_or("unavailable".into(), |b| format!(
             "{b:.0} GFLOP/s ({})",
-            crate::llm::ops::bgemm::kernel_name()
+            crate::llm::ops::bf16_kernel_name()
         )),
         format!("{d:?}").to_lowercase()
     );

@@ -108,7 +108,7 @@ pub(super) unsafe fn release() {
 }
 
 /// `dst[m, n] = (accumulate ? dst : 0) + a[m, k] · b[k, n]` with bf16-rounded inputs, as
-/// [`bgemm`]'s; the caller has checked the views against their slices and [`available`].
+/// [`bgemm::gemm`]'s; the caller has checked the views against their slices and [`available`].
 pub(crate) fn gemm(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],

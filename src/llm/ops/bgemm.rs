@@ -44,36 +44,9 @@ pub fn bf16_bits(x: f32) -> u32 {
     (b + 0x7FFF + ((b >> 16) & 1)) >> 16
 }
 
-/// Which kernel [`gemm`] runs here: `amx` (tiles, [`super::amx`]) where the CPU has AMX-BF16,
-/// else `avx512-bf16` (this file's VDPBF16PS kernel).
-pub fn kernel_name() -> &'static str {
-    if super::amx::available() {
-        "amx"
-    } else {
-        "avx512-bf16"
-    }
-}
-
-/// `dst[m, n] = (accumulate ? dst : 0) + a[m, k] · b[k, n]` with bf16-rounded inputs, on AMX
-/// tiles where the CPU has them (see [`kernel_name`]). The caller has checked the views against
-/// their slices and that [`available`] holds.
+/// `dst[m, n] = (accumulate ? dst : 0) + a[m, k] · b[k, n]` with bf16-rounded inputs. The
+/// caller has checked the views against their slices and that [`available`] holds.
 pub(crate) fn gemm(
-    dims: (usize, usize, usize),
-    dst: &mut [f32],
-    dst_rs: usize,
-    accumulate: bool,
-    ab: (View, View),
-    parallel: bool,
-) {
-    if super::amx::available() {
-        super::amx::gemm(dims, dst, dst_rs, accumulate, ab, parallel)
-    } else {
-        gemm_avx512(dims, dst, dst_rs, accumulate, ab, parallel)
-    }
-}
-
-/// [`gemm`] on the VDPBF16PS micro-kernel, whatever the CPU.
-pub(crate) fn gemm_avx512(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
     dst_rs: usize,
@@ -482,7 +455,7 @@ mod tests {
                 };
                 let get = |v: &View, i: usize, j: usize| v.data[i * v.rs + j * v.cs];
                 let mut c = vec![0.5f32; m * n];
-                gemm_avx512((m, n, k), &mut c, n, true, (a, b), m % 2 == 1);
+                gemm((m, n, k), &mut c, n, true, (a, b), m % 2 == 1);
                 let mut worst = 0f64;
                 for i in 0..m {
                     for j in 0..n {

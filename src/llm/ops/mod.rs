@@ -39,10 +39,6 @@ pub mod bgemm {
         false
     }
 
-    pub fn kernel_name() -> &'static str {
-        "none"
-    }
-
     pub(crate) fn gemm(
         _: (usize, usize, usize),
         _: &mut [f32],
@@ -209,6 +205,34 @@ impl Drop for Bf16Matmul {
     }
 }
 
+/// The bf16 GEMM: on AMX tiles where the CPU has them, else on VDPBF16PS
+/// ([`bf16_kernel_name`]). The caller has checked the views and [`bgemm::available`].
+fn bf16_gemm(
+    dims: (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    ab: (View, View),
+    parallel: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if amx::available() {
+        return amx::gemm(dims, dst, dst_rs, accumulate, ab, parallel);
+    }
+    bgemm::gemm(dims, dst, dst_rs, accumulate, ab, parallel)
+}
+
+/// Which kernel `--dtype bf16` GEMMs run on here: `amx`, `avx512-bf16` or `none`.
+pub fn bf16_kernel_name() -> &'static str {
+    if amx_available() {
+        "amx"
+    } else if bgemm::available() {
+        "avx512-bf16"
+    } else {
+        "none"
+    }
+}
+
 /// Whether this CPU runs the bf16 GEMM on AMX tiles.
 pub fn amx_available() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -300,7 +324,7 @@ pub(crate) fn sgemm(
         return Ok(());
     }
     if matches!(mode, Gemm::Bf16 | Gemm::SerialBf16) {
-        bgemm::gemm(
+        bf16_gemm(
             (m, n, k),
             dst,
             dst_rs,
@@ -494,9 +518,8 @@ pub fn time_gemm((m, n, k): (usize, usize, usize), kernel: &str, runs: usize) ->
         let t = std::time::Instant::now();
         match kernel {
             "f32" => sgemm((m, n, k), &mut c, n, false, av, bv, Gemm::Parallel)?,
-            #[cfg(target_arch = "x86_64")]
-            "avx512-bf16" => bgemm::gemm_avx512((m, n, k), &mut c, n, false, (av, bv), true),
-            _ => bgemm::gemm((m, n, k), &mut c, n, false, (av, bv), true),
+            "avx512-bf16" => bgemm::gemm((m, n, k), &mut c, n, false, (av, bv), true),
+            _ => bf16_gemm((m, n, k), &mut c, n, false, (av, bv), true),
         }
         if r > 0 {
             out.push(t.elapsed().as_secs_f64());

@@ -388,10 +388,67 @@ pub(super) fn pair_at(
     lo | (hi << 16)
 }
 
+/// A GEMM with this file's signature (`gemm` here, `amx::gemm`).
+#[cfg(test)]
+pub(super) type GemmFn = fn((usize, usize, usize), &mut [f32], usize, bool, (View, View), bool);
+
+/// f32 -> bf16 -> f64, as the bf16 GEMMs round their operands.
+#[cfg(test)]
+pub(super) fn bf16_round(x: f32) -> f64 {
+    f32::from_bits(bf16_bits(x) << 16) as f64
+}
+
+/// Asserts that `gemm` equals an f64 GEMM of the bf16-rounded inputs (only the summation
+/// order differs) for each of `sizes`, every operand layout (a as [m, k] rows or the transpose
+/// of a [k, m] buffer; the same for b), with and without accumulation: the shared check of
+/// this file's kernel and of `amx`.
+#[cfg(test)]
+pub(super) fn assert_equals_rounded_product(
+    gemm: GemmFn,
+    sizes: &[(usize, usize, usize)],
+    seed: u64,
+) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for &(m, n, k) in sizes {
+        let av: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let bv: Vec<f32> = (0..k * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        for (a_t, b_t) in [(false, false), (true, false), (false, true), (true, true)] {
+            let a = if a_t {
+                View::t(&av, m)
+            } else {
+                View::rows(&av, k)
+            };
+            let b = if b_t {
+                View::t(&bv, k)
+            } else {
+                View::rows(&bv, n)
+            };
+            let get = |v: &View, i: usize, j: usize| v.data[i * v.rs + j * v.cs];
+            for accumulate in [false, true] {
+                let mut c = vec![0.5f32; m * n];
+                gemm((m, n, k), &mut c, n, accumulate, (a, b), m % 2 == 1);
+                let base = if accumulate { 0.5 } else { 0.0 };
+                let mut worst = 0f64;
+                for i in 0..m {
+                    for j in 0..n {
+                        let want: f64 = base
+                            + (0..k)
+                                .map(|l| bf16_round(get(&a, i, l)) * bf16_round(get(&b, l, j)))
+                                .sum::<f64>();
+                        worst = worst.max((c[i * n + j] as f64 - want).abs());
+                    }
+                }
+                let case = format!("{m}x{n}x{k} a_t {a_t} b_t {b_t} acc {accumulate}");
+                assert!(worst < 1e-5 * k as f64, "{case}: {worst}");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::{Rng, SeedableRng};
 
     #[test]
     fn transpose16_transposes() {
@@ -419,10 +476,6 @@ mod tests {
         }
     }
 
-    fn bf16_round(x: f32) -> f64 {
-        f32::from_bits(bf16_bits(x) << 16) as f64
-    }
-
     /// The bf16 GEMM equals an f64 GEMM of the bf16-rounded inputs (only the summation order
     /// differs), for every operand layout and ragged sizes.
     #[test]
@@ -431,43 +484,13 @@ mod tests {
             eprintln!("no AVX512-BF16 on this CPU: nothing to test");
             return;
         }
-        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        for &(m, n, k) in &[
+        let sizes = [
             (1, 1, 1),
             (13, 33, 7),
             (97, 70, 300),
             (200, 4100, 33),
             (12, 32, 512),
-        ] {
-            let av: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
-            let bv: Vec<f32> = (0..k * n).map(|_| rng.random_range(-1.0..1.0)).collect();
-            for (a_t, b_t) in [(false, false), (true, false), (false, true), (true, true)] {
-                // a as [m, k] rows or the transpose of a [k, m] buffer; same for b.
-                let a = if a_t {
-                    View::t(&av, m)
-                } else {
-                    View::rows(&av, k)
-                };
-                let b = if b_t {
-                    View::t(&bv, k)
-                } else {
-                    View::rows(&bv, n)
-                };
-                let get = |v: &View, i: usize, j: usize| v.data[i * v.rs + j * v.cs];
-                let mut c = vec![0.5f32; m * n];
-                gemm((m, n, k), &mut c, n, true, (a, b), m % 2 == 1);
-                let mut worst = 0f64;
-                for i in 0..m {
-                    for j in 0..n {
-                        let want: f64 = 0.5
-                            + (0..k)
-                                .map(|l| bf16_round(get(&a, i, l)) * bf16_round(get(&b, l, j)))
-                                .sum::<f64>();
-                        worst = worst.max((c[i * n + j] as f64 - want).abs());
-                    }
-                }
-                assert!(worst < 1e-5 * k as f64, "{m}x{n}x{k} {a_t} {b_t}: {worst}");
-            }
-        }
+        ];
+        assert_equals_rounded_product(gemm, &sizes, 7);
     }
 }

@@ -113,6 +113,35 @@ fn tiny_pipeline_end_to_end_then_skips_and_reruns() {
     );
     let preds = std::fs::read_to_string(run.join(&eval_preds)).unwrap();
     assert_eq!(preds.lines().count(), 8);
+    // The baselines compare with the model user by user: on the same users the mean of the
+    // per-user differences is the difference of the two recalls.
+    let base: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("eval/baselines-test-8u-seed0.json")).unwrap(),
+    )
+    .unwrap();
+    let paired = base["against"]["rows"].as_array().expect("paired rows");
+    assert_eq!(
+        paired.len(),
+        base["rows"].as_array().unwrap().len(),
+        "{base}"
+    );
+    let model_r10 = report["metrics"]["recall"]["10"].as_f64().unwrap();
+    for (row, (name, m)) in paired.iter().zip(
+        base["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (&r[0], &r[1])),
+    ) {
+        assert_eq!(&row["baseline"], name);
+        let diff = model_r10 - m["recall"]["10"].as_f64().unwrap();
+        assert!(
+            (row["recall10_diff"].as_f64().unwrap() - diff).abs() < 1e-12,
+            "{row} {m}"
+        );
+        assert_eq!(row["users"], 8);
+    }
+    assert!(md.contains("paired standard errors"), "{md}");
     let peft: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(run.join("checkpoints/anneal/adapter_config.json")).unwrap(),
     )

@@ -286,13 +286,13 @@ fn final_ranking(
     Ok((valid, test))
 }
 
-pub fn train(
+/// The encoder's training examples from `split`'s training sequences, after checking that
+/// the configuration is valid and that there is something to rank and to learn from.
+fn training_examples(
     split: &Split,
     n_items: usize,
     cfg: &BehaviorConfig,
-    device: &Device,
-    obs: &mut dyn Observer,
-) -> Result<TrainOutcome, BehaviorError> {
+) -> Result<Examples, BehaviorError> {
     cfg.validate()?;
     if n_items < 2 {
         return Err(BehaviorError::Config(format!(
@@ -303,10 +303,21 @@ pub fn train(
         EncoderKind::Din => Examples::Din(din_samples(split, cfg.max_history)),
         EncoderKind::Sasrec => Examples::Sasrec(sasrec_windows(split, cfg.max_history)),
     };
-    let n_examples = examples.count();
-    if n_examples == 0 {
+    if examples.count() == 0 {
         return Err(BehaviorError::NoTrainingData);
     }
+    Ok(examples)
+}
+
+pub fn train(
+    split: &Split,
+    n_items: usize,
+    cfg: &BehaviorConfig,
+    device: &Device,
+    obs: &mut dyn Observer,
+) -> Result<TrainOutcome, BehaviorError> {
+    let examples = training_examples(split, n_items, cfg)?;
+    let n_examples = examples.count();
     let (vm, model) = build(cfg, n_items, device)?;
     let parameters = vm.all_vars().iter().map(|v| v.elem_count()).sum();
     let mut opt = AdamW::new(

@@ -22,6 +22,10 @@ pub struct BaselinesArgs {
     pub limit: Option<usize>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// An evaluation of the same users (`RUN/eval/<label>.predictions.jsonl`): adds the model
+    /// minus each baseline, user by user, with paired standard errors
+    #[arg(long)]
+    pub against: Option<PathBuf>,
 }
 
 pub fn run(a: BaselinesArgs) -> anyhow::Result<()> {
@@ -30,7 +34,7 @@ pub fn run(a: BaselinesArgs) -> anyhow::Result<()> {
         data: a.data.as_deref(),
         ..Default::default()
     })?;
-    let r = run_baselines(&run, &d, a.split, a.limit, a.seed)?;
+    let r = run_baselines(&run, &d, a.split, a.limit, a.seed, a.against.as_deref())?;
     println!("{}", r.markdown());
     Ok(())
 }

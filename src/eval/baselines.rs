@@ -7,9 +7,10 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::paired::{model_ranks, paired, PairedDiff, MARKDOWN_HEADER};
 use super::run::{select_users, SplitName};
 use crate::data::Sample;
-use crate::metrics::{MetricAccumulator, Metrics};
+use crate::metrics::{rank_of, MetricAccumulator, Metrics};
 use crate::run::{RunData, RunDir};
 use crate::util::{atomic_write, write_json};
 
@@ -27,6 +28,18 @@ pub struct BaselineReport {
     pub seed: u64,
     /// Baseline name and its metrics, in a fixed order.
     pub rows: Vec<(String, Metrics)>,
+    /// A model's evaluation of the same users, compared user by user with each baseline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub against: Option<Against>,
+}
+
+/// The model side of [`BaselineReport::against`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Against {
+    /// The evaluation's predictions file.
+    pub predictions: String,
+    /// Model minus each baseline, in the order of `rows`.
+    pub rows: Vec<PairedDiff>,
 }
 
 /// Items by training popularity (each user's training part), most popular first; ties go to
@@ -76,15 +89,11 @@ fn by_cluster(s: &Sample, groups: &HashMap<&str, Vec<u32>>, key: &[&str]) -> Vec
     out
 }
 
-/// The baselines' metrics on `samples`.
-pub fn baseline_rows(d: &RunData, samples: &[Sample]) -> Vec<(String, Metrics)> {
+/// Each baseline's top-10 list for every sample, in a fixed order.
+fn baseline_lists(d: &RunData, samples: &[Sample]) -> Vec<(String, Vec<Vec<u32>>)> {
     let ranked = popularity(&d.split.train, d.ds.items.len());
-    let mut rows = Vec::new();
-    let mut acc = MetricAccumulator::default();
-    for s in samples {
-        acc.add(&ranked[..TOP.min(ranked.len())], s.target);
-    }
-    rows.push(("most popular".to_string(), acc.finish()));
+    let top = ranked[..TOP.min(ranked.len())].to_vec();
+    let mut out = vec![("most popular".to_string(), vec![top; samples.len()])];
     for (prefix, name) in [
         ("<s1_", "popular in the newest item's <s1> cluster"),
         ("<b1_", "popular in the newest item's <b1> cluster"),
@@ -96,13 +105,52 @@ pub fn baseline_rows(d: &RunData, samples: &[Sample]) -> Vec<(String, Metrics)> 
         for &it in &ranked {
             groups.entry(key[it as usize]).or_default().push(it);
         }
-        let mut acc = MetricAccumulator::default();
-        for s in samples {
-            acc.add(&by_cluster(s, &groups, &key), s.target);
-        }
-        rows.push((name.to_string(), acc.finish()));
+        let lists = samples
+            .iter()
+            .map(|s| by_cluster(s, &groups, &key))
+            .collect();
+        out.push((name.to_string(), lists));
     }
-    rows
+    out
+}
+
+/// The baselines' metrics on `samples`.
+pub fn baseline_rows(d: &RunData, samples: &[Sample]) -> Vec<(String, Metrics)> {
+    baseline_lists(d, samples)
+        .into_iter()
+        .map(|(name, lists)| {
+            let mut acc = MetricAccumulator::default();
+            for (l, s) in lists.iter().zip(samples) {
+                acc.add(l, s.target);
+            }
+            (name, acc.finish())
+        })
+        .collect()
+}
+
+/// A model's predictions (`llmbs eval`'s `.predictions.jsonl` of exactly `samples`) minus
+/// each baseline, user by user.
+pub fn against_model(
+    d: &RunData,
+    samples: &[Sample],
+    predictions: &std::path::Path,
+) -> anyhow::Result<Against> {
+    let model = model_ranks(predictions, &d.ds, samples)?;
+    let rows = baseline_lists(d, samples)
+        .into_iter()
+        .map(|(name, lists)| {
+            let base: Vec<Option<usize>> = lists
+                .iter()
+                .zip(samples)
+                .map(|(l, s)| rank_of(l, s.target, TOP))
+                .collect();
+            paired(&name, &model, &base)
+        })
+        .collect();
+    Ok(Against {
+        predictions: predictions.display().to_string(),
+        rows,
+    })
 }
 
 /// The baselines on a run's split and user sample (as `llmbs eval --limit N --seed S` picks
@@ -113,6 +161,7 @@ pub fn run_baselines(
     split: SplitName,
     limit: Option<usize>,
     seed: u64,
+    model: Option<&std::path::Path>,
 ) -> anyhow::Result<BaselineReport> {
     let all = match split {
         SplitName::Test => &d.split.test,
@@ -131,6 +180,7 @@ pub fn run_baselines(
         limit,
         seed,
         rows: baseline_rows(d, &samples),
+        against: model.map(|p| against_model(d, &samples, p)).transpose()?,
     };
     write_json(&run.eval_dir().join(format!("{label}.json")), &report)?;
     atomic_write(
@@ -160,6 +210,24 @@ impl BaselineReport {
         }
         for (name, m) in &self.rows {
             md.push_str(&format!("| {name} {}\n", m.to_markdown_row()));
+        }
+        if let Some(a) = &self.against {
+            md.push_str(&format!(
+                "\nThe model of `{}` minus each baseline, user by user (paired standard errors):\n\n{}",
+                a.predictions, a.paired_markdown()
+            ));
+        }
+        md
+    }
+}
+
+impl Against {
+    /// The paired table, one row a baseline.
+    pub fn paired_markdown(&self) -> String {
+        let mut md = MARKDOWN_HEADER.to_string();
+        for r in &self.rows {
+            md.push_str(&r.markdown_row());
+            md.push('\n');
         }
         md
     }

@@ -4,6 +4,7 @@
 pub mod baselines;
 pub mod beam;
 pub mod config;
+pub mod paired;
 pub mod partial;
 pub mod ppl;
 pub mod report;

@@ -214,21 +214,26 @@ pub fn evaluate_run(
         mean_prompt_tokens: mean_prompt,
         device: device_name(device),
         dtype: format!("{dtype:?}").to_lowercase(),
-        scoring: format!(
-            "{}; log-probabilities normalised over {}",
-            match c.scoring {
-                Scoring::All => "sum of the log-probabilities of every ID token, no length normalisation",
-                Scoring::Choices => "sum of the log-probabilities of the ID tokens the trie leaves a choice for (forced tokens add nothing)",
-            },
-            match normalize {
-                Normalize::Vocab => "the full vocabulary",
-                Normalize::Ids => "the item-ID tokens (the model trained with the item-vocabulary loss)",
-            }
-        ),
+        scoring: describe_scoring(c.scoring, normalize),
         paper_table2: paper_row(&d.ds),
         predictions: preds_path.display().to_string(),
     };
     finish(run, report, &samples, &ranked, d.ds.items.len(), job.quiet)
+}
+
+/// The report's words for how a beam's score is formed.
+fn describe_scoring(scoring: Scoring, normalize: Normalize) -> String {
+    format!(
+        "{}; log-probabilities normalised over {}",
+        match scoring {
+            Scoring::All => "sum of the log-probabilities of every ID token, no length normalisation",
+            Scoring::Choices => "sum of the log-probabilities of the ID tokens the trie leaves a choice for (forced tokens add nothing)",
+        },
+        match normalize {
+            Normalize::Vocab => "the full vocabulary",
+            Normalize::Ids => "the item-ID tokens (the model trained with the item-vocabulary loss)",
+        }
+    )
 }
 
 /// What [`rank_users`] returns: each planned user's ranking (None: not reached within

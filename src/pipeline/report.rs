@@ -26,7 +26,11 @@ pub fn eval_stage(job: &PipelineJob) -> anyhow::Result<Vec<String>> {
         outputs.push(format!("eval/{}.predictions.jsonl", r.label));
         if job.config.baselines {
             let d = run.open(&Default::default())?;
-            let b = run_baselines(run, &d, c.split, c.limit, c.seed)?;
+            // A time-limited evaluation that stopped early ranked fewer users than the
+            // baselines do: no user-by-user comparison then.
+            let whole = r.users >= r.planned_users;
+            let preds = whole.then(|| std::path::PathBuf::from(&r.predictions));
+            let b = run_baselines(run, &d, c.split, c.limit, c.seed, preds.as_deref())?;
             outputs.push(format!("eval/{}.json", b.label));
         }
     }
@@ -104,6 +108,16 @@ pub fn write(job: &PipelineJob, times: &[(String, f64, &str)]) -> anyhow::Result
             for (name, m) in &b.rows {
                 md.push_str(&format!("| {name} {} - |\n", m.to_markdown_row()));
             }
+        }
+        let paired = baselines
+            .iter()
+            .filter(same)
+            .find_map(|b| b.against.as_ref());
+        if let Some(a) = paired {
+            md.push_str(&format!(
+                "\nThe model minus each baseline, user by user (paired standard errors):\n\n{}",
+                a.paired_markdown()
+            ));
         }
     }
     if let Some(p) = paper_row(&ds) {

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::Context;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 
 use super::loss::{table_to, Gct};
@@ -151,16 +151,7 @@ pub fn assemble(
         .map(|vm| varmap_vars(vm, "gct."))
         .unwrap_or_default();
     if let Some(d) = resume {
-        if !lora_vars.is_empty() {
-            restore(&lora_vars, &d.join("adapter_model.safetensors"), |n| {
-                format!("base_model.model.{n}")
-            })?;
-        }
-        if !gct_vars.is_empty() {
-            restore(&gct_vars, &d.join("projectors.safetensors"), |n| {
-                n.trim_start_matches("gct.").to_string()
-            })?;
-        }
+        restore_new_modules(d, &lora_vars, &gct_vars)?;
     }
     // Variables stay f32 (the master weights); each step computes on a model built from them
     // (bf16 casts with --dtype bf16). The same recipe builds data-parallel replicas.
@@ -174,21 +165,7 @@ pub fn assemble(
         l,
     )?);
     let p = params(vec![base_vars, lora_vars, gct_vars]);
-    let mut opt = AdamW::new(
-        AdamWConfig {
-            beta1: c.beta1,
-            beta2: c.beta2,
-            eps: c.eps,
-            weight_decay: c.weight_decay,
-        },
-        &p,
-    )?;
-    if c.lr_new.is_some() || c.weight_decay_new.is_some() {
-        opt.groups = Some(new_groups(&p, bb, c));
-    }
-    if let Some(d) = resume {
-        opt.load(&p, &d.join("optimizer.safetensors"))?;
-    }
+    let opt = optimizer(&p, bb, c, resume)?;
     let n_params = p.count();
     let mut cfg = step_config(c);
     if c.item_loss {
@@ -220,6 +197,50 @@ pub fn assemble(
         gct: gct_vm,
         n_params,
     })
+}
+
+/// A resumed run's LoRA adapter and GCT projectors, read back into their variables.
+fn restore_new_modules(
+    d: &Path,
+    lora_vars: &[(String, Var)],
+    gct_vars: &[(String, Var)],
+) -> anyhow::Result<()> {
+    if !lora_vars.is_empty() {
+        restore(lora_vars, &d.join("adapter_model.safetensors"), |n| {
+            format!("base_model.model.{n}")
+        })?;
+    }
+    if !gct_vars.is_empty() {
+        restore(gct_vars, &d.join("projectors.safetensors"), |n| {
+            n.trim_start_matches("gct.").to_string()
+        })?;
+    }
+    Ok(())
+}
+
+/// AdamW over `p` with `c`'s parameter groups, its moments read back when resuming.
+fn optimizer(
+    p: &super::optim::Params,
+    bb: &Backbone,
+    c: &TrainConfig,
+    resume: Option<&Path>,
+) -> anyhow::Result<AdamW> {
+    let mut opt = AdamW::new(
+        AdamWConfig {
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            weight_decay: c.weight_decay,
+        },
+        p,
+    )?;
+    if c.lr_new.is_some() || c.weight_decay_new.is_some() {
+        opt.groups = Some(new_groups(p, bb, c));
+    }
+    if let Some(d) = resume {
+        opt.load(p, &d.join("optimizer.safetensors"))?;
+    }
+    Ok(opt)
 }
 
 /// The parameter groups of `c`: the rows from the first item-ID token on (the ID tokens and

@@ -333,6 +333,30 @@ fn follow_stage(
     super::parallel::follow(&mut parts.trainer, &plan, &builder, c.batch_size, stop)
 }
 
+/// The state a stage starts from: a resumed checkpoint's (taking this run's step count and
+/// config) or a fresh one.
+fn start_state(
+    prev: Option<TrainState>,
+    c: &TrainConfig,
+    bb: &Backbone,
+    d: &RunData,
+) -> TrainState {
+    let mut state = prev.unwrap_or_else(|| TrainState {
+        stage: c.stage.name().to_string(),
+        step: 0,
+        total_steps: c.steps,
+        best: None,
+        validations: Vec::new(),
+        seconds: 0.0,
+        config: c.clone(),
+        model: bb.src.describe(),
+        index: d.index_path.display().to_string(),
+    });
+    state.total_steps = c.steps;
+    state.config = c.clone();
+    state
+}
+
 /// Tasks, validation, hooks and the loop of [`run_stage`], then the report.
 #[allow(clippy::too_many_arguments)]
 fn train_loop(
@@ -352,19 +376,7 @@ fn train_loop(
     let plan = builder.plan(&c.mix, c.steps * c.batch_size, c.seed)?;
     let valid = valid_set(d, &builder, &bb.items, c)?;
     let out_dir = run.train_dir(c.stage);
-    let mut state = prev.unwrap_or(TrainState {
-        stage: stage.to_string(),
-        step: 0,
-        total_steps: c.steps,
-        best: None,
-        validations: Vec::new(),
-        seconds: 0.0,
-        config: c.clone(),
-        model: bb.src.describe(),
-        index: d.index_path.display().to_string(),
-    });
-    state.total_steps = c.steps;
-    state.config = c.clone();
+    let mut state = start_state(prev, c, bb, d);
     let mut hooks = StageHooks {
         cfg: c,
         ckpt: run.checkpoint_dir(c.stage),

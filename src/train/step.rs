@@ -96,16 +96,7 @@ impl Trainer {
                 return Ok(None);
             }
         }
-        // bf16 on a CPU with AVX512-BF16: the f32 model with bf16 matmul inputs (llm::ops),
-        // where every weight trains in f32 anyway; a frozen bf16 base keeps the bf16 model
-        // (no f32 copy of it, the point of loading it in bf16).
-        let cpu_bf16 = self
-            .mixed
-            .as_ref()
-            .is_some_and(|m| m.dtype == DType::BF16 && !m.has_low_precision_frozen())
-            && self.model.device().is_cpu()
-            && crate::llm::ops::bf16_matmul_available()
-            && crate::llm::kernels::fused_enabled();
+        let cpu_bf16 = self.cpu_bf16();
         let _bf16 = crate::llm::ops::Bf16Matmul::new(cpu_bf16);
         crate::llm::ops::allow_tf32(self.model.device());
         self.refresh_model(cpu_bf16)?;
@@ -130,11 +121,7 @@ impl Trainer {
                 return Ok(None);
             }
             let mb_seed = step_seed ^ (k as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407);
-            let refs: Vec<&Encoded> = groups[k].iter().map(|&i| &samples[i]).collect();
-            let mut mb = MicroBatch::new(&refs, self.model.device())?;
-            if let Some(t) = &self.teacher {
-                mb.soft = t.soft_targets(&refs, &mb.targets)?;
-            }
+            let mb = self.micro_batch(samples, &groups[k])?;
             let mut rng = rand::rngs::StdRng::seed_from_u64(mb_seed);
             let dropout_seed = mb_seed ^ 0xD0_0D;
             self.model.seed_dropout(dropout_seed);
@@ -191,6 +178,28 @@ impl Trainer {
             samples.len(),
             start,
         )))
+    }
+
+    /// bf16 on a CPU with AVX512-BF16: the f32 model with bf16 matmul inputs (llm::ops),
+    /// where every weight trains in f32 anyway; a frozen bf16 base keeps the bf16 model
+    /// (no f32 copy of it, the point of loading it in bf16).
+    fn cpu_bf16(&self) -> bool {
+        self.mixed
+            .as_ref()
+            .is_some_and(|m| m.dtype == DType::BF16 && !m.has_low_precision_frozen())
+            && self.model.device().is_cpu()
+            && crate::llm::ops::bf16_matmul_available()
+            && crate::llm::kernels::fused_enabled()
+    }
+
+    /// The micro-batch of `samples[group]`, with the teacher's soft targets when distilling.
+    fn micro_batch(&self, samples: &[Encoded], group: &[usize]) -> Result<MicroBatch> {
+        let refs: Vec<&Encoded> = group.iter().map(|&i| &samples[i]).collect();
+        let mut mb = MicroBatch::new(&refs, self.model.device())?;
+        if let Some(t) = &self.teacher {
+            mb.soft = t.soft_targets(&refs, &mb.targets)?;
+        }
+        Ok(mb)
     }
 
     /// With mixed precision, rebuilds the compute model from the (just updated) variables;

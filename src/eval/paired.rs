@@ -1,0 +1,186 @@
+//! Model against baseline on the same users: the mean per-user difference of Recall@10 and
+//! NDCG@10 with its paired standard error, so a report can say whether a model beats a
+//! heuristic beyond two standard errors (the project's rule) without the looser unpaired bound.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::data::{Dataset, Sample};
+
+/// The cut-off of the paired comparison.
+pub const K: usize = 10;
+
+/// One model-minus-baseline row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PairedDiff {
+    pub baseline: String,
+    pub users: usize,
+    /// Mean over users of hit@10(model) - hit@10(baseline).
+    pub recall10_diff: f64,
+    /// Its standard error: the sample standard deviation of the per-user differences / sqrt(n).
+    pub recall10_se: f64,
+    pub ndcg10_diff: f64,
+    pub ndcg10_se: f64,
+}
+
+impl PairedDiff {
+    /// Whether both differences are above zero by more than two standard errors.
+    pub fn beats_beyond_2se(&self) -> bool {
+        self.recall10_diff > 2.0 * self.recall10_se && self.ndcg10_diff > 2.0 * self.ndcg10_se
+    }
+
+    pub fn markdown_row(&self) -> String {
+        format!(
+            "| {} | {:+.4} ({:.4}) | {:+.4} ({:.4}) | {} |",
+            self.baseline,
+            self.recall10_diff,
+            self.recall10_se,
+            self.ndcg10_diff,
+            self.ndcg10_se,
+            if self.beats_beyond_2se() { "yes" } else { "no" }
+        )
+    }
+}
+
+/// Header of the table [`PairedDiff::markdown_row`] fills.
+pub const MARKDOWN_HEADER: &str = "| model minus | R@10 (paired s.e.) | N@10 (paired s.e.) | beyond 2 s.e. |\n| --- | ---: | ---: | --- |\n";
+
+/// Hit@K and NDCG@K of a 1-based rank.
+fn gains(rank: Option<usize>) -> (f64, f64) {
+    match rank {
+        Some(r) if r <= K => (1.0, 1.0 / ((r + 1) as f64).log2()),
+        _ => (0.0, 0.0),
+    }
+}
+
+/// Mean and standard error of the mean (sample standard deviation over sqrt(n)).
+pub fn mean_se(x: &[f64]) -> (f64, f64) {
+    let n = x.len() as f64;
+    if x.is_empty() {
+        return (0.0, 0.0);
+    }
+    let mean = x.iter().sum::<f64>() / n;
+    if x.len() < 2 {
+        return (mean, 0.0);
+    }
+    let var = x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, (var / n).sqrt())
+}
+
+/// The paired comparison of two rankings of the same users (ranks 1-based, None = not found).
+pub fn paired(baseline: &str, model: &[Option<usize>], base: &[Option<usize>]) -> PairedDiff {
+    let (mut dh, mut dn) = (
+        Vec::with_capacity(model.len()),
+        Vec::with_capacity(model.len()),
+    );
+    for (&m, &b) in model.iter().zip(base) {
+        let ((hm, nm), (hb, nb)) = (gains(m), gains(b));
+        dh.push(hm - hb);
+        dn.push(nm - nb);
+    }
+    let ((rd, rs), (nd, ns)) = (mean_se(&dh), mean_se(&dn));
+    PairedDiff {
+        baseline: baseline.to_string(),
+        users: dh.len(),
+        recall10_diff: rd,
+        recall10_se: rs,
+        ndcg10_diff: nd,
+        ndcg10_se: ns,
+    }
+}
+
+#[derive(Deserialize)]
+struct Line {
+    user: String,
+    target: String,
+    rank: Option<usize>,
+}
+
+/// The model's rank of each sample's target, in sample order, from an evaluation's
+/// predictions file; an error names the file and line where it does not rank exactly these
+/// users and targets.
+pub fn model_ranks(
+    path: &Path,
+    ds: &Dataset,
+    samples: &[Sample],
+) -> anyhow::Result<Vec<Option<usize>>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut by_user: HashMap<String, (String, Option<usize>)> = HashMap::new();
+    for (no, l) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let p: Line = serde_json::from_str(l)
+            .with_context(|| format!("{}:{}: not a prediction line", path.display(), no + 1))?;
+        by_user.insert(p.user, (p.target, p.rank));
+    }
+    samples
+        .iter()
+        .map(|s| {
+            let user = &ds.users[s.user as usize];
+            let target = &ds.items[s.target as usize].id;
+            match by_user.get(user) {
+                Some((t, r)) if t == target => Ok(*r),
+                Some((t, _)) => anyhow::bail!(
+                    "{}: user {user} has target {t}, this evaluation's is {target}",
+                    path.display()
+                ),
+                None => anyhow::bail!("{}: no prediction for user {user}", path.display()),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paired_differences_by_hand() {
+        // Model hits users 0 (rank 1) and 1 (rank 3); the baseline hits user 1 (rank 1) and
+        // user 2 (rank 11: a miss at 10).
+        let model = [Some(1), Some(3), None, None];
+        let base = [None, Some(1), Some(11), None];
+        let p = paired("b", &model, &base);
+        // Hit differences 1, 0, 0, 0: mean 0.25, sd sqrt(0.25), s.e. 0.25.
+        assert_eq!(p.users, 4);
+        assert!((p.recall10_diff - 0.25).abs() < 1e-12);
+        assert!((p.recall10_se - 0.25).abs() < 1e-12);
+        // NDCG differences 1, 0.5 - 1, 0, 0: mean 0.125.
+        assert!((p.ndcg10_diff - 0.125).abs() < 1e-12);
+        assert!(!p.beats_beyond_2se());
+        let (m, se) = mean_se(&[1.0, 3.0]);
+        assert_eq!((m, se), (2.0, 1.0));
+    }
+
+    #[test]
+    fn identical_rankings_differ_by_nothing() {
+        let r = [Some(2), None, Some(10), Some(4)];
+        let p = paired("same", &r, &r);
+        assert_eq!(
+            (p.recall10_diff, p.recall10_se, p.ndcg10_diff),
+            (0.0, 0.0, 0.0)
+        );
+        assert!(!p.beats_beyond_2se());
+    }
+
+    #[test]
+    fn two_standard_errors_decide() {
+        // 100 users; the model hits 30 at rank 1, the baseline 20 of those and nothing else:
+        // differences are 1 on 10 users, 0 on 90: mean 0.1, s.e. sqrt(0.1*0.9*100/99/100)
+        // = 0.0302, so 0.1 is 3.3 s.e. above zero.
+        let model: Vec<_> = (0..100).map(|u| (u < 30).then_some(1)).collect();
+        let base: Vec<_> = (0..100).map(|u| (u < 20).then_some(1)).collect();
+        let p = paired("b", &model, &base);
+        assert!((p.recall10_se - (0.09f64 / 99.0).sqrt()).abs() < 1e-12);
+        assert!(p.beats_beyond_2se());
+        // With 3 users ahead instead of 10 the difference (0.03, s.e. 0.0171) is within 2 s.e.
+        let base: Vec<_> = (0..100).map(|u| (u < 27).then_some(1)).collect();
+        assert!(!paired("b", &model, &base).beats_beyond_2se());
+    }
+}

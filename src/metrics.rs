@@ -46,23 +46,35 @@ pub fn coverage<'a>(
     (all.len(), all.len() as f64 / catalogue.max(1) as f64)
 }
 
+/// The NDCG gain of a hit at 1-based `rank` (one target, so IDCG = 1).
+pub fn ndcg_gain(rank: usize) -> f64 {
+    1.0 / ((rank + 1) as f64).log2()
+}
+
+/// The mean of `x` and its standard error (sample standard deviation over sqrt(n); 0 below
+/// two values).
+pub fn mean_and_se(x: &[f64]) -> (f64, f64) {
+    if x.is_empty() {
+        return (0.0, 0.0);
+    }
+    let n = x.len() as f64;
+    let mean = x.iter().sum::<f64>() / n;
+    if x.len() < 2 {
+        return (mean, 0.0);
+    }
+    let var = x.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, (var / n).sqrt())
+}
+
 /// The standard error of the mean NDCG@k over users (sample standard deviation over sqrt(n)):
 /// at NDCG@10 near 0.03 it is about 0.012 for 200 users and 0.004 for 2,000, so only the larger
 /// sample tells two checkpoints a quarter apart from each other.
 pub fn ndcg_standard_error<'a>(pairs: impl IntoIterator<Item = (&'a [u32], u32)>, k: usize) -> f64 {
     let gains: Vec<f64> = pairs
         .into_iter()
-        .map(|(list, target)| {
-            rank_of(list, target, k).map_or(0.0, |r| 1.0 / ((r + 1) as f64).log2())
-        })
+        .map(|(list, target)| rank_of(list, target, k).map_or(0.0, ndcg_gain))
         .collect();
-    let n = gains.len() as f64;
-    if n < 2.0 {
-        return 0.0;
-    }
-    let mean = gains.iter().sum::<f64>() / n;
-    let var = gains.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / (n - 1.0);
-    (var / n).sqrt()
+    mean_and_se(&gains).1
 }
 
 /// Averaged metrics over `users` evaluated users.
@@ -149,7 +161,7 @@ impl MetricAccumulator {
                 *sum += 1.0;
             }
         }
-        let gain = 1.0 / ((rank + 1) as f64).log2();
+        let gain = ndcg_gain(rank);
         for (k, sum) in self.ndcg_ks.iter().zip(&mut self.ndcg_sum) {
             if rank <= *k {
                 *sum += gain;

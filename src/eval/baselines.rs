@@ -114,37 +114,38 @@ fn baseline_lists(d: &RunData, samples: &[Sample]) -> Vec<(String, Vec<Vec<u32>>
     out
 }
 
-/// The baselines' metrics on `samples`.
-pub fn baseline_rows(d: &RunData, samples: &[Sample]) -> Vec<(String, Metrics)> {
-    baseline_lists(d, samples)
-        .into_iter()
+/// The baselines' metrics, from their lists for `samples`.
+fn baseline_rows(lists: &[(String, Vec<Vec<u32>>)], samples: &[Sample]) -> Vec<(String, Metrics)> {
+    lists
+        .iter()
         .map(|(name, lists)| {
             let mut acc = MetricAccumulator::default();
             for (l, s) in lists.iter().zip(samples) {
                 acc.add(l, s.target);
             }
-            (name, acc.finish())
+            (name.clone(), acc.finish())
         })
         .collect()
 }
 
 /// A model's predictions (`llmbs eval`'s `.predictions.jsonl` of exactly `samples`) minus
-/// each baseline, user by user.
-pub fn against_model(
+/// each baseline (its lists for `samples`), user by user.
+fn against_model(
     d: &RunData,
+    lists: &[(String, Vec<Vec<u32>>)],
     samples: &[Sample],
     predictions: &std::path::Path,
 ) -> anyhow::Result<Against> {
     let model = model_ranks(predictions, &d.ds, samples)?;
-    let rows = baseline_lists(d, samples)
-        .into_iter()
+    let rows = lists
+        .iter()
         .map(|(name, lists)| {
             let base: Vec<Option<usize>> = lists
                 .iter()
                 .zip(samples)
                 .map(|(l, s)| rank_of(l, s.target, TOP))
                 .collect();
-            paired(&name, &model, &base)
+            paired(name, &model, &base)
         })
         .collect();
     Ok(Against {
@@ -168,6 +169,7 @@ pub fn run_baselines(
         SplitName::Valid => &d.split.valid,
     };
     let samples = select_users(all, limit, seed);
+    let lists = baseline_lists(d, &samples);
     let mut label = format!("baselines-{}", split.name());
     if let Some(n) = limit {
         label.push_str(&format!("-{n}u-seed{seed}"));
@@ -179,8 +181,10 @@ pub fn run_baselines(
         users: samples.len(),
         limit,
         seed,
-        rows: baseline_rows(d, &samples),
-        against: model.map(|p| against_model(d, &samples, p)).transpose()?,
+        rows: baseline_rows(&lists, &samples),
+        against: model
+            .map(|p| against_model(d, &lists, &samples, p))
+            .transpose()?,
     };
     write_json(&run.eval_dir().join(format!("{label}.json")), &report)?;
     atomic_write(

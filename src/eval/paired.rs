@@ -9,6 +9,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Dataset, Sample};
+use crate::metrics::{mean_and_se, ndcg_gain};
 
 /// The cut-off of the paired comparison.
 pub const K: usize = 10;
@@ -51,23 +52,9 @@ pub const MARKDOWN_HEADER: &str = "| model minus | R@10 (paired s.e.) | N@10 (pa
 /// Hit@K and NDCG@K of a 1-based rank.
 fn gains(rank: Option<usize>) -> (f64, f64) {
     match rank {
-        Some(r) if r <= K => (1.0, 1.0 / ((r + 1) as f64).log2()),
+        Some(r) if r <= K => (1.0, ndcg_gain(r)),
         _ => (0.0, 0.0),
     }
-}
-
-/// Mean and standard error of the mean (sample standard deviation over sqrt(n)).
-pub fn mean_se(x: &[f64]) -> (f64, f64) {
-    let n = x.len() as f64;
-    if x.is_empty() {
-        return (0.0, 0.0);
-    }
-    let mean = x.iter().sum::<f64>() / n;
-    if x.len() < 2 {
-        return (mean, 0.0);
-    }
-    let var = x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
-    (mean, (var / n).sqrt())
 }
 
 /// The paired comparison of two rankings of the same users (ranks 1-based, None = not found).
@@ -81,7 +68,7 @@ pub fn paired(baseline: &str, model: &[Option<usize>], base: &[Option<usize>]) -
         dh.push(hm - hb);
         dn.push(nm - nb);
     }
-    let ((rd, rs), (nd, ns)) = (mean_se(&dh), mean_se(&dn));
+    let ((rd, rs), (nd, ns)) = (mean_and_se(&dh), mean_and_se(&dn));
     PairedDiff {
         baseline: baseline.to_string(),
         users: dh.len(),
@@ -154,7 +141,7 @@ mod tests {
         // NDCG differences 1, 0.5 - 1, 0, 0: mean 0.125.
         assert!((p.ndcg10_diff - 0.125).abs() < 1e-12);
         assert!(!p.beats_beyond_2se());
-        let (m, se) = mean_se(&[1.0, 3.0]);
+        let (m, se) = mean_and_se(&[1.0, 3.0]);
         assert_eq!((m, se), (2.0, 1.0));
     }
 

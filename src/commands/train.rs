@@ -86,6 +86,18 @@ pub struct TrainArgs {
     /// Stop with a checkpoint after the step that passes this many minutes
     #[arg(long)]
     pub max_minutes: Option<f64>,
+    /// Fit the schedule to this many minutes of the whole stage: a probe times a few steps, a
+    /// validation slice and a save, then the step count is chosen so that warmup, the whole
+    /// cosine and the validations end inside it (replaces --steps and --eval-every; recorded)
+    #[arg(long, conflicts_with_all = ["steps", "eval_every"])]
+    pub budget_minutes: Option<f64>,
+    /// With --budget-minutes: validation passes, evenly spaced, the last after the last step (1)
+    #[arg(long, requires = "budget_minutes")]
+    pub budget_validations: Option<usize>,
+    /// With --budget-minutes: the validations are not paid from the budget (A/B arms, whose
+    /// final validation is their measurement)
+    #[arg(long, requires = "budget_minutes")]
+    pub budget_excludes_validation: bool,
     /// Seed of the sample plan, templates, new rows, adapters, projectors (0)
     #[arg(long)]
     pub seed: Option<u64>,
@@ -169,6 +181,12 @@ fn flags(a: &TrainArgs) -> anyhow::Result<serde_json::Value> {
     }
     if a.srt_dense {
         o.insert("srt_dense".into(), true.into());
+    }
+    if let Some(m) = a.budget_minutes {
+        let mut b = crate::config::train::Budget::minutes(m);
+        b.validations = a.budget_validations.unwrap_or(b.validations);
+        b.count_validation = !a.budget_excludes_validation;
+        o.insert("budget".into(), serde_json::to_value(b)?);
     }
     if a.checkpoint_activations {
         o.insert("checkpoint_activations".into(), true.into());

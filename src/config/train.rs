@@ -166,6 +166,105 @@ pub struct TrainConfig {
     /// Distillation from the run's behavior teacher (`distill::DistillConfig`); None: off.
     #[serde(default)]
     pub distill: Option<DistillConfig>,
+    /// A time budget: `steps` and `eval_every` are chosen by a probe so that warmup, the whole
+    /// cosine and the validations end inside it (`train::budget`). None: `steps` as given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
+    /// What the budget's probe measured and chose (written by the stage, never by a user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fit: Option<Fit>,
+}
+
+/// A stage's time budget (`llmbs train --budget-minutes`, a config's `budget`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    /// Minutes of the whole stage, from its start (loading and the probe included) to its last
+    /// checkpoint.
+    pub minutes: f64,
+    /// Validation passes, evenly spaced, the last one after the last step.
+    #[serde(default = "one")]
+    pub validations: usize,
+    /// Whether the validation passes are paid from the budget (a stage's own time) or not (an
+    /// A/B arm whose final validation is its measurement, the same for every arm).
+    #[serde(default = "yes")]
+    pub count_validation: bool,
+    /// Steps the probe times; the first two are dropped (allocation, caches).
+    #[serde(default = "probe_steps")]
+    pub probe_steps: usize,
+    /// Share of the budget left free for the steps' spread.
+    #[serde(default = "margin")]
+    pub margin: f64,
+}
+
+fn one() -> usize {
+    1
+}
+fn yes() -> bool {
+    true
+}
+fn probe_steps() -> usize {
+    12
+}
+fn margin() -> f64 {
+    0.04
+}
+
+impl Budget {
+    pub fn minutes(minutes: f64) -> Self {
+        Self {
+            minutes,
+            validations: one(),
+            count_validation: yes(),
+            probe_steps: probe_steps(),
+            margin: margin(),
+        }
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let bad = |k: &str, why: &str| Err(anyhow::anyhow!("train config: budget.{k}: {why}"));
+        if !(self.minutes > 0.0 && self.minutes.is_finite()) {
+            return bad("minutes", "must be a positive number");
+        }
+        if self.validations == 0 {
+            return bad(
+                "validations",
+                "must be > 0 (the last one follows the last step)",
+            );
+        }
+        if self.probe_steps < 4 {
+            return bad("probe_steps", "must be >= 4 (two are dropped as warm-up)");
+        }
+        if !(0.0..0.5).contains(&self.margin) {
+            return bad("margin", "must be in [0, 0.5)");
+        }
+        Ok(())
+    }
+}
+
+/// What a budget's probe measured on this machine and the schedule it chose.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fit {
+    pub budget_seconds: f64,
+    /// Wall time from the stage's start to the end of the probe.
+    pub elapsed_seconds: f64,
+    /// Steps timed (after the two dropped), their mean, min and max seconds.
+    pub timed_steps: usize,
+    pub step_seconds: f64,
+    pub step_seconds_min: f64,
+    pub step_seconds_max: f64,
+    /// Building the trainer, plan and validation set again for the real run.
+    pub setup_seconds: f64,
+    /// One validation pass (CE plus beam search over `valid_users`), scaled from a slice.
+    pub validation_seconds: f64,
+    /// One checkpoint write (the best model and the resumable state).
+    pub save_seconds: f64,
+    /// The chosen schedule.
+    pub steps: usize,
+    pub eval_every: usize,
+    /// The stage's predicted wall time with that schedule.
+    pub planned_seconds: f64,
 }
 
 impl TrainConfig {
@@ -222,6 +321,8 @@ impl TrainConfig {
             lr_new: None,
             weight_decay_new: None,
             distill: None,
+            budget: None,
+            fit: None,
         }
     }
 
@@ -233,7 +334,7 @@ impl TrainConfig {
         over: &serde_json::Value,
     ) -> anyhow::Result<TrainConfig> {
         use anyhow::Context;
-        let mut v = serde_json::to_value(base)?;
+        let mut v = base.overlay_base()?;
         if let Some(p) = file {
             let text =
                 std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
@@ -247,6 +348,16 @@ impl TrainConfig {
         let c: TrainConfig = serde_json::from_value(v).context("train config")?;
         c.validate()?;
         Ok(c)
+    }
+
+    /// The config as the JSON a file or flags overlay, with the optional sections that
+    /// serialize only when set (so older runs' fingerprints stay) present as null.
+    pub fn overlay_base(&self) -> serde_json::Result<serde_json::Value> {
+        let mut v = serde_json::to_value(self)?;
+        if let Some(o) = v.as_object_mut() {
+            o.entry("budget").or_insert(serde_json::Value::Null);
+        }
+        Ok(v)
     }
 
     pub fn gct(&self) -> bool {
@@ -300,6 +411,9 @@ impl TrainConfig {
         }
         if let Some(d) = &self.distill {
             d.validate()?;
+        }
+        if let Some(b) = &self.budget {
+            b.validate()?;
         }
         Ok(())
     }

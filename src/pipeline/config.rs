@@ -104,8 +104,8 @@ pub fn resolve(raw: &Value) -> anyhow::Result<PipelineConfig> {
         "behavior": BehaviorConfig::new(encoder),
         "teacher": null,
         "index": IndexConfig::default(),
-        "train_initial": TrainConfig::new(Stage::Initial),
-        "train_anneal": TrainConfig::new(Stage::Anneal),
+        "train_initial": TrainConfig::new(Stage::Initial).overlay_base()?,
+        "train_anneal": TrainConfig::new(Stage::Anneal).overlay_base()?,
         "eval": [], "baselines": true,
     });
     for (k, val) in obj {

@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use candle_core::Tensor;
 use candle_nn::VarMap;
 
+use super::assemble::{Assembled, Backbone};
+
 use super::checkpoint::{save_tensors, write_dir};
 use super::run::{Hooks, TrainState, ValidRecord};
 use super::setup::{named, varmap_vars};
@@ -15,10 +17,27 @@ use super::step::Trainer;
 use crate::config::train::{Stage, TrainConfig};
 use crate::data::Sample;
 use crate::eval::{self, ItemIds};
-use crate::llm::LlamaConfig;
+use crate::llm::{LlamaConfig, ModelSource};
 use crate::metrics::{coverage, ndcg_standard_error};
 use crate::tasks::build::Encoded;
 use crate::util::write_json;
+
+/// What a checkpoint writes of an assembled stage (borrowed beside its trainer).
+pub struct SavedParts<'a> {
+    pub weights: &'a HashMap<String, Tensor>,
+    pub lora: Option<&'a VarMap>,
+    pub gct: Option<&'a VarMap>,
+}
+
+impl<'a> SavedParts<'a> {
+    pub fn of(parts: &'a Assembled) -> Self {
+        Self {
+            weights: &parts.weights,
+            lora: parts.lora.as_ref(),
+            gct: parts.gct.as_ref(),
+        }
+    }
+}
 
 /// The fixed validation sample of a stage.
 pub struct ValidSet {
@@ -45,7 +64,36 @@ pub struct StageHooks<'a> {
     pub source: String,
 }
 
-impl StageHooks<'_> {
+impl<'a> StageHooks<'a> {
+    /// The hooks of a stage over `bb` that saves `parts` into `ckpt` and `best_dir`.
+    pub fn new(
+        cfg: &'a TrainConfig,
+        bb: &'a Backbone,
+        parts: SavedParts<'a>,
+        valid: ValidSet,
+        ckpt: PathBuf,
+        best_dir: PathBuf,
+    ) -> Self {
+        Self {
+            cfg,
+            ckpt,
+            best_dir,
+            model_cfg: &bb.loaded.cfg,
+            tokenizer: &bb.loaded.tokenizer,
+            weights: parts.weights,
+            lora: parts.lora,
+            gct: parts.gct,
+            valid,
+            items: &bb.items,
+            // PEFT's base_model_name_or_path: a plain path or Hub id that transformers can open.
+            source: match &bb.src {
+                ModelSource::Gguf(p) | ModelSource::HfDir(p) => p.display().to_string(),
+                ModelSource::Hub(id) => id.clone(),
+                ModelSource::Synthetic(_) => bb.src.describe(),
+            },
+        }
+    }
+
     fn write_model(&self, dir: &std::path::Path) -> anyhow::Result<()> {
         if self.cfg.stage == Stage::Initial {
             crate::llm::save::save_hf_dir(dir, self.model_cfg, self.tokenizer, self.weights)?;

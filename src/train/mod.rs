@@ -3,6 +3,7 @@
 
 pub mod assemble;
 pub mod batch;
+pub mod budget;
 pub mod checkpoint;
 pub mod dist;
 pub mod distill;

@@ -53,6 +53,10 @@ pub struct TrainReport {
     /// Peak host (and CUDA) memory of the process, loading included.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_memory: Option<crate::memory::PeakMemory>,
+    /// Wall time of this invocation of the stage: loading, the budget's probe, the steps,
+    /// validations and saves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage_seconds: Option<f64>,
 }
 
 impl TrainReport {
@@ -99,6 +103,7 @@ impl TrainReport {
             index: state.index.clone(),
             config: state.config.clone(),
             peak_memory: None,
+            stage_seconds: None,
         }
     }
 
@@ -120,6 +125,9 @@ impl TrainReport {
                 .map(|p| format!("Peak memory: {}.\n\n", p.describe()))
                 .unwrap_or_default()
         );
+        if let Some(line) = self.budget_line() {
+            md.push_str(&line);
+        }
         let fmt = |x: Option<f64>| x.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
         for r in &self.validations {
             md.push_str(&format!(
@@ -140,6 +148,45 @@ impl TrainReport {
             ));
         }
         md
+    }
+}
+
+impl TrainReport {
+    /// How the stage met its time budget: the probe's figures, the schedule and the wall time,
+    /// with the overrun when the guard stopped it.
+    pub fn budget_line(&self) -> Option<String> {
+        let f = self.config.fit.as_ref()?;
+        let took = self
+            .stage_seconds
+            .map(|s| {
+                format!(
+                    "; the stage took {:.1} min ({:+.0} s against the budget)",
+                    s / 60.0,
+                    s - f.budget_seconds
+                )
+            })
+            .unwrap_or_default();
+        let how = match self.ended {
+            Ended::TimeLimit => format!(
+                "**stopped by the time guard at step {} of {}** (the steps ran slower than the probe's {:.2} s)",
+                self.steps, f.steps, f.step_seconds
+            ),
+            _ => format!("{} of the {} planned steps ran", self.steps, f.steps),
+        };
+        Some(format!(
+            "Budget {:.1} min: the probe timed {} steps at {:.2} s ({:.2}-{:.2}), a validation at ~{:.0} s, a save at ~{:.1} s, {:.0} s spent before it; {} steps chosen (validation every {}), planned {:.1} min; {how}{took}.\n\n",
+            f.budget_seconds / 60.0,
+            f.timed_steps,
+            f.step_seconds,
+            f.step_seconds_min,
+            f.step_seconds_max,
+            f.validation_seconds,
+            f.save_seconds,
+            f.elapsed_seconds,
+            f.steps,
+            f.eval_every,
+            f.planned_seconds / 60.0,
+        ))
     }
 }
 

@@ -9,13 +9,12 @@ use anyhow::Context;
 use candle_core::{DType, Device};
 
 use super::assemble::{assemble, backbone, Assembled, Backbone};
-use super::hooks::StageHooks;
+use super::hooks::{SavedParts, StageHooks};
 use super::report::{plot_log, read_log, TrainReport};
 use super::run::{fit, Ended, TrainState};
 use super::samples::{stage_samples, task_builder, valid_set};
 use crate::config::train::{Stage, TrainConfig};
 use crate::device::device_name;
-use crate::llm::ModelSource;
 use crate::run::{OpenOptions, RunData, RunDir, StageRecord};
 use crate::tasks::Prompts;
 use crate::util::{atomic_write, write_json};
@@ -54,8 +53,10 @@ pub struct StageJob {
 /// communication settings do not change what is trained).
 const RUNTIME_KEYS: [&str; 3] = ["max_minutes", "checkpoint_activations", "dp_reduce"];
 
-/// The keys whose values differ between two configs, as `key: saved -> asked`.
+/// The keys whose values differ between two configs, as `key: saved -> asked`. A saved stage
+/// fit to a budget compares with its chosen schedule when `asked` has the same budget.
 pub fn config_diff(saved: &TrainConfig, asked: &TrainConfig) -> anyhow::Result<Vec<String>> {
+    let asked = &super::budget::adopt_fit(saved, asked);
     let (a, b) = (serde_json::to_value(saved)?, serde_json::to_value(asked)?);
     let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
         anyhow::bail!("train config is not a JSON object");
@@ -259,19 +260,30 @@ fn run_stage_on(
     parallel: bool,
     dtype: DType,
 ) -> anyhow::Result<Option<TrainReport>> {
+    let started = std::time::Instant::now();
     let device = devices.first().context("no device")?;
     check_dtype(device, dtype)?;
-    let job = &inherit_item_loss(run, job)?;
-    let c = &job.config;
-    c.validate()?;
-    if parallel && devices.len() > 1 && c.distill.is_some() {
+    let mut job = inherit_item_loss(run, job)?;
+    job.config.validate()?;
+    if job.config.budget.is_some() && parallel {
+        anyhow::bail!("budget: fit to a time budget on one device (the probe times one rank)");
+    }
+    if parallel && devices.len() > 1 && job.config.distill.is_some() {
         anyhow::bail!("distill: the teacher runs on rank 0 only; train with one device");
     }
-    let prev = begin(run, job)?;
+    let prev = begin(run, &job)?;
+    if let Some((_, st)) = &prev {
+        job.config = super::budget::adopt_fit(&st.config, &job.config);
+    }
     let resume_dir = prev.as_ref().map(|p| p.0.clone());
-    let d = inputs(run, job, prev.is_some())?;
-    let src = source(run, job, resume_dir.as_deref())?;
+    let d = inputs(run, &job, prev.is_some())?;
+    let src = source(run, &job, resume_dir.as_deref())?;
+    let c = &job.config;
     let bb = backbone(&src, &d.tokens, &d.ds, c, prev.is_none(), device, dtype)?;
+    if prev.is_none() && c.budget.is_some() {
+        job.config = super::budget::fit_budget(run, &d, &bb, c, device, dtype, started)?;
+    }
+    let (job, c) = (&job, &job.config);
     let mut parts = assemble(
         &bb,
         d.ds.items.len(),
@@ -315,7 +327,7 @@ fn run_stage_on(
         })),
     })?;
     let state = prev.map(|p| p.1);
-    train_loop(run, job, &d, &bb, parts, state, device, dtype).map(Some)
+    train_loop(run, job, &d, &bb, parts, state, device, (dtype, started)).map(Some)
 }
 
 /// The steps of a process without global rank 0 (another machine's ranks): the plan every
@@ -367,7 +379,7 @@ fn train_loop(
     mut parts: Assembled,
     prev: Option<TrainState>,
     device: &Device,
-    dtype: DType,
+    (dtype, started): (DType, std::time::Instant),
 ) -> anyhow::Result<TrainReport> {
     let c = &job.config;
     let stage = c.stage.name();
@@ -377,24 +389,19 @@ fn train_loop(
     let valid = valid_set(d, &builder, &bb.items, c)?;
     let out_dir = run.train_dir(c.stage);
     let mut state = start_state(prev, c, bb, d);
-    let mut hooks = StageHooks {
-        cfg: c,
-        ckpt: run.checkpoint_dir(c.stage),
-        best_dir: run.best_dir(c.stage),
-        model_cfg: &bb.loaded.cfg,
-        tokenizer: &bb.loaded.tokenizer,
+    let saved = SavedParts {
         weights: &parts.weights,
         lora: parts.lora.as_ref(),
         gct: parts.gct.as_ref(),
-        valid,
-        items: &bb.items,
-        // PEFT's base_model_name_or_path: a plain path or Hub id that transformers can open.
-        source: match &bb.src {
-            ModelSource::Gguf(p) | ModelSource::HfDir(p) => p.display().to_string(),
-            ModelSource::Hub(id) => id.clone(),
-            ModelSource::Synthetic(_) => bb.src.describe(),
-        },
     };
+    let mut hooks = StageHooks::new(
+        c,
+        bb,
+        saved,
+        valid,
+        run.checkpoint_dir(c.stage),
+        run.best_dir(c.stage),
+    );
     let stop = crate::util::interrupt_flag()?;
     eprintln!(
         "train {stage}: {} trainable parameters ({:?}), {} steps x {} samples (micro-batch {}), {} task samples from {} rows, GCT {}, {} on {}",
@@ -434,6 +441,7 @@ fn train_loop(
         compute,
     );
     report.peak_memory = Some(crate::memory::peak(device));
+    report.stage_seconds = Some(started.elapsed().as_secs_f64());
     write_json(&out_dir.join("report.json"), &report)?;
     let md = report.markdown();
     atomic_write(&out_dir.join("report.md"), md.as_bytes())?;

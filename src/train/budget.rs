@@ -1,0 +1,302 @@
+//! Training fit to a time budget (issue 32): a schedule written in steps and cut by a clock
+//! gives every CPU a different, unfinished recipe, so a stage with a budget first times a few
+//! steps, a slice of its validation and a checkpoint write on a throwaway trainer, then picks
+//! the step count whose warmup, whole cosine and validations end inside the budget.
+//!
+//! The probe's trainer is assembled from the same backbone as the real one and dropped: the
+//! real run starts from the same weights, plan and seeds as a fixed-step run of the chosen
+//! length (tested bit for bit).
+
+use std::time::Instant;
+
+use candle_core::{DType, Device};
+
+use super::assemble::{assemble, Backbone};
+use super::hooks::{SavedParts, StageHooks, ValidSet};
+use super::run::{step_samples, Hooks, TrainState};
+use super::samples::{stage_samples, task_builder, valid_set};
+use crate::config::train::{Budget, Fit, TrainConfig};
+use crate::run::{RunData, RunDir};
+
+/// Slack of the time guard over the budget: past it a run stops and says by how much.
+pub const OVERRUN_GUARD: f64 = 1.2;
+
+/// What the probe measured, before the schedule is chosen.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Probe {
+    pub step_seconds: f64,
+    pub step_seconds_min: f64,
+    pub step_seconds_max: f64,
+    pub timed_steps: usize,
+    pub setup_seconds: f64,
+    pub validation_seconds: f64,
+    pub save_seconds: f64,
+}
+
+/// The schedule that fits `budget` after `elapsed` seconds are spent: the most steps whose
+/// time, periodic saves (every `save_every`), validations and a second setup stay inside the
+/// budget less its margin. An error when not even the warmup fits.
+pub fn choose(
+    budget: &Budget,
+    probe: &Probe,
+    elapsed: f64,
+    warmup: usize,
+    save_every: usize,
+) -> anyhow::Result<Fit> {
+    let budget_seconds = budget.minutes * 60.0;
+    let per_validation = match budget.count_validation {
+        true => probe.validation_seconds,
+        false => 0.0,
+    } + probe.save_seconds;
+    let fixed = elapsed + probe.setup_seconds + budget.validations as f64 * per_validation;
+    let usable = budget_seconds * (1.0 - budget.margin) - fixed;
+    let per_step = probe.step_seconds + probe.save_seconds / save_every.max(1) as f64;
+    let steps = (usable / per_step).floor().max(0.0) as usize;
+    let least = (warmup + 1).max(budget.validations);
+    if steps < least {
+        anyhow::bail!(
+            "train config: budget.minutes: {:.1} minutes fit {steps} steps of {:.2} s on this \
+             machine ({:.0} s already spent, {:.0} s per validation and save); at least {least} \
+             are needed (warmup {warmup}): give the stage more minutes",
+            budget.minutes,
+            probe.step_seconds,
+            elapsed,
+            per_validation
+        );
+    }
+    let eval_every = steps.div_ceil(budget.validations);
+    let planned_seconds = fixed
+        + steps as f64 * probe.step_seconds
+        + (steps / save_every.max(1)) as f64 * probe.save_seconds;
+    Ok(Fit {
+        budget_seconds,
+        elapsed_seconds: elapsed,
+        timed_steps: probe.timed_steps,
+        step_seconds: probe.step_seconds,
+        step_seconds_min: probe.step_seconds_min,
+        step_seconds_max: probe.step_seconds_max,
+        setup_seconds: probe.setup_seconds,
+        validation_seconds: probe.validation_seconds,
+        save_seconds: probe.save_seconds,
+        steps,
+        eval_every,
+        planned_seconds,
+    })
+}
+
+/// The config with the fit's schedule and the overrun guard.
+pub fn apply(c: &TrainConfig, fit: Fit) -> TrainConfig {
+    let mut c = c.clone();
+    c.steps = fit.steps;
+    c.eval_every = fit.eval_every;
+    if c.max_minutes.is_none() {
+        // The guard counts from the loop's start, after the time already spent.
+        let left = fit.budget_seconds * OVERRUN_GUARD - fit.elapsed_seconds - fit.setup_seconds;
+        c.max_minutes = Some(left.max(60.0) / 60.0);
+    }
+    c.fit = Some(fit);
+    c
+}
+
+/// A resumed stage keeps the schedule its probe chose: `asked` with the saved fit, steps and
+/// validation spacing, when both ask for the same budget.
+pub fn adopt_fit(saved: &TrainConfig, asked: &TrainConfig) -> TrainConfig {
+    let mut c = asked.clone();
+    if saved.fit.is_some() && saved.budget == asked.budget {
+        c.steps = saved.steps;
+        c.eval_every = saved.eval_every;
+        c.fit = saved.fit.clone();
+        if c.max_minutes.is_none() {
+            c.max_minutes = saved.max_minutes;
+        }
+    }
+    c
+}
+
+/// Times the stage on a throwaway trainer over `bb` and chooses its schedule; `started` is
+/// the stage's start (loading counts against the budget).
+pub fn fit_budget(
+    run: &RunDir,
+    d: &RunData,
+    bb: &Backbone,
+    c: &TrainConfig,
+    device: &Device,
+    dtype: DType,
+    started: Instant,
+) -> anyhow::Result<TrainConfig> {
+    let Some(budget) = &c.budget else {
+        return Ok(c.clone());
+    };
+    let probe = measure(run, d, bb, c, budget, device, dtype)?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let fit = choose(budget, &probe, elapsed, c.warmup_steps, c.save_every)?;
+    eprintln!(
+        "budget {:.1} min: {} probe steps at {:.2} s ({:.2}-{:.2}), validation ~{:.0} s, save \
+         ~{:.1} s, {:.0} s spent -> {} steps (validation every {}), planned {:.1} min",
+        budget.minutes,
+        fit.timed_steps,
+        fit.step_seconds,
+        fit.step_seconds_min,
+        fit.step_seconds_max,
+        fit.validation_seconds,
+        fit.save_seconds,
+        fit.elapsed_seconds,
+        fit.steps,
+        fit.eval_every,
+        fit.planned_seconds / 60.0
+    );
+    Ok(apply(c, fit))
+}
+
+/// The probe: setup, `probe_steps` steps, a validation slice scaled to the whole pass, and one
+/// checkpoint write into a scratch directory that is removed after.
+#[allow(clippy::too_many_arguments)]
+fn measure(
+    run: &RunDir,
+    d: &RunData,
+    bb: &Backbone,
+    c: &TrainConfig,
+    budget: &Budget,
+    device: &Device,
+    dtype: DType,
+) -> anyhow::Result<Probe> {
+    let t0 = Instant::now();
+    let mut pc = c.clone();
+    pc.steps = budget.probe_steps;
+    let mut parts = assemble(bb, d.ds.items.len(), run, &pc, None, dtype, device)?;
+    let samples = stage_samples(d, c);
+    let builder = task_builder(d, bb, &samples, c);
+    let plan = builder.plan(&c.mix, budget.probe_steps * c.batch_size, c.seed)?;
+    let valid = valid_set(d, &builder, &bb.items, c)?;
+    let setup_seconds = t0.elapsed().as_secs_f64();
+    let stop = crate::util::interrupt_flag()?;
+    let mut times = Vec::with_capacity(budget.probe_steps);
+    for step in 0..budget.probe_steps {
+        let batch = step_samples(&plan, &builder, step, c.batch_size)?;
+        let t = Instant::now();
+        if parts.trainer.train_step(&batch, stop)?.is_none() {
+            anyhow::bail!("interrupted during the budget's probe");
+        }
+        times.push(t.elapsed().as_secs_f64());
+    }
+    let timed = &times[2..];
+    let mean = timed.iter().sum::<f64>() / timed.len() as f64;
+    // The CE part scales with the samples, the beam search with the users.
+    let k = valid.encoded.len().min(2 * c.micro_batch.max(1) * 2);
+    let t = Instant::now();
+    parts.trainer.response_loss(&valid.encoded[..k])?;
+    let ce = t.elapsed().as_secs_f64() * valid.encoded.len() as f64 / k.max(1) as f64;
+    let users = valid.samples.len().min(2 * c.valid_batch.max(1));
+    let slice = ValidSet {
+        encoded: valid.encoded[..1.min(valid.encoded.len())].to_vec(),
+        samples: valid.samples[..users].to_vec(),
+        prompts: valid.prompts[..users].to_vec(),
+    };
+    let scratch = run.train_dir(c.stage).join("budget-probe");
+    let mut hooks = StageHooks::new(
+        c,
+        bb,
+        SavedParts::of(&parts),
+        slice,
+        scratch.join("ckpt"),
+        scratch.join("best"),
+    );
+    let t = Instant::now();
+    hooks.validate(&parts.trainer)?;
+    let beam = match users {
+        0 => 0.0,
+        u => t.elapsed().as_secs_f64() * valid.samples.len() as f64 / u as f64,
+    };
+    let state = TrainState {
+        stage: c.stage.name().to_string(),
+        step: parts.trainer.step,
+        total_steps: pc.steps,
+        best: None,
+        validations: Vec::new(),
+        seconds: 0.0,
+        config: pc.clone(),
+        model: bb.src.describe(),
+        index: d.index_path.display().to_string(),
+    };
+    let t = Instant::now();
+    hooks.save(&parts.trainer, &state, true)?;
+    let save_seconds = t.elapsed().as_secs_f64();
+    drop(hooks);
+    std::fs::remove_dir_all(&scratch)
+        .map_err(|e| anyhow::anyhow!("removing {}: {e}", scratch.display()))?;
+    Ok(Probe {
+        step_seconds: mean,
+        step_seconds_min: timed.iter().copied().fold(f64::INFINITY, f64::min),
+        step_seconds_max: timed.iter().copied().fold(0.0, f64::max),
+        timed_steps: timed.len(),
+        setup_seconds,
+        validation_seconds: ce + beam,
+        save_seconds,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe() -> Probe {
+        Probe {
+            step_seconds: 1.0,
+            step_seconds_min: 0.9,
+            step_seconds_max: 1.2,
+            timed_steps: 10,
+            setup_seconds: 5.0,
+            validation_seconds: 30.0,
+            save_seconds: 2.0,
+        }
+    }
+
+    #[test]
+    fn the_chosen_schedule_ends_inside_the_budget() {
+        let b = Budget::minutes(10.0);
+        let f = choose(&b, &probe(), 25.0, 20, 50).unwrap();
+        // 600 * 0.96 = 576; fixed 25 + 5 + (30 + 2) = 62; per step 1 + 2/50 = 1.04.
+        assert_eq!(f.steps, ((576.0 - 62.0) / 1.04f64).floor() as usize);
+        assert_eq!(f.eval_every, f.steps);
+        assert!(f.planned_seconds <= 576.0 + 1e-9, "{}", f.planned_seconds);
+        // One step more would not fit.
+        let over = 62.0 + (f.steps + 1) as f64 * 1.04;
+        assert!(over > 576.0);
+    }
+
+    #[test]
+    fn validations_outside_the_budget_leave_more_steps() {
+        let mut b = Budget::minutes(10.0);
+        b.validations = 4;
+        let inside = choose(&b, &probe(), 25.0, 20, 50).unwrap();
+        b.count_validation = false;
+        let outside = choose(&b, &probe(), 25.0, 20, 50).unwrap();
+        assert!(outside.steps > inside.steps);
+        assert_eq!(inside.eval_every, inside.steps.div_ceil(4));
+    }
+
+    #[test]
+    fn a_budget_below_the_warmup_is_an_error_naming_the_key() {
+        let e = choose(&Budget::minutes(1.0), &probe(), 40.0, 20, 50).unwrap_err();
+        assert!(e.to_string().contains("budget.minutes"), "{e}");
+    }
+
+    #[test]
+    fn a_resumed_stage_keeps_its_fit_and_a_new_budget_does_not() {
+        let mut saved = TrainConfig::new(crate::config::train::Stage::Initial);
+        saved.budget = Some(Budget::minutes(10.0));
+        let fit = choose(saved.budget.as_ref().unwrap(), &probe(), 25.0, 20, 50).unwrap();
+        let saved = apply(&saved, fit);
+        let mut asked = TrainConfig::new(crate::config::train::Stage::Initial);
+        asked.budget = Some(Budget::minutes(10.0));
+        let a = adopt_fit(&saved, &asked);
+        assert_eq!((a.steps, a.eval_every), (saved.steps, saved.eval_every));
+        assert!(crate::train::stage::config_diff(&saved, &asked)
+            .unwrap()
+            .is_empty());
+        asked.budget = Some(Budget::minutes(20.0));
+        assert!(!crate::train::stage::config_diff(&saved, &asked)
+            .unwrap()
+            .is_empty());
+    }
+}

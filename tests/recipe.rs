@@ -158,3 +158,29 @@ fn the_recipe_trains_a_pruned_model_with_every_lever_and_evaluates_it() {
     );
     assert!(r["resume_settings"]["normalize"] == "ids");
 }
+
+#[test]
+fn a_pipeline_prompt_file_trains_and_is_recorded_and_fingerprinted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut job = common::tiny_pipeline(tmp.path());
+    job.to = llmbs::pipeline::STAGES
+        .iter()
+        .position(|s| *s == "train_initial");
+    let compact =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/prompts-compact.json");
+    job.config.prompts = Some(compact.display().to_string());
+    run_pipeline(&job).unwrap();
+    let rec = job.run.record(Stage::Initial).unwrap().unwrap();
+    let want = llmbs::tasks::Prompts::load(&compact).unwrap();
+    assert_eq!(rec.prompts, want);
+    assert!(rec.prompts.srt_prompt(0, &[]).ends_with("Answer: "));
+    // Other prompt text is another training stage: the pipeline retrains it.
+    let other = tmp.path().join("other.json");
+    let mut p = want.clone();
+    p.wrapper = "{instruction}\nReply: ".into();
+    std::fs::write(&other, serde_json::to_string(&p).unwrap()).unwrap();
+    job.config.prompts = Some(other.display().to_string());
+    run_pipeline(&job).unwrap();
+    let rec = job.run.record(Stage::Initial).unwrap().unwrap();
+    assert_eq!(rec.prompts.wrapper, "{instruction}\nReply: ");
+}

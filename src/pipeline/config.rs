@@ -31,6 +31,10 @@ pub struct PipelineConfig {
     /// faster of f32 and bf16 GEMMs, measured when the stage starts and recorded with it).
     #[serde(default = "f32_name")]
     pub dtype: String,
+    /// Prompt file of the training stages (relative to the working directory, as `data`);
+    /// None: the embedded `configs/prompts.json` (the paper's wording).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompts: Option<String>,
     pub embed: EmbedConfig,
     pub behavior: BehaviorConfig,
     /// A second behavior encoder trained only as the distillation teacher
@@ -98,7 +102,7 @@ pub fn resolve(raw: &Value) -> anyhow::Result<PipelineConfig> {
         None => EncoderKind::Din,
     };
     let mut v = serde_json::json!({
-        "name": "", "description": "", "data": "", "model": "default", "reuse": null,
+        "name": "", "description": "", "data": "", "model": "default", "reuse": null, "prompts": null,
         "dtype": "f32",
         "embed": EmbedConfig::default(),
         "behavior": BehaviorConfig::new(encoder),

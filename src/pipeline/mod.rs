@@ -108,10 +108,18 @@ fn settings(c: &PipelineConfig, stage: &str) -> anyhow::Result<serde_json::Value
         "teacher" => serde_json::to_value(&c.teacher)?,
         "index" => serde_json::to_value(&c.index)?,
         // The dtype joins the settings only where it is not the default (older runs' hashes hold).
-        "train_initial" if c.dtype != "f32" => {
-            json!({"model": c.model, "train": c.train_initial, "dtype": c.dtype})
+        "train_initial" => {
+            let mut v = json!({"model": c.model, "train": c.train_initial});
+            if c.dtype != "f32" {
+                v["dtype"] = json!(c.dtype);
+            }
+            // The prompts' content, not their path, is what trains.
+            if let Some(p) = &c.prompts {
+                let text = std::fs::read(p).with_context(|| format!("reading prompts {p}"))?;
+                v["prompts"] = json!(format!("{}:{:016x}", text.len(), fnv(&text)));
+            }
+            v
         }
-        "train_initial" => json!({"model": c.model, "train": c.train_initial}),
         "train_anneal" if c.dtype != "f32" => json!({"train": c.train_anneal, "dtype": c.dtype}),
         "train_anneal" => serde_json::to_value(&c.train_anneal)?,
         _ => json!({"eval": c.eval, "baselines": c.baselines}),
@@ -178,17 +186,27 @@ fn reuse(from: &RunDir, run: &RunDir, stage: &str, hash: &str) -> anyhow::Result
     Ok(Some(side))
 }
 
-/// A training stage the pipeline runs: a checkpoint of the same settings left by an
-/// interrupted pipeline is resumed; anything else of the stage is replaced.
-fn train_start(run: &RunDir, c: &crate::train::TrainConfig) -> Start {
-    match crate::train::stage::saved_state(run, c.stage) {
+/// A training stage the pipeline runs: a checkpoint of the same settings and prompts left by
+/// an interrupted pipeline is resumed; anything else of the stage is replaced.
+fn train_start(
+    run: &RunDir,
+    c: &crate::train::TrainConfig,
+    prompts: Option<&Path>,
+) -> anyhow::Result<Start> {
+    let asked = match prompts {
+        Some(p) => crate::tasks::Prompts::load(p)?,
+        None => crate::tasks::Prompts::embedded()?,
+    };
+    let same_prompts = run.record(c.stage)?.is_none_or(|r| r.prompts == asked);
+    Ok(match crate::train::stage::saved_state(run, c.stage) {
         Ok((_, st))
-            if crate::train::stage::config_diff(&st.config, c).is_ok_and(|d| d.is_empty()) =>
+            if same_prompts
+                && crate::train::stage::config_diff(&st.config, c).is_ok_and(|d| d.is_empty()) =>
         {
             Start::Resume
         }
         _ => Start::Overwrite,
-    }
+    })
 }
 
 /// Runs one stage; returns the files it wrote (relative to the run).
@@ -257,13 +275,16 @@ fn run_one(job: &PipelineJob, stage: &str, ds_name: &str) -> anyhow::Result<Vec<
                 "train_initial" => (&c.train_initial, true),
                 _ => (c.train_anneal.as_ref().context("no anneal stage")?, false),
             };
+            let prompts = initial
+                .then(|| c.prompts.as_ref().map(PathBuf::from))
+                .flatten();
             let t = StageJob {
                 config: cfg.clone(),
                 data: initial.then_some(data),
                 model: initial.then(|| c.model.clone()),
                 index: initial.then_some(index),
-                prompts: None,
-                start: train_start(run, cfg),
+                start: train_start(run, cfg, prompts.as_deref())?,
+                prompts,
                 quiet: job.quiet,
                 dtype_choice: None,
             };

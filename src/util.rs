@@ -224,7 +224,7 @@ impl<W: Write + Send> indicatif::TermLike for LogLines<W> {
         for l in above {
             writeln!(st.2, "{}", l.trim_end())?;
         }
-        if st.0.map_or(true, |t| t.elapsed() >= self.every) {
+        if st.0.is_none_or(|t| t.elapsed() >= self.every) {
             writeln!(st.2, "{}", bar.trim_end())?;
             st.0 = Some(std::time::Instant::now());
         }

@@ -227,7 +227,14 @@ fn leaky_world(shift: u32) -> (Vec<Vec<u32>>, usize) {
         .map(|(mut s, u)| {
             let own = 20 + (2 * u + shift) % (2 * users);
             s.truncate(s.len() - 2);
-            s.extend([own, if own % 2 == 0 { own + 1 } else { own - 1 }]);
+            s.extend([
+                own,
+                if own.is_multiple_of(2) {
+                    own + 1
+                } else {
+                    own - 1
+                },
+            ]);
             s
         })
         .collect();

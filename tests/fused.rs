@@ -21,15 +21,29 @@ use llmbs::train::step::{StepConfig, Trainer};
 
 const VOCAB: usize = 40;
 
-/// max |a - b| / max |b|.
+/// max |a - b| / max |b|; infinite where either side holds a NaN or an infinity (`f32::max`
+/// drops NaN, so an all-NaN output would otherwise compare as equal to anything).
 fn rel(a: &Tensor, b: &Tensor) -> f32 {
     let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
     let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
+    assert_eq!(a.len(), b.len(), "the compared outputs differ in length");
+    if a.iter().chain(&b).any(|x| !x.is_finite()) {
+        return f32::INFINITY;
+    }
     let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-30);
-    a.iter()
+    let diff = a
+        .iter()
         .zip(&b)
-        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
-        / scale
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    diff / scale
+}
+
+#[test]
+fn rel_rejects_an_all_nan_output() {
+    let b = Tensor::new(&[1f32, -2.0, 3.0], &candle_core::Device::Cpu).unwrap();
+    let nan = Tensor::new(&[f32::NAN; 3], &candle_core::Device::Cpu).unwrap();
+    assert!(rel(&nan, &b).is_infinite() && rel(&b, &nan).is_infinite());
+    assert_eq!(rel(&b, &b), 0.0);
 }
 
 fn samples() -> Vec<Encoded> {
@@ -125,6 +139,8 @@ fn fused_and_composed_training_follow_the_same_loss_curve() {
     ] {
         let (f, c) = (curve(true, make), curve(false, make));
         assert!(f[19].0 < f[0].0, "{name}: the loss did not fall: {f:?}");
+        assert_eq!(f.len(), c.len(), "{name}: curve lengths");
+        assert_eq!(f.len(), c.len(), "curve lengths");
         for (i, ((lf, nf), (lc, nc))) in f.iter().zip(&c).enumerate() {
             assert!(
                 (lf - lc).abs() <= 1e-4 * lc.abs().max(1.0),
@@ -167,6 +183,7 @@ fn fused_model_gives_the_composed_hidden_states_and_gradients() {
     let (hc, lc, gc) = run(false);
     assert!(rel(&hf, &hc) < 1e-5, "hidden states differ");
     assert!(rel(&lf, &lc) < 1e-5, "losses differ");
+    assert_eq!((gf.len(), gc.len()), (vars.len(), vars.len()));
     for ((name, _), (f, c)) in vars.iter().zip(gf.iter().zip(&gc)) {
         let (f, c) = (f.as_ref().unwrap(), c.as_ref().unwrap());
         let r = rel(f, c);
@@ -230,6 +247,7 @@ fn item_vocabulary_loss_and_soft_targets_fused_equal_composed() {
             (hf - hc).abs() < 1e-4 * hc.abs(),
             "{mode:?}: hard CE {hf} vs {hc}"
         );
+        assert_eq!((gf.len(), gc.len()), (vars.len(), vars.len()));
         for ((name, _), (f, c)) in vars.iter().zip(gf.iter().zip(&gc)) {
             let (f, c) = (f.as_ref().unwrap(), c.as_ref().unwrap());
             let r = rel(f, c);
@@ -268,6 +286,7 @@ fn item_loss_and_parameter_groups_follow_the_same_curve_fused_and_composed() {
     }
     let (f, c) = (curve(true, make), curve(false, make));
     assert!(f[19].0 < f[0].0, "the loss did not fall: {f:?}");
+    assert_eq!(f.len(), c.len(), "curve lengths");
     for (i, ((lf, nf), (lc, nc))) in f.iter().zip(&c).enumerate() {
         assert!(
             (lf - lc).abs() <= 1e-4 * lc.abs().max(1.0),

@@ -33,7 +33,9 @@ fn rand(shape: &[usize], seed: u64, dev: &Device) -> Tensor {
     Tensor::from_vec(rand_vec(n, seed), shape, dev).unwrap()
 }
 
-/// max |a - b| / max |b|, both brought to the CPU in f32.
+/// max |a - b| / max |b|, both brought to the CPU in f32; infinite where either side holds a
+/// NaN or an infinity (`f32::max` drops NaN, so an all-NaN output would otherwise compare as
+/// equal to anything).
 fn rel(a: &Tensor, b: &Tensor) -> f32 {
     let v = |t: &Tensor| -> Vec<f32> {
         t.to_device(&Device::Cpu)
@@ -46,12 +48,16 @@ fn rel(a: &Tensor, b: &Tensor) -> f32 {
             .unwrap()
     };
     let (a, b) = (v(a), v(b));
-    assert_eq!(a.len(), b.len());
+    assert_eq!(a.len(), b.len(), "the compared outputs differ in length");
+    if a.iter().chain(&b).any(|x| !x.is_finite()) {
+        return f32::INFINITY;
+    }
     let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-30);
-    a.iter()
+    let diff = a
+        .iter()
         .zip(&b)
-        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
-        / scale
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    diff / scale
 }
 
 /// `f` on the GPU with the fused ops and on the CPU composed, on the same random inputs of
@@ -79,6 +85,7 @@ fn check(name: &str, shapes: &[&[usize]], tol: f32, f: impl Fn(&[Tensor]) -> Ten
     let (yc, gc) = run(&Device::Cpu, false);
     let r = rel(&yg, &yc);
     assert!(r < tol, "{name}: values differ by {r}");
+    assert_eq!(gg.len(), gc.len(), "{name}: gradient counts");
     for (i, (a, b)) in gg.iter().zip(&gc).enumerate() {
         let r = rel(a, b);
         assert!(r < tol, "{name}: gradient {i} differs by {r}");
@@ -219,6 +226,7 @@ fn multi_tensor_adamw_equals_the_cpu_one_pass_adamw() {
     };
     let (vg, ng) = run(&gpu());
     let (vc, nc) = run(&Device::Cpu);
+    assert_eq!((ng.len(), vg.len()), (nc.len(), vc.len()));
     for (a, b) in ng.iter().zip(&nc) {
         assert!((a - b).abs() <= 1e-6 * b.abs(), "norm {a} vs {b}");
     }

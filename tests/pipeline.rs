@@ -39,6 +39,8 @@ fn tiny_pipeline_end_to_end_then_skips_and_reruns() {
     let label = LABEL;
     let eval_json = format!("eval/{label}.json");
     let eval_preds = format!("eval/{label}.predictions.jsonl");
+    // The baselines' comparison with this evaluation is named after it.
+    let base_json = format!("eval/baselines-test-8u-seed0-vs-{label}.json");
     for f in [
         "config.json",
         "data/stats.json",
@@ -62,7 +64,7 @@ fn tiny_pipeline_end_to_end_then_skips_and_reruns() {
         "train/anneal/report.json",
         &eval_json,
         &eval_preds,
-        "eval/baselines-test-8u-seed0.json",
+        &base_json,
         "pipeline/report.md",
         "pipeline/report.json",
     ] {
@@ -115,10 +117,8 @@ fn tiny_pipeline_end_to_end_then_skips_and_reruns() {
     assert_eq!(preds.lines().count(), 8);
     // The baselines compare with the model user by user: on the same users the mean of the
     // per-user differences is the difference of the two recalls.
-    let base: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(run.join("eval/baselines-test-8u-seed0.json")).unwrap(),
-    )
-    .unwrap();
+    let base: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join(&base_json)).unwrap()).unwrap();
     let paired = base["against"]["rows"].as_array().expect("paired rows");
     assert_eq!(
         paired.len(),

@@ -8,6 +8,7 @@ use candle_core::{DType, Device};
 use common::tiny_pipeline;
 use llmbs::eval::run::{evaluate_run, select_users, EvalConfig, EvalJob};
 use llmbs::pipeline::run_pipeline;
+use llmbs::run::model::AdapterChoice;
 use llmbs::run::OpenOptions;
 use llmbs::train::stage::saved_state;
 use llmbs::train::{run_stage, Stage, StageJob, Start, TrainConfig};
@@ -160,7 +161,103 @@ fn a_time_budget_evaluates_a_random_sample_and_says_so() {
             .collect()
     };
     let (a, b) = (lines(&full.predictions), lines(&whole.predictions));
+    assert_eq!(a.len(), b.len());
     for (x, y) in a.iter().zip(&b) {
         assert_eq!((&x["user"], &x["rank"]), (&y["user"], &y["rank"]));
     }
+
+    // `--limit 24 --max-minutes`: the users ranked are the first of the seeded order that
+    // `--limit 24 --seed 3` (and so `llmbs baselines --limit 24 --seed 3`) takes, i.e. exactly
+    // `--limit 16 --seed 3`'s users, in the baselines' order.
+    let e = EvalJob {
+        config: EvalConfig {
+            beam: 10,
+            batch: 2,
+            seed: 3,
+            limit: Some(24),
+            max_minutes: Some(1e-9),
+            ..Default::default()
+        },
+        quiet: true,
+        ..Default::default()
+    };
+    let cut = evaluate_run(&run, &e, &Device::Cpu, DType::F32).unwrap();
+    assert_eq!((cut.users, cut.planned_users), (16, 24));
+    let got: Vec<String> = lines(&cut.predictions)
+        .iter()
+        .map(|l| l["user"].as_str().unwrap().to_string())
+        .collect();
+    let names = |n: usize| -> Vec<String> {
+        select_users(&d.split.test, Some(n), 3)
+            .iter()
+            .map(|s| d.ds.users[s.user as usize].clone())
+            .collect()
+    };
+    assert_eq!(got, names(16), "not the first 16 of the seeded order");
+    let limit24 = names(24);
+    assert!(got.iter().all(|u| limit24.contains(u)));
+}
+
+/// The `beauty` config's two evaluations of one split and sample (adapter on, then off): each
+/// has its own paired comparison with the baselines, and the report shows each under its own
+/// heading (not the last evaluation's under both).
+#[test]
+fn each_evaluation_reports_its_own_paired_comparison() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut job = tiny_pipeline(tmp.path());
+    let on = job.config.eval[0].clone();
+    let mut off = on.clone();
+    off.model.adapter = AdapterChoice::Off;
+    job.config.eval = vec![on, off];
+    job.config.baselines = true;
+    run_pipeline(&job).unwrap();
+    let dir = job.run.pipeline_dir();
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    let evals = report["eval"].as_array().unwrap();
+    assert_eq!(evals.len(), 2);
+    let baselines = report["baselines"].as_array().unwrap();
+    for e in evals {
+        let (label, preds) = (e["label"].as_str().unwrap(), &e["predictions"]);
+        let own = baselines
+            .iter()
+            .filter(|b| &b["against"]["predictions"] == preds)
+            .count();
+        assert_eq!(own, 1, "{label}: {own} comparisons with its predictions");
+        let section = md
+            .split("\n## ")
+            .find(|s| s.starts_with(&format!("{label}\n")))
+            .unwrap_or_else(|| panic!("no section {label} in\n{md}"));
+        let named = format!("`{}`", preds.as_str().unwrap());
+        assert!(section.contains(&named), "{label}: section\n{section}");
+    }
+}
+
+/// An anneal stage trained with the item-vocabulary loss (the initial stage without it): the
+/// evaluation with its adapter normalises over the item-ID tokens, the one without over the
+/// vocabulary, each as its own model trained.
+#[test]
+fn eval_normalises_as_the_stage_of_the_model_it_evaluates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut job = tiny_pipeline(tmp.path());
+    assert!(!job.config.train_initial.item_loss);
+    job.config.train_anneal.as_mut().unwrap().item_loss = true;
+    let on = job.config.eval[0].clone();
+    let mut off = on.clone();
+    off.model.adapter = AdapterChoice::Off;
+    job.config.eval = vec![on, off];
+    job.config.baselines = false;
+    run_pipeline(&job).unwrap();
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(job.run.pipeline_dir().join("report.json")).unwrap(),
+    )
+    .unwrap();
+    let norms: Vec<&str> = report["eval"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resume_settings"]["normalize"].as_str().unwrap())
+        .collect();
+    assert_eq!(norms, ["ids", "vocab"]);
 }

@@ -141,7 +141,7 @@ impl BehaviorConfig {
                 }
             }
             EncoderKind::Sasrec => {
-                if self.heads == 0 || self.dim % self.heads != 0 {
+                if self.heads == 0 || !self.dim.is_multiple_of(self.heads) {
                     return bad(format!(
                         "{} heads do not divide dim {}",
                         self.heads, self.dim

@@ -10,7 +10,7 @@ use crate::data::Dataset;
 use crate::device::DeviceArgs;
 use crate::eval::{beam_search_norm, Scoring};
 use crate::llm::tokenizer::encode;
-use crate::run::model::{load_run_model, resolve};
+use crate::run::model::{load_run_model, resolve, trained_record};
 use crate::run::{OpenOptions, RunDir};
 
 #[derive(clap::Args, Debug)]
@@ -90,6 +90,7 @@ pub fn run(a: RecommendArgs) -> anyhow::Result<()> {
     let hist = history(&a, &d.ds, d.max_history)?;
     let ds = &d.ds;
     let resolved = resolve(Some(&run), &a.m.choice())?;
+    let trained = trained_record(&run, &resolved, d.trained.as_ref())?;
     let rm = load_run_model(resolved, d.tokens.clone(), 0, &device, dtype)?;
     if rm.fresh_rows > 0 {
         eprintln!(
@@ -105,12 +106,13 @@ pub fn run(a: RecommendArgs) -> anyhow::Result<()> {
         .map(|&i| items.tokens[i as usize].as_slice())
         .collect();
     let prompt = encode(&loaded.tokenizer, &prompts.srt_prompt(0, &h))?;
-    // Scores normalised as the run's model trained (the item-ID tokens after the item loss).
+    // Scores normalised as the evaluated model's stage trained (the item-ID tokens after the
+    // item loss).
     let own = crate::eval::run::EvalConfig {
         model: a.m.choice(),
         ..Default::default()
     };
-    let norm = crate::eval::run::normalize_for(&own, d.trained.as_ref());
+    let norm = crate::eval::run::normalize_for(&own, trained.as_ref());
     let beam = a.beam.max(a.k);
     let ranked = beam_search_norm(model, &[prompt], &items.trie, beam, Scoring::All, norm)?;
     let recs: Vec<Rec> = ranked

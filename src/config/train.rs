@@ -385,6 +385,17 @@ impl TrainConfig {
         if self.eval_every == 0 || self.save_every == 0 {
             return bad("eval_every/save_every", "must be > 0");
         }
+        // The best checkpoint is the one of the highest validation R@10: a beam of fewer than
+        // 10 items would rank it on a shorter list.
+        if self.valid_users > 0 && self.valid_beam < 10 {
+            return bad(
+                "valid_beam",
+                &format!(
+                    "{}: validation ranks by R@10, so the beam must be at least 10",
+                    self.valid_beam
+                ),
+            );
+        }
         if self.stage == Stage::Anneal && self.tune != Tune::Lora {
             return bad("tune", "the anneal stage trains a LoRA adapter only");
         }
@@ -459,5 +470,25 @@ impl DistillConfig {
             anyhow::bail!("train config: distill.temperature: must be > 0");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_validation_beam_below_ten_is_refused() {
+        // R@10 over fewer than 10 ranked items would pick the best checkpoint.
+        let mut c = TrainConfig::new(Stage::Initial);
+        c.valid_beam = 9;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("valid_beam") && err.contains("10"), "{err}");
+        c.valid_beam = 10;
+        c.validate().unwrap();
+        // Without validation users no beam search runs, so no beam is needed.
+        c.valid_beam = 1;
+        c.valid_users = 0;
+        c.validate().unwrap();
     }
 }

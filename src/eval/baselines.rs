@@ -17,7 +17,7 @@ use crate::util::{atomic_write, write_json};
 /// How many items each baseline ranks.
 const TOP: usize = 10;
 
-/// `eval/baselines-<split>[-<N>u-seed<S>].json`.
+/// `eval/baselines-<split>[-<N>u-seed<S>][-vs-<evaluation label>].json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BaselineReport {
     pub label: String,
@@ -36,6 +36,10 @@ pub struct BaselineReport {
 /// The model side of [`BaselineReport::against`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Against {
+    /// The evaluation's label (its predictions file's name): the report shows this comparison
+    /// under that evaluation only. Empty in reports written before it was recorded.
+    #[serde(default)]
+    pub eval_label: String,
     /// The evaluation's predictions file.
     pub predictions: String,
     /// Model minus each baseline, in the order of `rows`.
@@ -147,15 +151,30 @@ fn against_model(
                 .collect();
             paired(name, &model, &base)
         })
-        .collect();
+        .collect::<anyhow::Result<_>>()?;
     Ok(Against {
+        eval_label: eval_label(predictions),
         predictions: predictions.display().to_string(),
         rows,
     })
 }
 
+/// The label of the evaluation that wrote `eval/<label>.predictions.jsonl`.
+pub fn eval_label(predictions: &std::path::Path) -> String {
+    let name = predictions
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match name.strip_suffix(".predictions.jsonl") {
+        Some(l) => l.to_string(),
+        None => name,
+    }
+}
+
 /// The baselines on a run's split and user sample (as `llmbs eval --limit N --seed S` picks
-/// them); writes `eval/<label>.{json,md}`.
+/// them); writes `eval/<label>.{json,md}`, where a comparison with a model's predictions
+/// `eval/<E>.predictions.jsonl` adds `-vs-<E>` to the label: evaluations of the same split and
+/// sample (adapter on and off) each keep their own comparison.
 pub fn run_baselines(
     run: &RunDir,
     d: &RunData,
@@ -173,6 +192,9 @@ pub fn run_baselines(
     let mut label = format!("baselines-{}", split.name());
     if let Some(n) = limit {
         label.push_str(&format!("-{n}u-seed{seed}"));
+    }
+    if let Some(p) = model {
+        label.push_str(&format!("-vs-{}", eval_label(p)));
     }
     let report = BaselineReport {
         label: label.clone(),
@@ -240,6 +262,12 @@ impl Against {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_comparison_is_named_after_its_evaluation() {
+        let p = std::path::Path::new("run/eval/test-initial-best-off-8u-seed0.predictions.jsonl");
+        assert_eq!(eval_label(p), "test-initial-best-off-8u-seed0");
+    }
 
     #[test]
     fn popularity_and_cluster_lists_by_hand() {

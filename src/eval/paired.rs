@@ -28,20 +28,28 @@ pub struct PairedDiff {
 }
 
 impl PairedDiff {
-    /// Whether both differences are above zero by more than two standard errors.
+    /// Whether a standard error exists: below two users it is unknown, not 0.
+    pub fn has_standard_error(&self) -> bool {
+        self.users >= MIN_USERS
+    }
+
+    /// Whether both differences are above zero by more than two standard errors (never for
+    /// fewer than two users, whose s.e. of 0 would make any difference "significant").
     pub fn beats_beyond_2se(&self) -> bool {
-        self.recall10_diff > 2.0 * self.recall10_se && self.ndcg10_diff > 2.0 * self.ndcg10_se
+        self.has_standard_error()
+            && self.recall10_diff > 2.0 * self.recall10_se
+            && self.ndcg10_diff > 2.0 * self.ndcg10_se
     }
 
     pub fn markdown_row(&self) -> String {
+        let verdict = match (self.has_standard_error(), self.beats_beyond_2se()) {
+            (false, _) => "n/a",
+            (true, true) => "yes",
+            (true, false) => "no",
+        };
         format!(
-            "| {} | {:+.4} ({:.4}) | {:+.4} ({:.4}) | {} |",
-            self.baseline,
-            self.recall10_diff,
-            self.recall10_se,
-            self.ndcg10_diff,
-            self.ndcg10_se,
-            if self.beats_beyond_2se() { "yes" } else { "no" }
+            "| {} | {:+.4} ({:.4}) | {:+.4} ({:.4}) | {verdict} |",
+            self.baseline, self.recall10_diff, self.recall10_se, self.ndcg10_diff, self.ndcg10_se,
         )
     }
 }
@@ -57,8 +65,23 @@ fn gains(rank: Option<usize>) -> (f64, f64) {
     }
 }
 
-/// The paired comparison of two rankings of the same users (ranks 1-based, None = not found).
-pub fn paired(baseline: &str, model: &[Option<usize>], base: &[Option<usize>]) -> PairedDiff {
+/// The fewest users with a standard error (the sample standard deviation needs two).
+const MIN_USERS: usize = 2;
+
+/// The paired comparison of two rankings of the same users (ranks 1-based, None = not found);
+/// an error when the two do not rank the same number of users (zipping would drop the rest).
+pub fn paired(
+    baseline: &str,
+    model: &[Option<usize>],
+    base: &[Option<usize>],
+) -> anyhow::Result<PairedDiff> {
+    if model.len() != base.len() {
+        anyhow::bail!(
+            "paired comparison with {baseline}: the model ranks {} users, the baseline {}",
+            model.len(),
+            base.len()
+        );
+    }
     let (mut dh, mut dn) = (
         Vec::with_capacity(model.len()),
         Vec::with_capacity(model.len()),
@@ -69,14 +92,14 @@ pub fn paired(baseline: &str, model: &[Option<usize>], base: &[Option<usize>]) -
         dn.push(nm - nb);
     }
     let ((rd, rs), (nd, ns)) = (mean_and_se(&dh), mean_and_se(&dn));
-    PairedDiff {
+    Ok(PairedDiff {
         baseline: baseline.to_string(),
         users: dh.len(),
         recall10_diff: rd,
         recall10_se: rs,
         ndcg10_diff: nd,
         ndcg10_se: ns,
-    }
+    })
 }
 
 #[derive(Deserialize)]
@@ -133,7 +156,7 @@ mod tests {
         // user 2 (rank 11: a miss at 10).
         let model = [Some(1), Some(3), None, None];
         let base = [None, Some(1), Some(11), None];
-        let p = paired("b", &model, &base);
+        let p = paired("b", &model, &base).unwrap();
         // Hit differences 1, 0, 0, 0: mean 0.25, sd sqrt(0.25), s.e. 0.25.
         assert_eq!(p.users, 4);
         assert!((p.recall10_diff - 0.25).abs() < 1e-12);
@@ -148,12 +171,37 @@ mod tests {
     #[test]
     fn identical_rankings_differ_by_nothing() {
         let r = [Some(2), None, Some(10), Some(4)];
-        let p = paired("same", &r, &r);
+        let p = paired("same", &r, &r).unwrap();
         assert_eq!(
             (p.recall10_diff, p.recall10_se, p.ndcg10_diff),
             (0.0, 0.0, 0.0)
         );
         assert!(!p.beats_beyond_2se());
+    }
+
+    #[test]
+    fn one_user_has_no_standard_error_and_no_verdict() {
+        // One user the model hits and the baseline misses: a difference of 1 whose standard
+        // error is unknown (not 0), so no "beyond 2 s.e." verdict.
+        let p = paired("b", &[Some(1)], &[None]).unwrap();
+        assert_eq!(p.users, 1);
+        assert!(!p.beats_beyond_2se());
+        assert!(
+            p.markdown_row().ends_with("| n/a |"),
+            "{}",
+            p.markdown_row()
+        );
+    }
+
+    #[test]
+    fn rankings_of_different_lengths_are_an_error() {
+        let err = paired("b", &[Some(1), None], &[None])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("2 users") && err.contains("baseline 1"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -163,11 +211,11 @@ mod tests {
         // = 0.0302, so 0.1 is 3.3 s.e. above zero.
         let model: Vec<_> = (0..100).map(|u| (u < 30).then_some(1)).collect();
         let base: Vec<_> = (0..100).map(|u| (u < 20).then_some(1)).collect();
-        let p = paired("b", &model, &base);
+        let p = paired("b", &model, &base).unwrap();
         assert!((p.recall10_se - (0.09f64 / 99.0).sqrt()).abs() < 1e-12);
         assert!(p.beats_beyond_2se());
         // With 3 users ahead instead of 10 the difference (0.03, s.e. 0.0171) is within 2 s.e.
         let base: Vec<_> = (0..100).map(|u| (u < 27).then_some(1)).collect();
-        assert!(!paired("b", &model, &base).beats_beyond_2se());
+        assert!(!paired("b", &model, &base).unwrap().beats_beyond_2se());
     }
 }

@@ -19,7 +19,7 @@ use super::{evaluate, prompt_ids, Normalize, Prediction, Ranked, Scoring};
 use crate::data::{Dataset, Sample};
 use crate::device::device_name;
 use crate::metrics::{coverage, rank_of, MetricAccumulator, Metrics};
-use crate::run::model::{load_run_model, resolve, RunModel};
+use crate::run::model::{load_run_model, resolve, trained_record, RunModel};
 use crate::run::{OpenOptions, RunDir};
 use crate::util::{atomic_write, atomic_write_with, progress_bar, write_json};
 
@@ -53,14 +53,33 @@ pub struct EvalJob {
 
 /// The users of a split an evaluation covers: all, or a seeded sample of `limit` (user order).
 pub fn select_users(samples: &[Sample], limit: Option<usize>, seed: u64) -> Vec<Sample> {
-    let mut s = samples.to_vec();
-    if let Some(n) = limit {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        s.shuffle(&mut rng);
-        s.truncate(n);
-        s.sort_by_key(|x| x.user);
+    select_users_ordered(samples, limit, seed).0
+}
+
+/// [`select_users`] and the seeded order of its users (positions in the returned list): the
+/// split's seeded shuffle, whose first N are `--limit N`'s users. A time budget ranks users in
+/// this order, so the users it reaches are `select_users(samples, Some(done), seed)`, the
+/// users `llmbs baselines --limit <done> --seed S` scores, with or without `--limit`.
+pub fn select_users_ordered(
+    samples: &[Sample],
+    limit: Option<usize>,
+    seed: u64,
+) -> (Vec<Sample>, Vec<usize>) {
+    // Shuffling positions draws the same permutation as shuffling the samples themselves.
+    let mut order: Vec<usize> = (0..samples.len()).collect();
+    order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+    let Some(n) = limit else {
+        return (samples.to_vec(), order);
+    };
+    order.truncate(n);
+    let mut listed = order.clone();
+    listed.sort_by_key(|&p| samples[p].user);
+    let mut at = vec![0; samples.len()];
+    for (i, &p) in listed.iter().enumerate() {
+        at[p] = i;
     }
-    s
+    let chosen = listed.iter().map(|&p| samples[p].clone()).collect();
+    (chosen, order.iter().map(|&p| at[p]).collect())
 }
 
 /// The default label: `<split>-<model>-<adapter>[-<N>u][-<M>min][-seed<S>][-t<K>][-choices]`
@@ -138,13 +157,15 @@ pub fn evaluate_run(
         .label
         .clone()
         .unwrap_or_else(|| default_label(c, &resolved.model_name, &resolved.adapter_name));
+    // Scores normalised as the evaluated model's own stage trained.
+    let trained = trained_record(run, &resolved, d.trained.as_ref())?;
     let rm = load_run_model(resolved, d.tokens.clone(), c.vocab_seed, device, dtype)?;
     let split = match c.split {
         SplitName::Test => &d.split.test,
         SplitName::Valid => &d.split.valid,
     };
-    let samples = select_users(split, c.limit, c.seed);
-    let normalize = normalize_for(c, d.trained.as_ref());
+    let (samples, order) = select_users_ordered(split, c.limit, c.seed);
+    let normalize = normalize_for(c, trained.as_ref());
     let prompts = prompt_ids(
         &samples,
         &rm.items,
@@ -176,7 +197,7 @@ pub fn evaluate_run(
         job,
         &rm,
         &d.ds,
-        (&samples, &prompts),
+        (&samples, &prompts, &order),
         normalize,
         &preds_path,
         &settings,
@@ -247,14 +268,15 @@ struct Ranking {
 }
 
 /// Beam search over the users not already in an interrupted run's partial file, appending each
-/// batch to it. With a time budget the users go in a seeded random order, in rounds of 8
-/// batches (each round sorted by prompt length inside), so the users done when it stops are a
-/// random sample and not the shortest prompts.
+/// batch to it. With a time budget the users go in their seeded `order` (see
+/// [`select_users_ordered`]), in rounds of 8 batches (each round sorted by prompt length
+/// inside), so the users done when it stops are a random sample, not the shortest prompts, and
+/// the first ones of `--limit N --seed S`'s order.
 fn rank_users(
     job: &EvalJob,
     rm: &RunModel,
     ds: &Dataset,
-    (samples, prompts): (&[Sample], &[Vec<u32>]),
+    (samples, prompts, order): (&[Sample], &[Vec<u32>], &[usize]),
     normalize: Normalize,
     preds_path: &std::path::Path,
     settings: &serde_json::Value,
@@ -270,7 +292,11 @@ fn rank_users(
     }
     let (mut partial, done_lines) = Partial::open(preds_path, settings, job.resume)?;
     let mut done = done_from_partial(ds, samples, &done_lines, &partial_file)?;
-    let mut todo: Vec<usize> = (0..samples.len()).filter(|&i| done[i].is_none()).collect();
+    let todo: Vec<usize> = match c.max_minutes {
+        Some(_) => order.to_vec(),
+        None => (0..samples.len()).collect(),
+    };
+    let todo: Vec<usize> = todo.into_iter().filter(|&i| done[i].is_none()).collect();
     let resumed = samples.len() - todo.len();
     if !done_lines.is_empty() {
         eprintln!(
@@ -280,10 +306,7 @@ fn rank_users(
         );
     }
     let round = match c.max_minutes {
-        Some(_) => {
-            todo.shuffle(&mut rand::rngs::StdRng::seed_from_u64(c.seed));
-            c.batch * 8
-        }
+        Some(_) => c.batch * 8,
         None => todo.len().max(1),
     };
     let pb = if job.quiet {

@@ -248,7 +248,7 @@ pub fn assign(
         );
         let mut best: Option<(usize, f32)> = None;
         for (c, &dc) in d.iter().enumerate() {
-            if counts[c] < cap && best.map_or(true, |(_, b)| dc < b) {
+            if counts[c] < cap && best.is_none_or(|(_, b)| dc < b) {
                 best = Some((c, dc));
             }
         }

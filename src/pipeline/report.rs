@@ -101,24 +101,7 @@ pub fn write(job: &PipelineJob, times: &[(String, f64, &str)]) -> anyhow::Result
             r.metrics.to_markdown_row(),
             r.coverage10.items
         ));
-        let same = |b: &&BaselineReport| {
-            b.split == r.split && b.limit == r.config.limit && b.seed == r.config.seed
-        };
-        for b in baselines.iter().filter(same) {
-            for (name, m) in &b.rows {
-                md.push_str(&format!("| {name} {} - |\n", m.to_markdown_row()));
-            }
-        }
-        let paired = baselines
-            .iter()
-            .filter(same)
-            .find_map(|b| b.against.as_ref());
-        if let Some(a) = paired {
-            md.push_str(&format!(
-                "\nThe model minus each baseline, user by user (paired standard errors):\n\n{}",
-                a.paired_markdown()
-            ));
-        }
+        md.push_str(&baselines_markdown(r, &baselines));
     }
     if let Some(p) = paper_row(&ds) {
         md.push_str(&format!(
@@ -140,6 +123,35 @@ pub fn write(job: &PipelineJob, times: &[(String, f64, &str)]) -> anyhow::Result
         );
     }
     Ok(())
+}
+
+/// The baseline rows beside evaluation `r` and the paired comparison made with its own
+/// predictions: picked by its label, since evaluations of one split and sample (adapter on and
+/// off) share everything else; without a comparison, the baselines of its split and sample.
+fn baselines_markdown(r: &EvalReport, baselines: &[BaselineReport]) -> String {
+    let own = |b: &&BaselineReport| b.against.as_ref().is_some_and(|a| a.eval_label == r.label);
+    let same = |b: &&BaselineReport| {
+        b.split == r.split && b.limit == r.config.limit && b.seed == r.config.seed
+    };
+    let Some(b) = baselines
+        .iter()
+        .find(own)
+        .or_else(|| baselines.iter().find(same))
+    else {
+        return String::new();
+    };
+    let mut md = String::new();
+    for (name, m) in &b.rows {
+        md.push_str(&format!("| {name} {} - |\n", m.to_markdown_row()));
+    }
+    if let Some(a) = b.against.as_ref().filter(|a| a.eval_label == r.label) {
+        md.push_str(&format!(
+            "\nThe model of `{}` minus each baseline, user by user (paired standard errors):\n\n{}",
+            a.predictions,
+            a.paired_markdown()
+        ));
+    }
+    md
 }
 
 /// The eval stage's reports, as its sidecar lists them.

@@ -115,6 +115,26 @@ pub fn resolve(run: Option<&RunDir>, choice: &ModelChoice) -> anyhow::Result<Res
     })
 }
 
+/// The record of the stage that trained the model `r` names: the run's anneal stage where its
+/// own adapter is applied (an anneal stage may train otherwise than the initial one, e.g. with
+/// the item-vocabulary loss), else `initial`, the initial stage's.
+pub fn trained_record(
+    run: &RunDir,
+    r: &Resolved,
+    initial: Option<&super::StageRecord>,
+) -> anyhow::Result<Option<super::StageRecord>> {
+    let own_adapter = r
+        .adapter
+        .as_ref()
+        .is_some_and(|a| a.starts_with(run.root()));
+    if own_adapter {
+        if let Some(rec) = run.record(Stage::Anneal)? {
+            return Ok(Some(rec));
+        }
+    }
+    Ok(initial.cloned())
+}
+
 /// A file-name-safe short name of a model or adapter: the checkpoint's own name inside `run`
 /// (`initial-best`, `anneal`; an `.old` twin counts as its directory), else the last path
 /// component.

@@ -115,7 +115,7 @@ impl Teacher {
         for s in samples {
             let n = s.srt_items.len();
             if n < 2 {
-                plan.extend(std::iter::repeat(None).take(s.loss_tokens()));
+                plan.extend(std::iter::repeat_n(None, s.loss_tokens()));
                 continue;
             }
             let start = if s.history_loss.is_empty() { n - 1 } else { 1 };
@@ -134,7 +134,7 @@ impl Teacher {
                 prefixes.push(&s.srt_items[..j]);
                 nexts.push(s.srt_items[j]);
                 let len = self.ids[s.srt_items[j] as usize].len();
-                plan.extend(std::iter::repeat(Some(k)).take(len));
+                plan.extend(std::iter::repeat_n(Some(k), len));
             }
         }
         if plan.len() != targets.len() {

@@ -165,7 +165,7 @@ pub fn fit(
         let over_time = cfg
             .max_minutes
             .is_some_and(|m| start.elapsed().as_secs_f64() > m * 60.0);
-        if trainer.step % cfg.eval_every == 0 || last || over_time {
+        if trainer.step.is_multiple_of(cfg.eval_every) || last || over_time {
             let rec = hooks.validate(trainer)?;
             writeln!(log, "{}", serde_json::to_string(&rec)?)?;
             pb.println(format!(
@@ -181,13 +181,13 @@ pub fn fit(
                     _ => String::new(),
                 }
             ));
-            let best = state.best.as_ref().map_or(true, |b| rec.better_than(b));
+            let best = state.best.as_ref().is_none_or(|b| rec.better_than(b));
             if best {
                 state.best = Some(rec.clone());
             }
             state.validations.push(rec);
             hooks.save(trainer, state, best)?;
-        } else if trainer.step % cfg.save_every == 0 {
+        } else if trainer.step.is_multiple_of(cfg.save_every) {
             hooks.save(trainer, state, false)?;
         }
         if over_time && !last {

@@ -13,9 +13,6 @@
 //! Linux gives a process the AMX register state only on request (arch_prctl
 //! ARCH_REQ_XCOMP_PERM), made once in [`available`].
 
-// The AVX-512 intrinsics are stable since Rust 1.89 (see bgemm).
-#![allow(clippy::incompatible_msrv)]
-
 use std::arch::asm;
 use std::arch::x86_64::*;
 
@@ -327,16 +324,17 @@ unsafe fn pack_a(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::llm::ops::skip::{skip_unless, Unit};
     use bgemm::bf16_round;
 
     /// The AMX GEMM equals an f64 GEMM of the bf16-rounded inputs for every operand layout,
     /// ragged sizes and several k blocks.
     #[test]
     fn amx_gemm_equals_the_product_of_rounded_inputs() {
-        if !available() {
-            eprintln!(
-                "no AMX-BF16 on this CPU (or no tile state from the kernel): nothing to test"
-            );
+        if skip_unless(
+            Unit::Amx,
+            "amx::amx_gemm_equals_the_product_of_rounded_inputs",
+        ) {
             return;
         }
         let sizes = [
@@ -353,7 +351,7 @@ mod tests {
     /// A strided view (neither stride 1) takes the scalar packing and still agrees.
     #[test]
     fn amx_gemm_packs_strided_views() {
-        if !available() {
+        if skip_unless(Unit::Amx, "amx::amx_gemm_packs_strided_views") {
             return;
         }
         let (m, n, k) = (20, 40, 70);

@@ -343,7 +343,7 @@ fn core(
     valid: Option<&Tensor>,
     s: AttnShape,
 ) -> Result<Attention> {
-    if s.n_kv == 0 || s.n_heads % s.n_kv != 0 || s.head_dim % 2 != 0 {
+    if s.n_kv == 0 || !s.n_heads.is_multiple_of(s.n_kv) || !s.head_dim.is_multiple_of(2) {
         candle_core::bail!("attention: unsupported {s:?}")
     }
     let half = s.head_dim / 2;

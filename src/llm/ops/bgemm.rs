@@ -9,10 +9,6 @@
 //! rows (`[k / 2][MR]` u32 pairs); the micro-kernel keeps an `MR x NR` tile of C in 24 zmm
 //! registers and broadcasts one pair of A per row. Row blocks of C run in parallel.
 
-// The AVX-512 intrinsics are stable since Rust 1.89; Cargo.toml still says 1.80 because
-// raising it switches on newer lints across the crate. Builds need 1.89 or later.
-#![allow(clippy::incompatible_msrv)]
-
 use std::arch::x86_64::*;
 
 use rayon::prelude::*;
@@ -449,10 +445,11 @@ pub(super) fn assert_equals_rounded_product(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::llm::ops::skip::{skip_unless, Unit};
 
     #[test]
     fn transpose16_transposes() {
-        if !available() {
+        if skip_unless(Unit::Avx512Bf16, "bgemm::transpose16_transposes") {
             return;
         }
         let m: Vec<u32> = (0..256).collect();
@@ -480,8 +477,10 @@ mod tests {
     /// differs), for every operand layout and ragged sizes.
     #[test]
     fn bf16_gemm_equals_the_product_of_rounded_inputs() {
-        if !available() {
-            eprintln!("no AVX512-BF16 on this CPU: nothing to test");
+        if skip_unless(
+            Unit::Avx512Bf16,
+            "bgemm::bf16_gemm_equals_the_product_of_rounded_inputs",
+        ) {
             return;
         }
         let sizes = [

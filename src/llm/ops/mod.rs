@@ -26,6 +26,8 @@ pub mod peaks;
 mod probe;
 mod residual;
 pub mod rope;
+#[cfg(test)]
+pub(crate) mod skip;
 pub mod timing;
 pub mod vmath;
 

@@ -2,9 +2,6 @@
 //! TDPBF16PS): the ceiling each GEMM kernel of `ops` works under, and the reason bf16 on the
 //! VDPBF16PS kernel loses to f32 on some Xeons (docs/perf.md, "bf16 on the CPU").
 
-// The AVX-512 intrinsics are stable since Rust 1.89 (see bgemm).
-#![allow(clippy::incompatible_msrv)]
-
 use std::arch::asm;
 
 use super::amx::{self, configure, release};

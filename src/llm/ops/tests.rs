@@ -26,17 +26,36 @@ fn var(shape: &[usize], seed: u64) -> Var {
     Var::from_tensor(&rand(shape, seed)).unwrap()
 }
 
-/// max |a - b| / max |b|.
+/// max |a - b| / max |b|; infinite where either side holds a NaN or an infinity (`f32::max`
+/// drops NaN, so an all-NaN output would otherwise compare as equal to anything).
 fn rel(a: &Tensor, b: &Tensor) -> f32 {
     let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
     let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
-    assert_eq!(a.len(), b.len());
+    assert_eq!(a.len(), b.len(), "the compared outputs differ in length");
+    if a.iter().chain(&b).any(|x| !x.is_finite()) {
+        return f32::INFINITY;
+    }
     let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-30);
     let diff = a
         .iter()
         .zip(&b)
         .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
     diff / scale
+}
+
+#[test]
+fn rel_rejects_nan_inf_and_length_mismatches() {
+    let b = Tensor::new(&[1f32, -2.0, 3.0], &Device::Cpu).unwrap();
+    let nan = Tensor::new(&[f32::NAN; 3], &Device::Cpu).unwrap();
+    let inf = Tensor::new(&[1f32, f32::INFINITY, 3.0], &Device::Cpu).unwrap();
+    // An all-NaN output (or reference) and an infinite one fail any tolerance.
+    for (x, y) in [(&nan, &b), (&b, &nan), (&inf, &b), (&b, &inf)] {
+        assert!(rel(x, y).is_infinite(), "{x} vs {y}: {}", rel(x, y));
+    }
+    assert_eq!(rel(&b, &b), 0.0);
+    let short = Tensor::new(&[1f32, -2.0], &Device::Cpu).unwrap();
+    let mismatch = std::panic::AssertUnwindSafe(|| rel(&short, &b));
+    assert!(std::panic::catch_unwind(mismatch).is_err());
 }
 
 /// Values and input gradients (of `sum(out * w)`, a random projection of the output) of the
@@ -326,11 +345,9 @@ fn attention_rows_without_a_visible_key_are_zero() {
         .unwrap()
         .to_vec1()
         .unwrap();
-    let diff = rows[1]
-        .iter()
-        .zip(&v1)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    assert!(diff < 1e-6);
+    assert_eq!(rows[1].len(), v1.len());
+    // `all` of the comparisons: a NaN fails it (a max over the differences would drop it).
+    assert!(rows[1].iter().zip(&v1).all(|(a, b)| (a - b).abs() < 1e-6));
     let g = y.sum_all().unwrap().backward().unwrap();
     assert!(g.get(q.as_tensor()).unwrap().to_vec3::<f32>().unwrap()[0]
         .iter()

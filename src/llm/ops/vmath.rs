@@ -5,9 +5,6 @@
 //! exp: Cephes' single-precision polynomial on x - n ln 2 (relative error ~1e-7), scaled by 2^n
 //! with VSCALEFPS; inputs below -104 give 0 (as `f32::exp` does, up to denormals).
 
-// The AVX-512 intrinsics are stable since Rust 1.89 (see bgemm.rs on the crate's MSRV).
-#![allow(clippy::incompatible_msrv)]
-
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 

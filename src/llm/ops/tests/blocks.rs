@@ -207,8 +207,11 @@ fn sublayers_add_the_residual_around_the_normed_block() {
 
 #[test]
 fn bf16_attention_stays_close_to_f32() {
-    if !crate::llm::ops::bf16_matmul_available() {
-        eprintln!("no AVX512-BF16 on this CPU: nothing to compare");
+    use crate::llm::ops::skip::{skip_unless, Unit};
+    if skip_unless(
+        Unit::Avx512Bf16,
+        "ops::tests::blocks::bf16_attention_stays_close_to_f32",
+    ) {
         return;
     }
     let (b, t, h, kv, hd) = (2usize, 45usize, 4usize, 2usize, 16usize);

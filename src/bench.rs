@@ -189,6 +189,7 @@ pub fn run_llm_bench(b: &LlmBench, dev: &Device, dtype: DType) -> anyhow::Result
         "device": device_name(dev), "dtype": format!("{dtype:?}").to_lowercase(),
         "model": m.source, "threads": candle_core::utils::get_num_threads(),
         "matmul": matmul, "fused": crate::llm::kernels::fused_enabled(),
+        "simd_path": crate::llm::ops::vmath::simd_path(),
         "tf32": dev.is_cuda() && candle_core::cuda::gemm_reduced_precision_f32(),
         "batch": b.batch, "seq": b.seq,
     });
@@ -408,6 +409,7 @@ fn bench_step(a: &LlmBench, dev: &Device, dtype: DType) -> anyhow::Result<Value>
         "workload": "step", "device": device_name(dev), "dtype": format!("{dtype:?}").to_lowercase(),
         "model": src.describe(), "threads": candle_core::utils::get_num_threads(),
         "tune": a.tune, "checkpoint_activations": a.checkpoint_activations,
+        "simd_path": crate::llm::ops::vmath::simd_path(),
         "batch": a.batch, "seq": a.seq, "micro_batch": p.micro_batch,
         "runs": t.runs, "median_s": m, "tokens_per_s": t.tokens_per_step as f64 / m,
         "losses": t.losses, "grad_norms": t.grad_norms, "trainable_parameters": t.trainable_parameters,

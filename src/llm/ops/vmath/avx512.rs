@@ -1,8 +1,5 @@
 //! The AVX-512F kernels: 16 lanes, tails by masked loads and stores, 2^n by VSCALEFPS.
 
-// The AVX-512 intrinsics are stable since Rust 1.89 (see bgemm.rs on the crate's MSRV).
-#![allow(clippy::incompatible_msrv)]
-
 use std::arch::x86_64::*;
 
 use super::cephes;

@@ -3,6 +3,9 @@
 # run the whole pipeline (data -> embed -> behavior -> index -> train initial -> train anneal ->
 # eval) with the embedded `beauty-smoke` config on ../shared/data/beauty (or --data DIR), then
 # print the report. Rerunning skips the stages that are up to date.
+# The whole of it ends within DEADLINE minutes (29 by default), the build included: the
+# training stage's budget shrinks to what the machine leaves after the build, the embeddings,
+# SASRec and the predicted evaluation (`llmbs pipeline --deadline-minutes`).
 # Usage: scripts/quickstart.sh [--data DIR] [--config NAME_OR_FILE] [--run DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,5 +21,6 @@ done
 start=$(date +%s)
 scripts/fetch-model.sh
 cargo build --release
-target/release/llmbs pipeline --config "$CONFIG" ${ARGS[@]+"${ARGS[@]}"}
+target/release/llmbs pipeline --config "$CONFIG" --deadline-minutes "${DEADLINE:-29}" \
+  --since "$start" ${ARGS[@]+"${ARGS[@]}"}
 echo "quickstart: done in $(( $(date +%s) - start )) s"

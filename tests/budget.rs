@@ -107,3 +107,28 @@ fn budget_flags_replace_steps_and_are_refused_beside_them() {
         "{err}"
     );
 }
+
+#[test]
+fn a_pipeline_deadline_cuts_the_budget_and_reserves_the_evaluation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut job = common::tiny_pipeline(tmp.path());
+    job.config.train_initial.budget = Some(Budget::minutes(5.0));
+    job.config.train_initial.valid_users = 0;
+    // Far below the budget's 5 minutes: the deadline decides.
+    job.deadline = Some(std::time::SystemTime::now() + std::time::Duration::from_secs(40));
+    run_pipeline(&job).unwrap();
+    let fit = job
+        .run
+        .record(Stage::Initial)
+        .unwrap()
+        .unwrap()
+        .train
+        .fit
+        .unwrap();
+    assert!(fit.budget_seconds < 40.0, "{fit:?}");
+    assert!(
+        fit.deadline_reserved_seconds.is_some_and(|r| r > 0.0),
+        "{fit:?}"
+    );
+    assert!(fit.planned_seconds <= fit.budget_seconds, "{fit:?}");
+}

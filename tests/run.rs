@@ -38,6 +38,7 @@ fn stages_are_replaced_only_when_asked_and_read_the_recorded_settings() {
         start: Start::Fresh,
         quiet: true,
         dtype_choice: None,
+        deadline: None,
     };
     let err = run_stage(&run, &job, &Device::Cpu, DType::F32).unwrap_err();
     assert!(format!("{err:#}").contains("--overwrite"), "{err:#}");

@@ -35,6 +35,14 @@ pub struct PipelineArgs {
     /// Device for every stage (auto, cpu, cuda[:N])
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// The whole pipeline ends within this many minutes (from --since): the initial stage's
+    /// time budget shrinks to what is left after the evaluations' predicted beam search
+    #[arg(long)]
+    pub deadline_minutes: Option<f64>,
+    /// Start of the --deadline-minutes clock, Unix seconds (default: now; scripts/quickstart.sh
+    /// passes its own start, so the build counts)
+    #[arg(long, requires = "deadline_minutes")]
+    pub since: Option<u64>,
 }
 
 pub fn run(a: PipelineArgs) -> anyhow::Result<()> {
@@ -62,6 +70,12 @@ pub fn run(a: PipelineArgs) -> anyhow::Result<()> {
         run,
         reuse_from,
         quiet: false,
+        deadline: a.deadline_minutes.map(|m| {
+            let since = a.since.map_or_else(std::time::SystemTime::now, |s| {
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(s)
+            });
+            since + std::time::Duration::from_secs_f64(m.max(0.0) * 60.0)
+        }),
     };
     run_pipeline(&job)
 }

@@ -223,6 +223,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         start,
         quiet: false,
         dtype_choice: Some(choice),
+        deadline: None,
     };
     match &a.devices {
         Some(list) => {

@@ -265,6 +265,10 @@ pub struct Fit {
     pub eval_every: usize,
     /// The stage's predicted wall time with that schedule.
     pub planned_seconds: f64,
+    /// Seconds kept free for the beam search after the stage when a deadline cut the budget
+    /// (`llmbs pipeline --deadline-minutes`; `budget_seconds` is then the cut budget).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_reserved_seconds: Option<f64>,
 }
 
 impl TrainConfig {

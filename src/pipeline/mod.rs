@@ -50,6 +50,18 @@ pub struct PipelineJob {
     pub device: Device,
     /// No progress bars or printed reports (tests).
     pub quiet: bool,
+    /// When the whole pipeline must end (`--deadline-minutes`): the initial stage's budget is
+    /// cut to what is left after the evaluations' beam search.
+    pub deadline: Option<std::time::SystemTime>,
+}
+
+/// Users the eval stage ranks by beam search (each evaluation's limit, else the split).
+fn eval_users(c: &PipelineConfig, data: &Path) -> anyhow::Result<usize> {
+    let ds = Dataset::load_lcrec(data)?;
+    Ok(c.eval
+        .iter()
+        .map(|e| e.limit.unwrap_or(ds.users.len()).min(ds.users.len()))
+        .sum())
 }
 
 /// `RUN/pipeline/<stage>.json`.
@@ -287,6 +299,14 @@ fn run_one(job: &PipelineJob, stage: &str, ds_name: &str) -> anyhow::Result<Vec<
                 prompts,
                 quiet: job.quiet,
                 dtype_choice: None,
+                // Only the initial stage is fit to the deadline: it is the one with a budget
+                // in the CPU configs, and the anneal stage's own budget stays as written.
+                deadline: job.deadline.filter(|_| initial).map(|at| {
+                    crate::train::budget::Deadline {
+                        at,
+                        users_after: eval_users(c, Path::new(&c.data)).unwrap_or(0),
+                    }
+                }),
             };
             let (dtype, choice) = crate::device::train_dtype(&c.dtype, dev)?;
             let t = StageJob {

@@ -21,6 +21,17 @@ use crate::run::{RunData, RunDir};
 /// Slack of the time guard over the budget: past it a run stops and says by how much.
 pub const OVERRUN_GUARD: f64 = 1.2;
 
+/// When a whole job must end, and how many users it ranks by beam search after the stage
+/// (their time is reserved from the stage's budget at the probe's beam speed).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Deadline {
+    pub at: std::time::SystemTime,
+    pub users_after: usize,
+}
+
+/// Share of the reserved beam-search time added for the baselines, reports and spread.
+const RESERVE_SLACK: f64 = 1.15;
+
 /// What the probe measured, before the schedule is chosen.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Probe {
@@ -31,6 +42,8 @@ pub struct Probe {
     pub setup_seconds: f64,
     pub validation_seconds: f64,
     pub save_seconds: f64,
+    /// Beam search of one user (the validation's beam and batch).
+    pub beam_user_seconds: f64,
 }
 
 /// The schedule that fits `budget` after `elapsed` seconds are spent: the most steps whose
@@ -43,7 +56,25 @@ pub fn choose(
     warmup: usize,
     save_every: usize,
 ) -> anyhow::Result<Fit> {
-    let budget_seconds = budget.minutes * 60.0;
+    choose_within(
+        budget,
+        budget.minutes * 60.0,
+        probe,
+        elapsed,
+        warmup,
+        save_every,
+    )
+}
+
+/// [`choose`] with the budget cut to `budget_seconds` (a deadline's share).
+pub fn choose_within(
+    budget: &Budget,
+    budget_seconds: f64,
+    probe: &Probe,
+    elapsed: f64,
+    warmup: usize,
+    save_every: usize,
+) -> anyhow::Result<Fit> {
     let per_validation = match budget.count_validation {
         true => probe.validation_seconds,
         false => 0.0,
@@ -58,7 +89,7 @@ pub fn choose(
             "train config: budget.minutes: {:.1} minutes fit {steps} steps of {:.2} s on this \
              machine ({:.0} s already spent, {:.0} s per validation and save); at least {least} \
              are needed (warmup {warmup}): give the stage more minutes",
-            budget.minutes,
+            budget_seconds / 60.0,
             probe.step_seconds,
             elapsed,
             per_validation
@@ -81,6 +112,7 @@ pub fn choose(
         steps,
         eval_every,
         planned_seconds,
+        deadline_reserved_seconds: None,
     })
 }
 
@@ -113,8 +145,27 @@ pub fn adopt_fit(saved: &TrainConfig, asked: &TrainConfig) -> TrainConfig {
     c
 }
 
-/// Times the stage on a throwaway trainer over `bb` and chooses its schedule; `started` is
-/// the stage's start (loading counts against the budget).
+/// The stage's budget in seconds from its start: the budget's minutes, or less where a
+/// deadline leaves less after the beam search that follows; and the seconds so reserved.
+pub fn budget_seconds(
+    budget: &Budget,
+    deadline: Option<Deadline>,
+    started: Instant,
+    beam_user_seconds: f64,
+) -> (f64, Option<f64>) {
+    let own = budget.minutes * 60.0;
+    let Some(dl) = deadline else {
+        return (own, None);
+    };
+    let now = std::time::SystemTime::now();
+    let left = dl.at.duration_since(now).map_or(0.0, |d| d.as_secs_f64());
+    let reserved = dl.users_after as f64 * beam_user_seconds * RESERVE_SLACK;
+    let until = started.elapsed().as_secs_f64() + left - reserved;
+    (own.min(until), Some(reserved))
+}
+
+/// Times the stage on a throwaway trainer over `bb` and chooses its schedule; `at.0` is the
+/// stage's start (loading counts against the budget), `at.1` the job's deadline if any.
 pub fn fit_budget(
     run: &RunDir,
     d: &RunData,
@@ -122,14 +173,34 @@ pub fn fit_budget(
     c: &TrainConfig,
     device: &Device,
     dtype: DType,
-    started: Instant,
+    at: (Instant, Option<Deadline>),
 ) -> anyhow::Result<TrainConfig> {
     let Some(budget) = &c.budget else {
         return Ok(c.clone());
     };
+    let (started, deadline) = at;
     let probe = measure(run, d, bb, c, budget, device, dtype)?;
     let elapsed = started.elapsed().as_secs_f64();
-    let fit = choose(budget, &probe, elapsed, c.warmup_steps, c.save_every)?;
+    let (seconds, reserved) = budget_seconds(budget, deadline, started, probe.beam_user_seconds);
+    if let (Some(r), Some(dl)) = (reserved, deadline) {
+        eprintln!(
+            "deadline: {:.0} s reserved for {} users of beam search after the stage ({:.3} s \
+             each); the stage's budget is {:.1} min",
+            r,
+            dl.users_after,
+            probe.beam_user_seconds,
+            seconds / 60.0
+        );
+    }
+    let mut fit = choose_within(
+        budget,
+        seconds,
+        &probe,
+        elapsed,
+        c.warmup_steps,
+        c.save_every,
+    )?;
+    fit.deadline_reserved_seconds = reserved;
     eprintln!(
         "budget {:.1} min: {} probe steps at {:.2} s ({:.2}-{:.2}), validation ~{:.0} s, save \
          ~{:.1} s, {:.0} s spent -> {} steps (validation every {}), planned {:.1} min",
@@ -168,6 +239,21 @@ fn measure(
     let builder = task_builder(d, bb, &samples, c);
     let plan = builder.plan(&c.mix, budget.probe_steps * c.batch_size, c.seed)?;
     let valid = valid_set(d, &builder, &bb.items, c)?;
+    // Users for timing the beam search even where validation ranks none (a deadline needs
+    // the speed of the evaluation that follows).
+    let probe_users = 2 * c.valid_batch.max(1);
+    let timing = match valid.samples.len() {
+        0 => {
+            let mut vc = c.clone();
+            vc.valid_users = probe_users;
+            valid_set(d, &builder, &bb.items, &vc)?
+        }
+        _ => ValidSet {
+            encoded: Vec::new(),
+            samples: valid.samples.clone(),
+            prompts: valid.prompts.clone(),
+        },
+    };
     let setup_seconds = t0.elapsed().as_secs_f64();
     let stop = crate::util::interrupt_flag()?;
     let mut times = Vec::with_capacity(budget.probe_steps);
@@ -186,11 +272,11 @@ fn measure(
     let t = Instant::now();
     parts.trainer.response_loss(&valid.encoded[..k])?;
     let ce = t.elapsed().as_secs_f64() * valid.encoded.len() as f64 / k.max(1) as f64;
-    let users = valid.samples.len().min(2 * c.valid_batch.max(1));
+    let users = timing.samples.len().min(probe_users);
     let slice = ValidSet {
         encoded: valid.encoded[..1.min(valid.encoded.len())].to_vec(),
-        samples: valid.samples[..users].to_vec(),
-        prompts: valid.prompts[..users].to_vec(),
+        samples: timing.samples[..users].to_vec(),
+        prompts: timing.prompts[..users].to_vec(),
     };
     let scratch = run.train_dir(c.stage).join("budget-probe");
     let mut hooks = StageHooks::new(
@@ -203,10 +289,8 @@ fn measure(
     );
     let t = Instant::now();
     hooks.validate(&parts.trainer)?;
-    let beam = match users {
-        0 => 0.0,
-        u => t.elapsed().as_secs_f64() * valid.samples.len() as f64 / u as f64,
-    };
+    let beam_user_seconds = t.elapsed().as_secs_f64() / users.max(1) as f64;
+    let beam = beam_user_seconds * valid.samples.len() as f64;
     let state = TrainState {
         stage: c.stage.name().to_string(),
         step: parts.trainer.step,
@@ -232,6 +316,7 @@ fn measure(
         setup_seconds,
         validation_seconds: ce + beam,
         save_seconds,
+        beam_user_seconds,
     })
 }
 
@@ -248,6 +333,7 @@ mod tests {
             setup_seconds: 5.0,
             validation_seconds: 30.0,
             save_seconds: 2.0,
+            beam_user_seconds: 0.1,
         }
     }
 
@@ -279,6 +365,28 @@ mod tests {
     fn a_budget_below_the_warmup_is_an_error_naming_the_key() {
         let e = choose(&Budget::minutes(1.0), &probe(), 40.0, 20, 50).unwrap_err();
         assert!(e.to_string().contains("budget.minutes"), "{e}");
+    }
+
+    #[test]
+    fn a_deadline_cuts_the_budget_to_what_the_beam_search_after_it_leaves() {
+        let b = Budget::minutes(10.0);
+        let started = Instant::now();
+        let (own, none) = budget_seconds(&b, None, started, 0.1);
+        assert_eq!((own, none), (600.0, None));
+        // 300 s left, 1,000 users at 0.1 s after the stage: 300 - 115 s.
+        let dl = Deadline {
+            at: std::time::SystemTime::now() + std::time::Duration::from_secs(300),
+            users_after: 1000,
+        };
+        let (cut, reserved) = budget_seconds(&b, Some(dl), started, 0.1);
+        assert!((reserved.unwrap() - 115.0).abs() < 1e-9);
+        assert!((cut - 185.0).abs() < 1.0, "{cut}");
+        // A far deadline leaves the budget as it is.
+        let far = Deadline {
+            at: std::time::SystemTime::now() + std::time::Duration::from_secs(10_000),
+            ..dl
+        };
+        assert_eq!(budget_seconds(&b, Some(far), started, 0.1).0, 600.0);
     }
 
     #[test]

@@ -124,10 +124,8 @@ impl TrainReport {
             self.peak_memory
                 .map(|p| format!("Peak memory: {}.\n\n", p.describe()))
                 .unwrap_or_default()
+                + &self.budget_line().unwrap_or_default()
         );
-        if let Some(line) = self.budget_line() {
-            md.push_str(&line);
-        }
         let fmt = |x: Option<f64>| x.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
         for r in &self.validations {
             md.push_str(&format!(

@@ -47,6 +47,9 @@ pub struct StageJob {
     pub quiet: bool,
     /// How the compute dtype was chosen (`--dtype auto`'s probe); None: as given.
     pub dtype_choice: Option<crate::device::DtypeChoice>,
+    /// When the whole job must end (a pipeline's `--deadline-minutes`): a stage with a budget
+    /// shrinks it to what is left after the beam search that follows it.
+    pub deadline: Option<super::budget::Deadline>,
 }
 
 /// Settings that only bound one invocation, so a resumed run may change them (memory and
@@ -281,7 +284,8 @@ fn run_stage_on(
     let c = &job.config;
     let bb = backbone(&src, &d.tokens, &d.ds, c, prev.is_none(), device, dtype)?;
     if prev.is_none() && c.budget.is_some() {
-        job.config = super::budget::fit_budget(run, &d, &bb, c, device, dtype, started)?;
+        let at = (started, job.deadline);
+        job.config = super::budget::fit_budget(run, &d, &bb, c, device, dtype, at)?;
     }
     let (job, c) = (&job, &job.config);
     let mut parts = assemble(

@@ -96,6 +96,7 @@ pub fn tiny_pipeline(dir: &Path) -> PipelineJob {
         data_overridden: true,
         device: Device::Cpu,
         quiet: true,
+        deadline: None,
     }
 }
 

@@ -57,19 +57,8 @@ fn a_pruned_backbone_saves_and_reloads_to_the_same_logits() {
     }
 }
 
-/// The numbers of a training log that a run computes (not its timings).
 fn trained(run: &llmbs::run::RunDir) -> Vec<serde_json::Value> {
-    let log = std::fs::read_to_string(run.train_dir(Stage::Initial).join("log.jsonl")).unwrap();
-    log.lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            let o = v.as_object_mut().unwrap();
-            for k in ["seconds", "host_peak_bytes", "device_peak_bytes"] {
-                o.remove(k);
-            }
-            v
-        })
-        .collect()
+    common::trained_log(run)
 }
 
 #[test]

@@ -212,3 +212,19 @@ pub fn toy_lora_model(vocab: usize, dropout: f32) -> (llmbs::llm::Llama, candle_
     seed_new_modules(&lora_vm, 2).unwrap();
     (model, lora_vm)
 }
+
+/// The numbers of a run's initial-stage training log that it computes (not its timings).
+pub fn trained_log(run: &llmbs::run::RunDir) -> Vec<serde_json::Value> {
+    let dir = run.train_dir(llmbs::train::Stage::Initial);
+    let log = std::fs::read_to_string(dir.join("log.jsonl")).unwrap();
+    log.lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let o = v.as_object_mut().unwrap();
+            for k in ["seconds", "host_peak_bytes", "device_peak_bytes"] {
+                o.remove(k);
+            }
+            v
+        })
+        .collect()
+}

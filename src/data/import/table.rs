@@ -159,11 +159,11 @@ impl Table {
     }
 }
 
-/// Removes HTML tags (`<br>`, `</span>`, `<a href=..>`) from scraped text: they are markup,
-/// not words. A `<` not starting a tag (`a < b`) stays.
+/// Removes HTML tags (`<br>`, `</span>`, `<a href=..>`) from scraped text (they are markup, not
+/// words) and collapses whitespace. A `<` not starting a tag (`a < b`) stays.
 pub fn strip_tags(s: &str) -> String {
     if !s.contains('<') {
-        return s.to_string();
+        return s.split_whitespace().collect::<Vec<_>>().join(" ");
     }
     let mut out = String::with_capacity(s.len());
     let mut rest = s;

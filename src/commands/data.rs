@@ -11,6 +11,9 @@ use crate::data::{Dataset, SplitConfig, Stats, DEFAULT_MAX_HISTORY};
 pub enum DataCommand {
     /// Print the dataset's Table 1 row (users, items, interactions, sparsity) and split sizes.
     Stats(StatsArgs),
+    /// Turn raw files (Amazon Reviews, RecBole atomic, CSV/TSV) into a dataset directory:
+    /// chronological order, repeats dropped, 5-core; records what it did in DIR/import.json.
+    Import(Box<super::data_import::ImportArgs>),
 }
 
 /// Input format of `--data`.
@@ -46,6 +49,7 @@ pub struct StatsArgs {
 pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
     match cmd {
         DataCommand::Stats(args) => stats(&args),
+        DataCommand::Import(args) => super::data_import::run(&args),
     }
 }
 
@@ -84,7 +88,7 @@ fn positive(s: &str) -> Result<usize, String> {
 }
 
 /// Thousands separators, as the paper's Table 1 prints counts.
-fn grouped(n: usize) -> String {
+pub(crate) fn grouped(n: usize) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
@@ -97,7 +101,7 @@ fn grouped(n: usize) -> String {
 }
 
 /// Left-aligned first column, right-aligned others, markdown pipes so it pastes into reports.
-fn table(rows: &[Vec<String>]) -> String {
+pub(crate) fn table(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
         .map(|c| {

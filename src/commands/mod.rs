@@ -5,6 +5,7 @@ pub mod baselines;
 pub mod behavior;
 pub mod bench;
 pub mod data;
+pub mod data_import;
 pub mod embed;
 pub mod eval;
 pub mod index;

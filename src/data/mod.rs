@@ -1,5 +1,7 @@
-//! Datasets: LC-Rec/LETTER JSON and plain sequence files, item text, leave-one-out split, stats.
+//! Datasets: LC-Rec/LETTER JSON and plain sequence files, item text, leave-one-out split, stats,
+//! and the import of raw dumps into the LC-Rec layout.
 
+pub mod import;
 mod lcrec;
 mod seqfile;
 mod split;

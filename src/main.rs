@@ -30,7 +30,7 @@ enum Command {
     Recommend(commands::recommend::RecommendArgs),
     /// Trie-constrained beam search over all item IDs; Recall/NDCG reports and predictions.
     Eval(commands::eval::EvalArgs),
-    /// Most popular and cluster baselines on a run's own split and users.
+    /// Most popular, cluster and SASRec baselines on a run's own split and users.
     Baselines(commands::baselines::BaselinesArgs),
     /// Fold a PEFT LoRA adapter into its base model and write a Hugging Face directory.
     Merge(commands::merge::MergeArgs),

@@ -105,6 +105,17 @@ fn tiny_pipeline_end_to_end_then_skips_and_reruns() {
             && md.contains("most popular"),
         "{md}"
     );
+    // A DIN run without a teacher has no SASRec: the report says so and how to get one, and
+    // still splits the model's figures by the target's popularity.
+    assert!(
+        md.contains("No SASRec row") && md.contains("`teacher`") && md.contains("| rare |"),
+        "{md}"
+    );
+    assert_eq!(
+        report["slices"].as_array().map(|s| s.len()),
+        Some(4),
+        "{report}"
+    );
     // The behavior stage's final ranking shows progress.
     assert!(err.contains("users ranked"), "{err}");
     let covered = report["coverage10"]["items"].as_u64().unwrap();

@@ -2,6 +2,7 @@
 //! Recall/NDCG over full rankings, predictions and reports.
 
 pub mod baselines;
+mod baselines_md;
 pub mod beam;
 pub mod config;
 pub mod paired;
@@ -9,6 +10,7 @@ pub mod partial;
 pub mod ppl;
 pub mod report;
 pub mod run;
+pub mod slices;
 
 use std::time::Instant;
 

@@ -61,7 +61,9 @@ fn tiny_pipeline_end_to_end_then_skips_and_reruns() {
         "train/initial/log.jsonl",
         "train/initial/curves.svg",
         "train/initial/report.md",
+        "train/initial/valid-ranks-3.jsonl",
         "train/anneal/report.json",
+        "train/anneal/valid-ranks-2.jsonl",
         &eval_json,
         &eval_preds,
         &base_json,
@@ -115,6 +117,17 @@ fn tiny_pipeline_end_to_end_then_skips_and_reruns() {
         report["slices"].as_array().map(|s| s.len()),
         Some(4),
         "{report}"
+    );
+    // Validation's per-user ranks: the anneal stage minus the initial one on the same users.
+    let arm = |name: &str, f: &str| format!("{name}={}", s(&run.join(f)));
+    let (ok, ab_out, ab_err) = llmbs(&[
+        "paired",
+        &arm("initial", "train/initial/valid-ranks-3.jsonl"),
+        &arm("anneal", "train/anneal/valid-ranks-2.jsonl"),
+    ]);
+    assert!(
+        ok && ab_out.contains("| anneal | 4 |"),
+        "{ab_out}\n{ab_err}"
     );
     // The behavior stage's final ranking shows progress.
     assert!(err.contains("users ranked"), "{err}");

@@ -1,6 +1,7 @@
 //! Evaluation (paper 3.4.3, 4.1.2): trie-constrained beam search over all item IDs, exact
 //! Recall/NDCG over full rankings, predictions and reports.
 
+pub mod ab;
 pub mod baselines;
 mod baselines_md;
 pub mod beam;

@@ -191,6 +191,7 @@ fn measure(
         encoded: valid.encoded[..1.min(valid.encoded.len())].to_vec(),
         samples: valid.samples[..users].to_vec(),
         prompts: valid.prompts[..users].to_vec(),
+        names: valid.names[..users.min(valid.names.len())].to_vec(),
     };
     let scratch = run.train_dir(c.stage).join("budget-probe");
     let mut hooks = StageHooks::new(

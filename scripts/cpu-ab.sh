@@ -12,7 +12,10 @@
 #   MINUTES=20 SEED=0 BASE=runs/beauty-cpu OUT=runs/ab DTYPE=f32 scripts/cpu-ab.sh k4 k8
 # DTYPE: f32 (the default, as the session-6 rows), bf16 or auto (the recipe's: the faster GEMM).
 # The learning-rate probe: MINUTES=6 OUT=runs/ab-lr scripts/cpu-ab.sh k4-lr2e-4 k4-lr5e-4 k4
-# Results: $OUT/<arm>/train/initial/{report.json,log.jsonl}, one row each in $OUT/ab.tsv.
+# Results: $OUT/<arm>/train/initial/{report.json,log.jsonl}, one row each in $OUT/ab.tsv; with
+# two arms or more, each arm minus the first on the same validation users, user by user, with
+# paired standard errors of R@10 and N@10 (`llmbs paired` over each arm's last
+# train/initial/valid-ranks-<step>.jsonl) in $OUT/paired.{md,json}.
 # Between arms the script waits while $OUT/hold exists (to build without sharing the cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -81,3 +84,21 @@ print("\t".join(str(v) for v in [
 PY
   tail -1 "$OUT/ab.tsv" >&2
 done
+
+# The ranks file of an arm's last validation.
+ranks_of() {
+  python3 - "$1" <<'PY'
+import json, sys
+run = sys.argv[1]
+logs = [json.loads(l) for l in open(f"{run}/train/initial/log.jsonl")]
+val = [x for x in logs if "valid_loss" in x][-1]
+print(f"{run}/train/initial/valid-ranks-{val['step']}.jsonl")
+PY
+}
+if [ "${#ORDER[@]}" -gt 1 ]; then
+  pairs=()
+  for arm in "${ORDER[@]}"; do pairs+=("$arm=$(ranks_of "$OUT/$arm")"); done
+  "$BIN" paired "${pairs[@]}" --json "$OUT/paired.json" >"$OUT/paired.md" \
+    || { echo "cpu-ab: '$BIN paired' failed (a binary older than the subcommand? remove $BIN)" >&2; exit 1; }
+  cat "$OUT/paired.md" >&2
+fi

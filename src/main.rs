@@ -30,8 +30,10 @@ enum Command {
     Recommend(commands::recommend::RecommendArgs),
     /// Trie-constrained beam search over all item IDs; Recall/NDCG reports and predictions.
     Eval(commands::eval::EvalArgs),
-    /// Most popular and cluster baselines on a run's own split and users.
+    /// Most popular, cluster and SASRec baselines on a run's own split and users.
     Baselines(commands::baselines::BaselinesArgs),
+    /// Arms ranked on the same users, each minus the first with paired standard errors.
+    Paired(commands::paired::PairedArgs),
     /// Fold a PEFT LoRA adapter into its base model and write a Hugging Face directory.
     Merge(commands::merge::MergeArgs),
     /// Perplexity of the held-out items' text, adapter on or off.
@@ -55,6 +57,7 @@ fn main() -> anyhow::Result<()> {
         Command::Recommend(args) => commands::recommend::run(args),
         Command::Eval(args) => commands::eval::run(args),
         Command::Baselines(args) => commands::baselines::run(args),
+        Command::Paired(args) => commands::paired::run(args),
         Command::Merge(args) => commands::merge::run(args),
         Command::Ppl(args) => commands::ppl::run(args),
         Command::Bench(cmd) => commands::bench::run(cmd),

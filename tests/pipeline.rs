@@ -61,7 +61,9 @@ fn tiny_pipeline_end_to_end_then_skips_and_reruns() {
         "train/initial/log.jsonl",
         "train/initial/curves.svg",
         "train/initial/report.md",
+        "train/initial/valid-ranks-3.jsonl",
         "train/anneal/report.json",
+        "train/anneal/valid-ranks-2.jsonl",
         &eval_json,
         &eval_preds,
         &base_json,
@@ -104,6 +106,28 @@ fn tiny_pipeline_end_to_end_then_skips_and_reruns() {
             && !md.contains("Paper Table 2")
             && md.contains("most popular"),
         "{md}"
+    );
+    // A DIN run without a teacher has no SASRec: the report says so and how to get one, and
+    // still splits the model's figures by the target's popularity.
+    assert!(
+        md.contains("No SASRec row") && md.contains("`teacher`") && md.contains("| rare |"),
+        "{md}"
+    );
+    assert_eq!(
+        report["slices"].as_array().map(|s| s.len()),
+        Some(4),
+        "{report}"
+    );
+    // Validation's per-user ranks: the anneal stage minus the initial one on the same users.
+    let arm = |name: &str, f: &str| format!("{name}={}", s(&run.join(f)));
+    let (ok, ab_out, ab_err) = llmbs(&[
+        "paired",
+        &arm("initial", "train/initial/valid-ranks-3.jsonl"),
+        &arm("anneal", "train/anneal/valid-ranks-2.jsonl"),
+    ]);
+    assert!(
+        ok && ab_out.contains("| anneal | 4 |"),
+        "{ab_out}\n{ab_err}"
     );
     // The behavior stage's final ranking shows progress.
     assert!(err.contains("users ranked"), "{err}");

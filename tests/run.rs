@@ -262,3 +262,80 @@ fn eval_normalises_as_the_stage_of_the_model_it_evaluates() {
         .collect();
     assert_eq!(norms, ["ids", "vocab"]);
 }
+
+/// A run with a SASRec (the `teacher` stage's): the baselines rank it on the evaluation's own
+/// users as one more row, with the model's paired difference overall and per popularity slice,
+/// and the pipeline report says in which slices the model is ahead; `llmbs baselines --sasrec`
+/// with the same model file ranks the same way.
+#[test]
+fn the_runs_sasrec_is_a_baseline_row_with_per_slice_differences() {
+    use llmbs::behavior::{BehaviorConfig, EncoderKind};
+    use llmbs::eval::baselines::{run_baselines, BaselineJob, BaselineReport, SASREC_ROW};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut job = tiny_pipeline(tmp.path());
+    job.config.teacher = Some(BehaviorConfig {
+        epochs: 1,
+        dim: 16,
+        ..BehaviorConfig::new(EncoderKind::Sasrec)
+    });
+    job.config.baselines = true;
+    run_pipeline(&job).unwrap();
+    let eval = job.run.eval_dir();
+    let label = "test-initial-best-anneal-best-8u-seed0";
+    let read = |p: std::path::PathBuf| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    let report = read(eval.join(format!("{label}.json")));
+    let slices = report["slices"].as_array().unwrap();
+    let names: Vec<&str> = slices
+        .iter()
+        .map(|s| s["slice"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["head", "torso", "tail", "rare"]);
+    // Head, torso and tail partition the users.
+    let thirds: u64 = slices[..3]
+        .iter()
+        .map(|s| s["users"].as_u64().unwrap())
+        .sum();
+    assert_eq!(thirds, 8, "{report}");
+    let path = eval.join(format!("baselines-test-8u-seed0-vs-{label}.json"));
+    let b: BaselineReport = serde_json::from_value(read(path)).unwrap();
+    let (name, sasrec) = b.rows.last().unwrap();
+    assert_eq!(name, SASREC_ROW);
+    let a = b.against.as_ref().unwrap();
+    assert_eq!((a.rows.len(), a.slices.len(), b.slices.len()), (4, 4, 4));
+    let model_r10 = report["metrics"]["recall"]["10"].as_f64().unwrap();
+    let diff = a.rows[3].recall10_diff;
+    assert!((model_r10 - sasrec.recall[&10] - diff).abs() < 1e-12);
+    assert!(b
+        .sasrec
+        .as_deref()
+        .unwrap()
+        .ends_with("behavior/sasrec/model.safetensors"));
+    let md = std::fs::read_to_string(job.run.pipeline_dir().join("report.md")).unwrap();
+    assert!(
+        md.contains("| SASRec |")
+            && md.contains("The model minus SASRec by the target's training popularity")
+            && md.contains("The model is ahead of SASRec beyond 2 s.e. in")
+            && md.contains("| rare |")
+            && !md.contains("No SASRec row"),
+        "{md}"
+    );
+    // The same model given by path ranks the same users the same way.
+    let d = job.run.open(&OpenOptions::default()).unwrap();
+    let file = std::path::PathBuf::from(b.sasrec.clone().unwrap());
+    let again = BaselineJob {
+        split: b.split,
+        limit: b.limit,
+        seed: b.seed,
+        against: None,
+        sasrec: Some(&file),
+    };
+    let r = run_baselines(&job.run, &d, &again).unwrap();
+    assert_eq!(r.rows.last(), b.rows.last());
+    assert!(
+        r.markdown().contains("| SASRec | head |"),
+        "{}",
+        r.markdown()
+    );
+}

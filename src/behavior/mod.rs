@@ -16,6 +16,7 @@ pub mod eval;
 pub mod init;
 pub mod job;
 pub mod sasrec;
+pub mod saved;
 pub mod train;
 
 use serde::{Deserialize, Serialize};

@@ -1,9 +1,9 @@
-//! `llmbs baselines`: most popular and popular-in-the-newest-item's-cluster on a run's own split
-//! and user sample, the rows every evaluation is compared with.
+//! `llmbs baselines`: most popular, popular-in-the-newest-item's-cluster and the run's SASRec
+//! on a run's own split and user sample, the rows every evaluation is compared with.
 
 use std::path::PathBuf;
 
-use crate::eval::baselines::run_baselines;
+use crate::eval::baselines::{run_baselines, sasrec_path, BaselineJob};
 use crate::eval::run::SplitName;
 use crate::run::{OpenOptions, RunDir};
 
@@ -26,6 +26,11 @@ pub struct BaselinesArgs {
     /// minus each baseline, user by user, with paired standard errors
     #[arg(long)]
     pub against: Option<PathBuf>,
+    /// A trained SASRec (its `model.safetensors` with `report.json` beside it, or their
+    /// directory) ranked as another baseline row; default: the run's own
+    /// `RUN/behavior/sasrec/model.safetensors` when there
+    #[arg(long)]
+    pub sasrec: Option<PathBuf>,
 }
 
 pub fn run(a: BaselinesArgs) -> anyhow::Result<()> {
@@ -34,7 +39,15 @@ pub fn run(a: BaselinesArgs) -> anyhow::Result<()> {
         data: a.data.as_deref(),
         ..Default::default()
     })?;
-    let r = run_baselines(&run, &d, a.split, a.limit, a.seed, a.against.as_deref())?;
+    let sasrec = sasrec_path(&run, a.sasrec.as_deref());
+    let job = BaselineJob {
+        split: a.split,
+        limit: a.limit,
+        seed: a.seed,
+        against: a.against.as_deref(),
+        sasrec: sasrec.as_deref(),
+    };
+    let r = run_baselines(&run, &d, &job)?;
     println!("{}", r.markdown());
     Ok(())
 }

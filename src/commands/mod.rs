@@ -11,6 +11,7 @@ pub mod eval;
 pub mod index;
 pub mod inspect;
 pub mod merge;
+pub mod paired;
 pub mod pipeline;
 pub mod ppl;
 pub mod recommend;

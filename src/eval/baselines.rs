@@ -1,14 +1,20 @@
 //! Non-learned baselines on the very split and users an evaluation ranks, so a report compares
 //! like with like: the most popular training items, and "popular in the newest item's
 //! cluster" (walking the history from the newest item back, the most popular items sharing its
-//! first semantic or behavior ID token, history items skipped, until 10).
+//! first semantic or behavior ID token, history items skipped, until 10), and the run's trained
+//! SASRec ranking the whole catalogue as the evaluation's beam does (history items included).
+//! Every row is also split by the target's training popularity ([`super::slices`]).
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use super::paired::{model_ranks, paired, PairedDiff, MARKDOWN_HEADER};
+use super::paired::{model_ranks, paired, PairedDiff};
 use super::run::{select_users, SplitName};
+use super::slices::{slice_metrics, slice_paired, Popularity, SliceDiff, SliceMetrics};
+use crate::behavior::Ranker;
 use crate::data::Sample;
 use crate::metrics::{rank_of, MetricAccumulator, Metrics};
 use crate::run::{RunData, RunDir};
@@ -26,8 +32,15 @@ pub struct BaselineReport {
     pub users: usize,
     pub limit: Option<usize>,
     pub seed: u64,
-    /// Baseline name and its metrics, in a fixed order.
+    /// Baseline name and its metrics, in a fixed order ([`SASREC_ROW`] last, when ranked).
     pub rows: Vec<(String, Metrics)>,
+    /// Each row's figures by the target's training popularity, in the order of `rows`.
+    #[serde(default)]
+    pub slices: Vec<Vec<SliceMetrics>>,
+    /// The SASRec model file of the [`SASREC_ROW`] row; None: the run has none (see
+    /// [`NO_SASREC`]).
+    #[serde(default)]
+    pub sasrec: Option<String>,
     /// A model's evaluation of the same users, compared user by user with each baseline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub against: Option<Against>,
@@ -44,6 +57,36 @@ pub struct Against {
     pub predictions: String,
     /// Model minus each baseline, in the order of `rows`.
     pub rows: Vec<PairedDiff>,
+    /// Model minus each baseline per popularity slice, in the order of `rows`.
+    #[serde(default)]
+    pub slices: Vec<Vec<SliceDiff>>,
+}
+
+/// The name of the SASRec row.
+pub const SASREC_ROW: &str = "SASRec";
+
+/// What a report says where the run has no SASRec.
+pub const NO_SASREC: &str = "No SASRec row: this run has no trained SASRec (RUN/behavior/sasrec/model.safetensors). Get one with the pipeline config's `teacher` section (`\"teacher\": {\"encoder\": \"sasrec\"}`, trained by the `teacher` stage), `behavior.encoder: sasrec`, or `llmbs baselines --sasrec PATH`.";
+
+/// The SASRec a run's baselines rank: `given`, else the run's own when it has one.
+pub fn sasrec_path(run: &RunDir, given: Option<&Path>) -> Option<PathBuf> {
+    let own = run
+        .behavior_report_dir(crate::behavior::EncoderKind::Sasrec.name())
+        .join(crate::behavior::job::MODEL_FILE);
+    given
+        .map(Path::to_path_buf)
+        .or(own.is_file().then_some(own))
+}
+
+/// What `llmbs baselines` ranks: the split and seeded user sample of an evaluation, the
+/// evaluation's predictions to compare with, and the SASRec to rank (see [`sasrec_path`]).
+#[derive(Debug, Clone, Copy)]
+pub struct BaselineJob<'a> {
+    pub split: SplitName,
+    pub limit: Option<usize>,
+    pub seed: u64,
+    pub against: Option<&'a Path>,
+    pub sasrec: Option<&'a Path>,
 }
 
 /// Items by training popularity (each user's training part), most popular first; ties go to
@@ -118,6 +161,15 @@ fn baseline_lists(d: &RunData, samples: &[Sample]) -> Vec<(String, Vec<Vec<u32>>
     out
 }
 
+/// The run's SASRec's top-10 list for every sample: the whole catalogue ranked after the
+/// sample's history (the evaluation's history, capped as its prompts are), history items
+/// included as the evaluation's beam includes them.
+fn sasrec_lists(path: &Path, d: &RunData, samples: &[Sample]) -> anyhow::Result<Vec<Vec<u32>>> {
+    let model = crate::behavior::saved::load_sasrec(path, d.ds.items.len())?;
+    let histories: Vec<&[u32]> = samples.iter().map(|s| s.history.as_slice()).collect();
+    Ok(model.top_k(&histories, TOP)?)
+}
+
 /// The baselines' metrics, from their lists for `samples`.
 fn baseline_rows(lists: &[(String, Vec<Vec<u32>>)], samples: &[Sample]) -> Vec<(String, Metrics)> {
     lists
@@ -132,35 +184,42 @@ fn baseline_rows(lists: &[(String, Vec<Vec<u32>>)], samples: &[Sample]) -> Vec<(
         .collect()
 }
 
+/// Each sample's target's rank in its list (None: not in the top 10).
+fn ranks(lists: &[Vec<u32>], samples: &[Sample]) -> Vec<Option<usize>> {
+    lists
+        .iter()
+        .zip(samples)
+        .map(|(l, s)| rank_of(l, s.target, TOP))
+        .collect()
+}
+
 /// A model's predictions (`llmbs eval`'s `.predictions.jsonl` of exactly `samples`) minus
-/// each baseline (its lists for `samples`), user by user.
+/// each baseline (its ranks of `samples`' targets), user by user, overall and per slice.
 fn against_model(
     d: &RunData,
-    lists: &[(String, Vec<Vec<u32>>)],
-    samples: &[Sample],
-    predictions: &std::path::Path,
+    base: &[(String, Vec<Option<usize>>)],
+    (samples, pop): (&[Sample], &Popularity),
+    predictions: &Path,
 ) -> anyhow::Result<Against> {
     let model = model_ranks(predictions, &d.ds, samples)?;
-    let rows = lists
+    let rows = base
         .iter()
-        .map(|(name, lists)| {
-            let base: Vec<Option<usize>> = lists
-                .iter()
-                .zip(samples)
-                .map(|(l, s)| rank_of(l, s.target, TOP))
-                .collect();
-            paired(name, &model, &base)
-        })
+        .map(|(name, r)| paired(name, &model, r))
+        .collect::<anyhow::Result<_>>()?;
+    let slices = base
+        .iter()
+        .map(|(_, r)| slice_paired(pop, samples, &model, r))
         .collect::<anyhow::Result<_>>()?;
     Ok(Against {
         eval_label: eval_label(predictions),
         predictions: predictions.display().to_string(),
         rows,
+        slices,
     })
 }
 
 /// The label of the evaluation that wrote `eval/<label>.predictions.jsonl`.
-pub fn eval_label(predictions: &std::path::Path) -> String {
+pub fn eval_label(predictions: &Path) -> String {
     let name = predictions
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -178,34 +237,47 @@ pub fn eval_label(predictions: &std::path::Path) -> String {
 pub fn run_baselines(
     run: &RunDir,
     d: &RunData,
-    split: SplitName,
-    limit: Option<usize>,
-    seed: u64,
-    model: Option<&std::path::Path>,
+    job: &BaselineJob,
 ) -> anyhow::Result<BaselineReport> {
-    let all = match split {
+    let all = match job.split {
         SplitName::Test => &d.split.test,
         SplitName::Valid => &d.split.valid,
     };
-    let samples = select_users(all, limit, seed);
-    let lists = baseline_lists(d, &samples);
-    let mut label = format!("baselines-{}", split.name());
-    if let Some(n) = limit {
-        label.push_str(&format!("-{n}u-seed{seed}"));
+    let samples = select_users(all, job.limit, job.seed);
+    let mut lists = baseline_lists(d, &samples);
+    if let Some(p) = job.sasrec {
+        let l = sasrec_lists(p, d, &samples)
+            .with_context(|| format!("the SASRec baseline {}", p.display()))?;
+        lists.push((SASREC_ROW.to_string(), l));
     }
-    if let Some(p) = model {
+    let pop = Popularity::new(&d.split.train, d.ds.items.len());
+    let base: Vec<(String, Vec<Option<usize>>)> = lists
+        .iter()
+        .map(|(n, l)| (n.clone(), ranks(l, &samples)))
+        .collect();
+    let mut label = format!("baselines-{}", job.split.name());
+    if let Some(n) = job.limit {
+        label.push_str(&format!("-{n}u-seed{}", job.seed));
+    }
+    if let Some(p) = job.against {
         label.push_str(&format!("-vs-{}", eval_label(p)));
     }
     let report = BaselineReport {
         label: label.clone(),
         dataset: d.ds.name.clone(),
-        split,
+        split: job.split,
         users: samples.len(),
-        limit,
-        seed,
+        limit: job.limit,
+        seed: job.seed,
         rows: baseline_rows(&lists, &samples),
-        against: model
-            .map(|p| against_model(d, &lists, &samples, p))
+        slices: base
+            .iter()
+            .map(|(_, r)| slice_metrics(&pop, &samples, r))
+            .collect(),
+        sasrec: job.sasrec.map(|p| p.display().to_string()),
+        against: job
+            .against
+            .map(|p| against_model(d, &base, (&samples, &pop), p))
             .transpose()?,
     };
     write_json(&run.eval_dir().join(format!("{label}.json")), &report)?;
@@ -214,49 +286,6 @@ pub fn run_baselines(
         report.markdown().as_bytes(),
     )?;
     Ok(report)
-}
-
-impl BaselineReport {
-    pub fn markdown(&self) -> String {
-        let mut md = format!(
-            "# Baselines: {} ({} split, {} users{})\n\n",
-            self.dataset,
-            self.split.name(),
-            self.users,
-            self.limit.map_or(String::new(), |_| format!(
-                ", seeded sample, seed {}",
-                self.seed
-            ))
-        );
-        if let Some((_, m)) = self.rows.first() {
-            let head = m.markdown_header();
-            let mut lines = head.lines();
-            let (names, rule) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
-            md.push_str(&format!("| baseline {names}\n| --- {rule}\n"));
-        }
-        for (name, m) in &self.rows {
-            md.push_str(&format!("| {name} {}\n", m.to_markdown_row()));
-        }
-        if let Some(a) = &self.against {
-            md.push_str(&format!(
-                "\nThe model of `{}` minus each baseline, user by user (paired standard errors):\n\n{}",
-                a.predictions, a.paired_markdown()
-            ));
-        }
-        md
-    }
-}
-
-impl Against {
-    /// The paired table, one row a baseline.
-    pub fn paired_markdown(&self) -> String {
-        let mut md = MARKDOWN_HEADER.to_string();
-        for r in &self.rows {
-            md.push_str(&r.markdown_row());
-            md.push('\n');
-        }
-        md
-    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! Evaluation (paper 3.4.3, 4.1.2): trie-constrained beam search over all item IDs, exact
 //! Recall/NDCG over full rankings, predictions and reports.
 
+pub mod ab;
 pub mod baselines;
+mod baselines_md;
 pub mod beam;
 pub mod config;
 pub mod paired;
@@ -9,6 +11,7 @@ pub mod partial;
 pub mod ppl;
 pub mod report;
 pub mod run;
+pub mod slices;
 
 use std::time::Instant;
 

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::config::{EvalConfig, SplitName};
+use super::slices::{slices_markdown, SliceMetrics};
 use crate::metrics::Metrics;
 
 /// `eval/<label>.json`.
@@ -18,6 +19,9 @@ pub struct EvalReport {
     pub planned_users: usize,
     pub all_users: bool,
     pub metrics: Metrics,
+    /// R@10 and N@10 by the target's training popularity (empty in older reports).
+    #[serde(default)]
+    pub slices: Vec<SliceMetrics>,
     pub coverage10: Coverage,
     pub seconds: f64,
     pub users_per_s: f64,
@@ -73,6 +77,10 @@ impl EvalReport {
             self.coverage10.items,
             100.0 * self.coverage10.fraction
         ));
+        if !self.slices.is_empty() {
+            md.push('\n');
+            md.push_str(&slices_markdown(&self.slices));
+        }
         if let Some(r) = self.paper_table2 {
             md.push_str(&format!(
                 "\nPaper Table 2 (LLM-BS, LLaMA-7B): R@5 {:.4}, R@10 {:.4}, N@5 {:.4}, N@10 {:.4}\n",

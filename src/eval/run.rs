@@ -15,6 +15,7 @@ use rand::SeedableRng;
 pub use super::config::{default_label, normalize_for, EvalConfig, SplitName};
 use super::partial::{partial_path, Partial};
 pub use super::report::{Coverage, EvalReport};
+use super::slices::{slice_metrics, Popularity};
 use super::{evaluate, prompt_ids, Normalize, Prediction, Ranked, Scoring};
 use crate::data::{Dataset, Sample};
 use crate::device::device_name;
@@ -221,6 +222,7 @@ pub fn evaluate_run(
         planned_users: planned,
         all_users: c.limit.is_none() && samples.len() == planned,
         metrics: Metrics::default(),
+        slices: Vec::new(),
         coverage10: Coverage::default(),
         seconds,
         users_per_s: (samples.len() - resumed) as f64 / seconds.max(1e-9),
@@ -239,7 +241,8 @@ pub fn evaluate_run(
         paper_table2: paper_row(&d.ds),
         predictions: preds_path.display().to_string(),
     };
-    finish(run, report, &samples, &ranked, d.ds.items.len(), job.quiet)
+    let pop = Popularity::new(&d.split.train, d.ds.items.len());
+    finish(run, report, (&samples, &ranked), &pop, job.quiet)
 }
 
 /// The report's words for how a beam's score is formed.
@@ -385,9 +388,8 @@ fn write_predictions(
 fn finish(
     run: &RunDir,
     mut report: EvalReport,
-    samples: &[Sample],
-    ranked: &[Ranked],
-    n_items: usize,
+    (samples, ranked): (&[Sample], &[Ranked]),
+    pop: &Popularity,
     quiet: bool,
 ) -> anyhow::Result<EvalReport> {
     let mut acc = MetricAccumulator::default();
@@ -398,8 +400,15 @@ fn finish(
     for (s, l) in samples.iter().zip(&lists) {
         acc.add(l, s.target);
     }
+    let n_items = pop.count.len();
     let (items, fraction) = coverage(lists.iter().map(|l| l.as_slice()), 10, n_items);
     report.metrics = acc.finish();
+    let ranks: Vec<Option<usize>> = samples
+        .iter()
+        .zip(&lists)
+        .map(|(s, l)| rank_of(l, s.target, l.len()))
+        .collect();
+    report.slices = slice_metrics(pop, samples, &ranks);
     report.coverage10 = Coverage { items, fraction };
     let label = &report.label;
     write_json(&run.eval_dir().join(format!("{label}.json")), &report)?;

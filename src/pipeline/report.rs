@@ -5,8 +5,9 @@ use candle_core::DType;
 
 use super::PipelineJob;
 use crate::data::Dataset;
-use crate::eval::baselines::{run_baselines, BaselineReport};
+use crate::eval::baselines::{run_baselines, sasrec_path, BaselineJob, BaselineReport, NO_SASREC};
 use crate::eval::run::{evaluate_run, paper_row, EvalJob, EvalReport};
+use crate::eval::slices::slices_markdown;
 use crate::util::{atomic_write, write_json};
 
 /// Runs every evaluation of the config (resuming one a Ctrl-C left), and the baselines on each
@@ -30,7 +31,19 @@ pub fn eval_stage(job: &PipelineJob) -> anyhow::Result<Vec<String>> {
             // baselines do: no user-by-user comparison then.
             let whole = r.users >= r.planned_users;
             let preds = whole.then(|| std::path::PathBuf::from(&r.predictions));
-            let b = run_baselines(run, &d, c.split, c.limit, c.seed, preds.as_deref())?;
+            // The run's SASRec (the behavior or teacher stage's), when it has one.
+            let sasrec = sasrec_path(run, None);
+            let b = run_baselines(
+                run,
+                &d,
+                &BaselineJob {
+                    split: c.split,
+                    limit: c.limit,
+                    seed: c.seed,
+                    against: preds.as_deref(),
+                    sasrec: sasrec.as_deref(),
+                },
+            )?;
             outputs.push(format!("eval/{}.json", b.label));
         }
     }
@@ -102,6 +115,11 @@ pub fn write(job: &PipelineJob, times: &[(String, f64, &str)]) -> anyhow::Result
             r.coverage10.items
         ));
         md.push_str(&baselines_markdown(r, &baselines));
+        if !r.slices.is_empty() {
+            md.push('\n');
+            md.push_str(&slices_markdown(&r.slices));
+        }
+        md.push_str(&sasrec_markdown(r, &baselines));
     }
     if let Some(p) = paper_row(&ds) {
         md.push_str(&format!(
@@ -152,6 +170,23 @@ fn baselines_markdown(r: &EvalReport, baselines: &[BaselineReport]) -> String {
         ));
     }
     md
+}
+
+/// The model minus SASRec per popularity slice, from the comparison made with `r`'s own
+/// predictions, or the line saying the run has no SASRec.
+fn sasrec_markdown(r: &EvalReport, baselines: &[BaselineReport]) -> String {
+    let own = baselines.iter().find_map(|b| {
+        let a = b.against.as_ref().filter(|a| a.eval_label == r.label)?;
+        b.sasrec_diff_markdown(a)
+    });
+    match own {
+        Some(md) => md,
+        // Without baselines there is nothing to say about one of them.
+        None if !baselines.is_empty() && baselines.iter().all(|b| b.sasrec.is_none()) => {
+            format!("\n{NO_SASREC}\n")
+        }
+        None => String::new(),
+    }
 }
 
 /// The eval stage's reports, as its sidecar lists them.

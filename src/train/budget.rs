@@ -252,6 +252,7 @@ fn measure(
             encoded: Vec::new(),
             samples: valid.samples.clone(),
             prompts: valid.prompts.clone(),
+            names: valid.names.clone(),
         },
     };
     let setup_seconds = t0.elapsed().as_secs_f64();
@@ -277,6 +278,7 @@ fn measure(
         encoded: valid.encoded[..1.min(valid.encoded.len())].to_vec(),
         samples: timing.samples[..users].to_vec(),
         prompts: timing.prompts[..users].to_vec(),
+        names: timing.names[..users.min(timing.names.len())].to_vec(),
     };
     let scratch = run.train_dir(c.stage).join("budget-probe");
     let mut hooks = StageHooks::new(

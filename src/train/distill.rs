@@ -9,11 +9,9 @@
 use std::path::Path;
 
 use anyhow::Context;
-use candle_core::{Device, Result};
-use candle_nn::VarBuilder;
-use serde::Deserialize;
+use candle_core::Result;
 
-use crate::behavior::{BehaviorConfig, SasRec, SasRecConfig};
+use crate::behavior::{saved, SasRec};
 pub use crate::config::train::DistillConfig;
 use crate::tasks::build::Encoded;
 
@@ -27,28 +25,14 @@ pub struct Teacher {
     order: Vec<u32>,
 }
 
-/// The report fields a teacher is rebuilt from.
-#[derive(Deserialize)]
-struct TeacherReport {
-    items: usize,
-    config: BehaviorConfig,
-}
-
 impl Teacher {
     /// Loads the teacher of `c` from `dir` (`RUN/behavior/<teacher>`); `ids`: each item's ID
     /// tokens, in dataset order.
     pub fn load(dir: &Path, c: &DistillConfig, ids: &[Vec<u32>]) -> anyhow::Result<Self> {
-        let report = dir.join("report.json");
-        let weights = dir.join(crate::behavior::job::MODEL_FILE);
         let hint = "train it with `llmbs behavior --encoder sasrec --out RUN/embeddings/behavior-sasrec.safetensors` or the pipeline's `teacher` section";
-        let text = std::fs::read_to_string(&report).with_context(|| {
-            format!(
-                "distillation teacher: reading {} ({hint})",
-                report.display()
-            )
-        })?;
-        let r: TeacherReport =
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", report.display()))?;
+        let r = saved::read_report(dir)
+            .with_context(|| format!("distillation teacher in {} ({hint})", dir.display()))?;
+        let report = dir.join("report.json");
         if r.config.encoder != c.teacher {
             anyhow::bail!(
                 "{}: a {} model, distill.teacher asks for {}",
@@ -65,26 +49,8 @@ impl Teacher {
                 ids.len()
             );
         }
-        let tensors =
-            candle_core::safetensors::load(&weights, &Device::Cpu).with_context(|| {
-                format!(
-                    "distillation teacher: reading {} ({hint})",
-                    weights.display()
-                )
-            })?;
-        let b = &r.config;
-        let cfg = SasRecConfig {
-            n_items: r.items,
-            dim: b.dim,
-            max_len: b.max_history,
-            blocks: b.blocks,
-            heads: b.heads,
-            dropout: b.dropout,
-            history_bias: b.history_bias,
-        };
-        let vb = VarBuilder::from_tensors(tensors, candle_core::DType::F32, &Device::Cpu);
-        let model = SasRec::new(cfg, vb)
-            .with_context(|| format!("building the teacher from {}", weights.display()))?;
+        let model = saved::build_sasrec(dir, &r)
+            .with_context(|| format!("distillation teacher ({hint})"))?;
         Ok(Self::new(model, c.temperature, ids))
     }
 
@@ -211,8 +177,10 @@ impl Teacher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::behavior::SasRecConfig;
     use crate::tasks::build::TaskKind;
-    use candle_nn::VarMap;
+    use candle_core::Device;
+    use candle_nn::{VarBuilder, VarMap};
 
     #[test]
     fn level_targets_are_the_teacher_mass_under_each_id_prefix() {

@@ -3,7 +3,7 @@
 //! checkpoint directories written whole (model or adapter, optimizer, projectors, state).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
 use candle_nn::VarMap;
@@ -18,9 +18,9 @@ use crate::config::train::{Stage, TrainConfig};
 use crate::data::Sample;
 use crate::eval::{self, ItemIds};
 use crate::llm::{LlamaConfig, ModelSource};
-use crate::metrics::{coverage, ndcg_standard_error};
+use crate::metrics::{coverage, ndcg_standard_error, rank_of};
 use crate::tasks::build::Encoded;
-use crate::util::write_json;
+use crate::util::{atomic_write, write_json};
 
 /// What a checkpoint writes of an assembled stage (borrowed beside its trainer).
 pub struct SavedParts<'a> {
@@ -46,6 +46,8 @@ pub struct ValidSet {
     /// The users ranked by beam search, and their prompts.
     pub samples: Vec<Sample>,
     pub prompts: Vec<Vec<u32>>,
+    /// Each ranked user's id and target item id (the dataset's names), for the ranks file.
+    pub names: Vec<(String, String)>,
 }
 
 pub struct StageHooks<'a> {
@@ -62,6 +64,9 @@ pub struct StageHooks<'a> {
     pub items: &'a ItemIds,
     /// PEFT's `base_model_name_or_path`.
     pub source: String,
+    /// Where each validation writes its users' ranks (`valid-ranks-<step>.jsonl`); None: a
+    /// probe's validation, which writes nothing.
+    pub ranks_dir: Option<PathBuf>,
 }
 
 impl<'a> StageHooks<'a> {
@@ -91,6 +96,7 @@ impl<'a> StageHooks<'a> {
                 ModelSource::Hub(id) => id.clone(),
                 ModelSource::Synthetic(_) => bb.src.describe(),
             },
+            ranks_dir: None,
         }
     }
 
@@ -104,6 +110,23 @@ impl<'a> StageHooks<'a> {
         }
         Ok(())
     }
+}
+
+/// One line per validation user: its id, its target's id and the target's 1-based rank in the
+/// beam's list (null outside it), the lines `llmbs paired` compares arm by arm, user by user.
+fn write_ranks(path: &Path, valid: &ValidSet, lists: &[Vec<u32>]) -> anyhow::Result<()> {
+    let mut text = String::new();
+    for ((user, target), (s, l)) in valid.names.iter().zip(valid.samples.iter().zip(lists)) {
+        let rank = rank_of(l, s.target, l.len());
+        text.push_str(
+            &serde_json::json!({"user": user, "target": target, "rank": rank}).to_string(),
+        );
+        text.push('\n');
+    }
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    atomic_write(path, text.as_bytes())
 }
 
 impl Hooks for StageHooks<'_> {
@@ -152,6 +175,13 @@ impl Hooks for StageHooks<'_> {
                 pairs.map(|(l, s)| (l.as_slice(), s.target)),
                 10,
             ));
+            if let Some(dir) = &self.ranks_dir {
+                write_ranks(
+                    &dir.join(format!("valid-ranks-{}.jsonl", t.step)),
+                    &self.valid,
+                    &lists,
+                )?;
+            }
         }
         rec.seconds = start.elapsed().as_secs_f64();
         Ok(rec)

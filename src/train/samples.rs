@@ -74,10 +74,18 @@ pub fn valid_set(
         .collect::<anyhow::Result<_>>()?;
     let samples: Vec<Sample> = valid.iter().take(c.valid_users).cloned().collect();
     let prompts = eval::prompt_ids(&samples, items, &d.prompts, 0, builder.tok)?;
+    let names = samples
+        .iter()
+        .map(|s| {
+            let user = d.ds.users[s.user as usize].clone();
+            (user, d.ds.items[s.target as usize].id.clone())
+        })
+        .collect();
     Ok(ValidSet {
         encoded,
         samples,
         prompts,
+        names,
     })
 }
 

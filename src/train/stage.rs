@@ -406,6 +406,7 @@ fn train_loop(
         run.checkpoint_dir(c.stage),
         run.best_dir(c.stage),
     );
+    hooks.ranks_dir = Some(out_dir.clone());
     let stop = crate::util::interrupt_flag()?;
     eprintln!(
         "train {stage}: {} trainable parameters ({:?}), {} steps x {} samples (micro-batch {}), {} task samples from {} rows, GCT {}, {} on {}",

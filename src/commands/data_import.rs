@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use super::data::{grouped, table};
+use super::text_table::{grouped, table};
 use crate::data::import::{
     import, Columns, FilterOptions, ImportConfig, ImportFormat, MissingText, Repeats,
 };

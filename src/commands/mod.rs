@@ -15,6 +15,7 @@ pub mod paired;
 pub mod pipeline;
 pub mod ppl;
 pub mod recommend;
+pub mod text_table;
 pub mod train;
 
 use crate::run::model::{AdapterChoice, ModelChoice};

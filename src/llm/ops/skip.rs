@@ -50,7 +50,9 @@ fn append(path: &std::path::Path, line: &str) -> std::io::Result<()> {
         .create(true)
         .append(true)
         .open(path)?;
-    writeln!(f, "{line}")
+    // One write per line: test threads append at once, and a line split in two writes can
+    // interleave with another's.
+    f.write_all(format!("{line}\n").as_bytes())
 }
 
 #[cfg(test)]

@@ -290,6 +290,13 @@ fn run_one(job: &PipelineJob, stage: &str, ds_name: &str) -> anyhow::Result<Vec<
             let prompts = initial
                 .then(|| c.prompts.as_ref().map(PathBuf::from))
                 .flatten();
+            let deadline = match job.deadline.filter(|_| initial) {
+                Some(at) => Some(crate::train::budget::Deadline {
+                    at,
+                    users_after: eval_users(c, &data)?,
+                }),
+                None => None,
+            };
             let t = StageJob {
                 config: cfg.clone(),
                 data: initial.then_some(data),
@@ -301,12 +308,7 @@ fn run_one(job: &PipelineJob, stage: &str, ds_name: &str) -> anyhow::Result<Vec<
                 dtype_choice: None,
                 // Only the initial stage is fit to the deadline: it is the one with a budget
                 // in the CPU configs, and the anneal stage's own budget stays as written.
-                deadline: job.deadline.filter(|_| initial).map(|at| {
-                    crate::train::budget::Deadline {
-                        at,
-                        users_after: eval_users(c, Path::new(&c.data)).unwrap_or(0),
-                    }
-                }),
+                deadline,
             };
             let (dtype, choice) = crate::device::train_dtype(&c.dtype, dev)?;
             let t = StageJob {

@@ -46,28 +46,11 @@ pub struct Probe {
     pub beam_user_seconds: f64,
 }
 
-/// The schedule that fits `budget` after `elapsed` seconds are spent: the most steps whose
-/// time, periodic saves (every `save_every`), validations and a second setup stay inside the
-/// budget less its margin. An error when not even the warmup fits.
+/// The schedule that fits `budget_seconds` (the budget's minutes, or a deadline's share)
+/// after `elapsed` seconds are spent: the most steps whose time, periodic saves (every
+/// `save_every`), validations and a second setup stay inside it less the margin. An error when
+/// not even the warmup fits.
 pub fn choose(
-    budget: &Budget,
-    probe: &Probe,
-    elapsed: f64,
-    warmup: usize,
-    save_every: usize,
-) -> anyhow::Result<Fit> {
-    choose_within(
-        budget,
-        budget.minutes * 60.0,
-        probe,
-        elapsed,
-        warmup,
-        save_every,
-    )
-}
-
-/// [`choose`] with the budget cut to `budget_seconds` (a deadline's share).
-pub fn choose_within(
     budget: &Budget,
     budget_seconds: f64,
     probe: &Probe,
@@ -192,7 +175,7 @@ pub fn fit_budget(
             seconds / 60.0
         );
     }
-    let mut fit = choose_within(
+    let mut fit = choose(
         budget,
         seconds,
         &probe,
@@ -238,23 +221,13 @@ fn measure(
     let samples = stage_samples(d, c);
     let builder = task_builder(d, bb, &samples, c);
     let plan = builder.plan(&c.mix, budget.probe_steps * c.batch_size, c.seed)?;
-    let valid = valid_set(d, &builder, &bb.items, c)?;
     // Users for timing the beam search even where validation ranks none (a deadline needs
-    // the speed of the evaluation that follows).
+    // the speed of the evaluation that follows); the times are scaled to the real pass.
     let probe_users = 2 * c.valid_batch.max(1);
-    let timing = match valid.samples.len() {
-        0 => {
-            let mut vc = c.clone();
-            vc.valid_users = probe_users;
-            valid_set(d, &builder, &bb.items, &vc)?
-        }
-        _ => ValidSet {
-            encoded: Vec::new(),
-            samples: valid.samples.clone(),
-            prompts: valid.prompts.clone(),
-            names: valid.names.clone(),
-        },
-    };
+    let mut vc = c.clone();
+    vc.valid_users = c.valid_users.max(probe_users);
+    let valid = valid_set(d, &builder, &bb.items, &vc)?;
+    let (ce_samples, beam_users) = (c.valid_users.max(64), c.valid_users);
     let setup_seconds = t0.elapsed().as_secs_f64();
     let stop = crate::util::interrupt_flag()?;
     let mut times = Vec::with_capacity(budget.probe_steps);
@@ -272,13 +245,13 @@ fn measure(
     let k = valid.encoded.len().min(2 * c.micro_batch.max(1) * 2);
     let t = Instant::now();
     parts.trainer.response_loss(&valid.encoded[..k])?;
-    let ce = t.elapsed().as_secs_f64() * valid.encoded.len() as f64 / k.max(1) as f64;
-    let users = timing.samples.len().min(probe_users);
+    let ce = t.elapsed().as_secs_f64() * ce_samples as f64 / k.max(1) as f64;
+    let users = valid.samples.len().min(probe_users);
     let slice = ValidSet {
         encoded: valid.encoded[..1.min(valid.encoded.len())].to_vec(),
-        samples: timing.samples[..users].to_vec(),
-        prompts: timing.prompts[..users].to_vec(),
-        names: timing.names[..users.min(timing.names.len())].to_vec(),
+        samples: valid.samples[..users].to_vec(),
+        prompts: valid.prompts[..users].to_vec(),
+        names: valid.names[..users.min(valid.names.len())].to_vec(),
     };
     let scratch = run.train_dir(c.stage).join("budget-probe");
     let mut hooks = StageHooks::new(
@@ -292,7 +265,7 @@ fn measure(
     let t = Instant::now();
     hooks.validate(&parts.trainer)?;
     let beam_user_seconds = t.elapsed().as_secs_f64() / users.max(1) as f64;
-    let beam = beam_user_seconds * valid.samples.len() as f64;
+    let beam = beam_user_seconds * beam_users as f64;
     let state = TrainState {
         stage: c.stage.name().to_string(),
         step: parts.trainer.step,
@@ -342,7 +315,7 @@ mod tests {
     #[test]
     fn the_chosen_schedule_ends_inside_the_budget() {
         let b = Budget::minutes(10.0);
-        let f = choose(&b, &probe(), 25.0, 20, 50).unwrap();
+        let f = choose(&b, 600.0, &probe(), 25.0, 20, 50).unwrap();
         // 600 * 0.96 = 576; fixed 25 + 5 + (30 + 2) = 62; per step 1 + 2/50 = 1.04.
         assert_eq!(f.steps, ((576.0 - 62.0) / 1.04f64).floor() as usize);
         assert_eq!(f.eval_every, f.steps);
@@ -356,16 +329,16 @@ mod tests {
     fn validations_outside_the_budget_leave_more_steps() {
         let mut b = Budget::minutes(10.0);
         b.validations = 4;
-        let inside = choose(&b, &probe(), 25.0, 20, 50).unwrap();
+        let inside = choose(&b, 600.0, &probe(), 25.0, 20, 50).unwrap();
         b.count_validation = false;
-        let outside = choose(&b, &probe(), 25.0, 20, 50).unwrap();
+        let outside = choose(&b, 600.0, &probe(), 25.0, 20, 50).unwrap();
         assert!(outside.steps > inside.steps);
         assert_eq!(inside.eval_every, inside.steps.div_ceil(4));
     }
 
     #[test]
     fn a_budget_below_the_warmup_is_an_error_naming_the_key() {
-        let e = choose(&Budget::minutes(1.0), &probe(), 40.0, 20, 50).unwrap_err();
+        let e = choose(&Budget::minutes(1.0), 60.0, &probe(), 40.0, 20, 50).unwrap_err();
         assert!(e.to_string().contains("budget.minutes"), "{e}");
     }
 
@@ -395,7 +368,15 @@ mod tests {
     fn a_resumed_stage_keeps_its_fit_and_a_new_budget_does_not() {
         let mut saved = TrainConfig::new(crate::config::train::Stage::Initial);
         saved.budget = Some(Budget::minutes(10.0));
-        let fit = choose(saved.budget.as_ref().unwrap(), &probe(), 25.0, 20, 50).unwrap();
+        let fit = choose(
+            saved.budget.as_ref().unwrap(),
+            600.0,
+            &probe(),
+            25.0,
+            20,
+            50,
+        )
+        .unwrap();
         let saved = apply(&saved, fit);
         let mut asked = TrainConfig::new(crate::config::train::Stage::Initial);
         asked.budget = Some(Budget::minutes(10.0));

@@ -46,6 +46,8 @@ declare -A ARMS=(
   [k4-distill]="--lr 2e-3 --item-loss --layers 4 --distill-weight 0.5"
   [recipe]="--lr 2e-3 --item-loss --layers 4 --lr-new 6e-3 --weight-decay-new 0"
   [recipe-compact]="--lr 2e-3 --item-loss --layers 4 --lr-new 6e-3 --weight-decay-new 0 --prompts configs/prompts-compact.json"
+  [recipe-bi]="--lr 2e-3 --item-loss --layers 4 --lr-new 6e-3 --weight-decay-new 0 --behavior-input"
+  [recipe-compact-bi]="--lr 2e-3 --item-loss --layers 4 --lr-new 6e-3 --weight-decay-new 0 --prompts configs/prompts-compact.json --behavior-input"
   [k4-srtonly]="--lr 2e-3 --item-loss --layers 4 --mix srt=1,id2text=0,text2id=0,hist_text2id=0,hist_id2text=0"
 )
 ORDER=(k4 k4-distill k4-fullvocab k4-groups k8 k12 k16 full k4-lr5e-3 k4-srtonly)

@@ -121,6 +121,10 @@ pub struct TrainArgs {
     /// run's evaluations then normalise over them too)
     #[arg(long)]
     pub item_loss: bool,
+    /// Initial stage: each history item's ID also brings the run's behavior vector (Z^b)
+    /// through a learned projection into the input (LLaRA/CoLLM style; saved with the model)
+    #[arg(long)]
+    pub behavior_input: bool,
     /// Peak learning rate of the new parameters (ID-token and [CON] rows, GCT projectors);
     /// default: --lr
     #[arg(long)]
@@ -170,6 +174,9 @@ fn flags(a: &TrainArgs) -> anyhow::Result<serde_json::Value> {
     );
     if a.item_loss {
         o.insert("item_loss".into(), true.into());
+    }
+    if a.behavior_input {
+        o.insert("behavior_input".into(), true.into());
     }
     if let Some(w) = a.distill_weight {
         let d = crate::train::distill::DistillConfig {

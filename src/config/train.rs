@@ -156,6 +156,11 @@ pub struct TrainConfig {
     /// ID tokens too (`eval::Normalize::Ids`).
     #[serde(default)]
     pub item_loss: bool,
+    /// Initial stage: each history item's ID also brings its behavior vector (the run's Z^b)
+    /// through a learned projection into the input embeddings (`llm::behavior_input`); saved
+    /// with the checkpoint, so later stages and evaluations use it too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub behavior_input: bool,
     /// Parameter groups: peak learning rate of the new parameters (ID-token and `[CON]` rows,
     /// GCT projectors); None: `lr`, as the backbone. Same schedule shape.
     #[serde(default)]
@@ -322,6 +327,7 @@ impl TrainConfig {
             dp_reduce: ReduceDType::F32,
             layers: None,
             item_loss: false,
+            behavior_input: false,
             lr_new: None,
             weight_decay_new: None,
             distill: None,
@@ -360,6 +366,7 @@ impl TrainConfig {
         let mut v = serde_json::to_value(self)?;
         if let Some(o) = v.as_object_mut() {
             o.entry("budget").or_insert(serde_json::Value::Null);
+            o.entry("behavior_input").or_insert(false.into());
         }
         Ok(v)
     }
@@ -413,6 +420,12 @@ impl TrainConfig {
             return bad(
                 "layers",
                 "the anneal stage keeps the initial model's layers (prune in the initial stage)",
+            );
+        }
+        if self.behavior_input && self.stage == Stage::Anneal {
+            return bad(
+                "behavior_input",
+                "an option of the initial stage (the anneal stage keeps the initial model's)",
             );
         }
         if self.lr_new.is_some_and(|l| !(l > 0.0 && l.is_finite())) {

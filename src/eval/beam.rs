@@ -156,8 +156,12 @@ fn prefill(
     let lens: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
     // Tokens every prompt of the batch starts with (the instruction text) are prefilled once
     // and shared; each prompt keeps at least its last token for its own logits.
-    let shared =
-        common_prefix(prompts).min(lens.iter().copied().min().unwrap_or(1).saturating_sub(1));
+    // The shared part stops before the first ID token, so no item's ID is split between two
+    // chunks (a behavior input finds items within a chunk: `llm::behavior_input`).
+    let first_id = prompts[0].iter().position(|t| cols.contains(t));
+    let shared = common_prefix(prompts)
+        .min(lens.iter().copied().min().unwrap_or(1).saturating_sub(1))
+        .min(first_id.unwrap_or(usize::MAX));
     if shared > 0 {
         let prefix = Tensor::new(&prompts[0][..shared], &dev)?.unsqueeze(0)?;
         model.forward_hidden(&prefix, None, None, Some(&mut *cache), Mode::Infer)?;

@@ -301,7 +301,11 @@ pub fn read_safetensors(
         file.read_exact(&mut buf).map_err(io)?;
         let t = Tensor::from_raw_buffer(&buf, dt, &e.shape, &Device::Cpu)
             .and_then(|t| t.to_device(device))
-            .and_then(|t| t.to_dtype(dtype_of(&name)))
+            // Integer tensors (the behavior input's item IDs) keep their dtype.
+            .and_then(|t| match dt.is_float() {
+                true => t.to_dtype(dtype_of(&name)),
+                false => Ok(t),
+            })
             .map_err(|e| bad(e.to_string()))?;
         out.insert(name, t);
     }

@@ -1,6 +1,7 @@
 //! The LLM backbone: a Llama decoder in candle, its loaders (HF directory, Hub, GGUF), its
 //! tokenizer, KV cache and LoRA hooks (DESIGN "Backbone").
 
+pub mod behavior_input;
 pub mod cache;
 pub mod config;
 pub mod gguf;

@@ -12,6 +12,7 @@ pub use segments::LayerCtx;
 use candle_core::{DType, Device, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
+use super::behavior_input::BehaviorInput;
 use super::cache::KvCache;
 use super::config::LlamaConfig;
 use super::kernels;
@@ -241,6 +242,8 @@ pub struct Llama {
     lm_head: Tensor, // [vocab, d], the embedding itself when tied
     rope: Rope,
     adapter_enabled: bool,
+    /// Behavior vectors added at the end of each history item's ID (`llm::behavior_input`).
+    behavior: Option<BehaviorInput>,
 }
 
 impl Llama {
@@ -271,6 +274,7 @@ impl Llama {
             vb.pp("lm_head").get((cfg.vocab_size, d), "weight")?
         };
         let rope = Rope::new(cfg, vb.dtype(), vb.device())?;
+        let behavior = BehaviorInput::from_vb(&vb)?;
         Ok(Self {
             cfg: cfg.clone(),
             embed_tokens,
@@ -279,6 +283,7 @@ impl Llama {
             lm_head,
             rope,
             adapter_enabled: true,
+            behavior,
         })
     }
 
@@ -292,6 +297,11 @@ impl Llama {
 
     pub fn dtype(&self) -> DType {
         self.embed_tokens.dtype()
+    }
+
+    /// The behavior input, when the model has one (`llm::behavior_input`).
+    pub fn behavior_input(&self) -> Option<&BehaviorInput> {
+        self.behavior.as_ref()
     }
 
     pub fn embed_weight(&self) -> &Tensor {

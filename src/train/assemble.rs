@@ -42,14 +42,16 @@ pub struct Assembled {
 }
 
 /// Loads `source` (what trains in f32, the rest in `dtype`), grows its vocabulary by the
-/// items' ID tokens and `[CON]`, and (fresh initial stages with `id_init = text`) starts each
-/// ID row from its items' text.
+/// items' ID tokens and `[CON]`, (fresh initial stages with `id_init = text`) starts each
+/// ID row from its items' text, and (`behavior_input`) adds the run's Z^b as an input.
+/// `fresh`: the run of a stage that starts from the source model (None: a resumed stage,
+/// whose checkpoint has all of these).
 pub fn backbone(
     source: &str,
     tokens: &[Vec<String>],
     ds: &Dataset,
     c: &TrainConfig,
-    fresh: bool,
+    fresh: Option<&RunDir>,
     device: &Device,
     dtype: DType,
 ) -> anyhow::Result<Backbone> {
@@ -72,7 +74,7 @@ pub fn backbone(
     let added = vocab::extend_vocab(&mut loaded, &new_tokens, c.seed)?;
     let con_id = added.last().copied();
     let items = ItemIds::new(tokens.to_vec(), &loaded.tokenizer)?;
-    if c.stage == Stage::Initial && fresh && c.id_init == IdInit::Text {
+    if c.stage == Stage::Initial && fresh.is_some() && c.id_init == IdInit::Text {
         // Held-out items (the perplexity check) lend their text to no row.
         let heldout: std::collections::HashSet<u32> =
             crate::tasks::heldout::heldout_items(ds.items.len(), c.heldout_fraction, c.seed)
@@ -96,12 +98,48 @@ pub fn backbone(
         })?;
         eprintln!("{n} fresh ID-token rows start from their items' text (id_init = text)");
     }
+    // A source that has a behavior input already (a checkpoint) keeps its own.
+    let has = loaded
+        .weights
+        .contains_key(crate::llm::behavior_input::PROJ);
+    if let Some(run) = fresh.filter(|_| c.behavior_input && !has) {
+        attach_behavior_input(&mut loaded, run, &items, device)?;
+    }
     Ok(Backbone {
         loaded,
         src,
         items,
         con_id,
     })
+}
+
+/// Adds a fresh behavior input (`llm::behavior_input`: the run's Z^b, a zero projection) to
+/// the weights of a fresh initial stage; a resumed or annealed checkpoint carries its own.
+fn attach_behavior_input(
+    loaded: &mut Loaded,
+    run: &RunDir,
+    items: &ItemIds,
+    device: &Device,
+) -> anyhow::Result<()> {
+    let path = run.behavior_path();
+    let zb = crate::embed::load_table(&path, Some(items.ids.len())).with_context(|| {
+        format!(
+            "behavior_input needs the run's Z^b {} (run `llmbs behavior`)",
+            path.display()
+        )
+    })?;
+    let hidden = loaded.cfg.hidden_size;
+    let t =
+        crate::llm::behavior_input::BehaviorInput::fresh_tensors(&zb, &items.ids, hidden, device)
+            .context("train config: behavior_input")?;
+    eprintln!(
+        "behavior input: each history item's ID ends with its Z^b vector ({}, dim {}) through a \
+         projection to {hidden} (starts at zero)",
+        path.display(),
+        zb.dim(1)?
+    );
+    loaded.weights.extend(t);
+    Ok(())
 }
 
 /// The trainer of a stage over `bb`; `resume` is the checkpoint directory to restore from.
@@ -244,8 +282,8 @@ fn optimizer(
 }
 
 /// The parameter groups of `c`: the rows from the first item-ID token on (the ID tokens and
-/// `[CON]`, the last rows of the grown embedding and an untied head) and the GCT projectors
-/// are new; everything else is the backbone.
+/// `[CON]`, the last rows of the grown embedding and an untied head), the GCT projectors and
+/// the behavior input's projection are new; everything else is the backbone.
 fn new_groups(p: &super::optim::Params, bb: &Backbone, c: &TrainConfig) -> super::optim::Groups {
     let first = bb.items.trie.token_range().start as usize;
     let d = bb.loaded.cfg.hidden_size;
@@ -255,6 +293,7 @@ fn new_groups(p: &super::optim::Params, bb: &Backbone, c: &TrainConfig) -> super
         .map(|n| match n.as_str() {
             "model.embed_tokens.weight" | "lm_head.weight" => Some(first * d),
             _ if n.starts_with("gct.") => Some(0),
+            crate::llm::behavior_input::PROJ => Some(0),
             _ => None,
         })
         .collect();

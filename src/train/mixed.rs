@@ -49,6 +49,8 @@ impl MixedPrecision {
         for (name, t) in model.weights() {
             let t = match trainable.get(&name) {
                 Some(v) => v.clone(),
+                // Integer tensors (the behavior input's item IDs) keep their dtype.
+                None if !t.dtype().is_float() => t.clone(),
                 None => t.to_dtype(dtype)?.detach(),
             };
             base.insert(name, t);

@@ -18,8 +18,13 @@ use crate::llm::{Llama, Loaded, LoraConfig};
 
 /// Whether the base weight `name` trains (is an f32 variable) in `stage` with `tune`: every
 /// weight (full), or the embedding and LM head, which grow new token rows (LoRA, as PEFT's
-/// `modules_to_save`); none in the anneal stage, which trains the adapter only.
+/// `modules_to_save`); none in the anneal stage, which trains the adapter only. The behavior
+/// input's projection trains in the initial stage whatever `tune` says.
 pub fn trains(stage: Stage, tune: Tune, name: &str) -> bool {
+    if name.starts_with(crate::llm::behavior_input::PREFIX) {
+        // The projection trains with the ID rows; the behavior table and item IDs are data.
+        return stage == Stage::Initial && name == crate::llm::behavior_input::PROJ;
+    }
     match (stage, tune) {
         (Stage::Initial, Tune::Full) => true,
         (Stage::Initial, Tune::Lora) => {

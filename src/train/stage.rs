@@ -282,7 +282,15 @@ fn run_stage_on(
     let d = inputs(run, &job, prev.is_some())?;
     let src = source(run, &job, resume_dir.as_deref())?;
     let c = &job.config;
-    let bb = backbone(&src, &d.tokens, &d.ds, c, prev.is_none(), device, dtype)?;
+    let bb = backbone(
+        &src,
+        &d.tokens,
+        &d.ds,
+        c,
+        prev.is_none().then_some(run),
+        device,
+        dtype,
+    )?;
     if prev.is_none() && c.budget.is_some() {
         let at = (started, job.deadline);
         job.config = super::budget::fit_budget(run, &d, &bb, c, device, dtype, at)?;

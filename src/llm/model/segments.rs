@@ -18,8 +18,24 @@ impl Llama {
     /// is a scatter-add parallel over ids). With [`Llama::layer_ctx`], [`Llama::layer_forward`]
     /// and [`Llama::final_norm`] this is [`Llama::forward_hidden`] one segment at a time (what
     /// activation checkpointing recomputes).
+    /// With a behavior input, each position where a history item's ID ends also gets its
+    /// projected behavior vector; items are found within `ids` alone, so a chunk must not
+    /// split an ID (beam search never shares a prefix past the first ID token).
     pub fn embed(&self, ids: &Tensor, mode: Mode) -> Result<Tensor> {
-        ops::embed::embedding(&self.embed_tokens, ids, mode == Mode::Train)
+        let x = ops::embed::embedding(&self.embed_tokens, ids, mode == Mode::Train)?;
+        match self
+            .behavior
+            .as_ref()
+            .map(|b| b.extra(ids))
+            .transpose()?
+            .flatten()
+        {
+            Some(e) => {
+                let e = e.to_dtype(x.dtype())?;
+                x + e
+            }
+            None => Ok(x),
+        }
     }
 
     /// What every layer of a cache-free forward over `[b, t]` tokens at positions `0..t` needs.

@@ -144,6 +144,9 @@ impl Llama {
         if !self.cfg.tie_word_embeddings {
             out.insert("lm_head.weight".into(), self.lm_head.clone());
         }
+        if let Some(b) = &self.behavior {
+            out.extend(b.weights().map(|(k, t)| (k.to_string(), t)));
+        }
         out
     }
 }

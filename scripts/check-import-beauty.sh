@@ -4,7 +4,7 @@
 # time, plus an item table of ASIN, title and categories), imported with the default 5-core
 # preprocessing, and compared with the original: the same 22,363 users, 12,101 items and
 # 198,502 interactions, every user's sequence the same items in the same order, every item's
-# title and categories unchanged. The times are each item's position in its user's sequence
+# title and categories unchanged up to collapsed whitespace. The times are each item's position in its user's sequence
 # (the benchmark publishes the order, not the review times), and rows are shuffled, so the
 # import's chronological sort and stable tie-break are exercised too.
 #
@@ -61,10 +61,16 @@ print(f"check-import-beauty: imported {len(got_inter)} users, {len(got_items)} i
 assert len(got) == len(want), f"{len(got)} users, expected {len(want)}"
 for g, w in zip(got, want):
     assert g == w, f"first differing sequence: {g} vs {w}"
+# The import collapses runs of whitespace (and drops HTML tags, which Beauty has none of):
+# texts are compared after the same collapse, and the ones it changed are counted.
 by_asin = {it["asin"]: it for it in items.values()}
+collapse = lambda t: " ".join(t.split())
+changed = 0
 for it in got_items.values():
     w = by_asin[it["item_id"]]
     for k in ("title", "categories"):
-        assert it[k] == w[k], f"{it['item_id']} {k}: {it[k]!r} vs {w[k]!r}"
-print("check-import-beauty: identical (users' sequences, items' titles and categories)")
+        assert it[k] == collapse(w[k]), f"{it['item_id']} {k}: {it[k]!r} vs {w[k]!r}"
+        changed += it[k] != w[k]
+print(f"check-import-beauty: identical (users' sequences in order; titles and categories, "
+      f"{changed} of them with runs of whitespace collapsed)")
 PY

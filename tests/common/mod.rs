@@ -100,6 +100,17 @@ pub fn tiny_pipeline(dir: &Path) -> PipelineJob {
     }
 }
 
+/// Beam search's list equals the teacher-forced ranking: the same items in the same order, each
+/// score within 1e-3.
+pub fn assert_same_ranking(got: &[(u32, f32)], exact: &[(u32, f32)]) {
+    let gi: Vec<u32> = got.iter().map(|x| x.0).collect();
+    let ei: Vec<u32> = exact.iter().map(|x| x.0).collect();
+    assert_eq!(gi, ei);
+    for (g, e) in got.iter().zip(exact) {
+        assert!((g.1 - e.1).abs() < 1e-3, "{g:?} vs {e:?}");
+    }
+}
+
 /// The largest absolute element difference of two tensors of the same shape.
 pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
     (a - b)

@@ -177,6 +177,11 @@ impl BehaviorInput {
     /// no item ends in the chunk (a decoding step, a text-only sample).
     pub fn extra(&self, ids: &Tensor) -> Result<Option<Tensor>> {
         let (b, t) = ids.dims2()?;
+        // No ID fits in a shorter chunk (a decoding step): skip reading the ids back, a device
+        // sync on CUDA.
+        if self.lens.last().is_none_or(|&l| t < l) {
+            return Ok(None);
+        }
         let rows: Vec<Vec<u32>> = ids.to_dtype(DType::U32)?.to_vec2()?;
         let at: Vec<u32> = rows.iter().flat_map(|r| self.items_ending(r)).collect();
         if at.iter().all(|&i| i as usize == self.n_items) {

@@ -23,6 +23,9 @@ pub struct EmbedArgs {
     /// Truncate item texts to this many tokens
     #[arg(long, default_value_t = 256)]
     pub max_tokens: usize,
+    /// Pool after the first K decoder layers instead of the last (all layers when absent)
+    #[arg(long)]
+    pub layers: Option<usize>,
     /// Embed only the first N items (quick checks, device parity)
     #[arg(long)]
     pub limit: Option<usize>,
@@ -42,6 +45,7 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
         config: EmbedConfig {
             batch_size: args.batch,
             max_tokens: args.max_tokens,
+            layers: args.layers,
         },
         limit: args.limit,
     };

@@ -70,9 +70,14 @@ pub fn embed_catalogue(job: &EmbedJob, device: &Device, dtype: DType) -> anyhow:
         src.describe(),
         device_name(device)
     );
-    let loaded = Loaded::load(&src, device, dtype)?;
-    let model = loaded.build(device)?;
+    let mut loaded = Loaded::load(&src, device, dtype)?;
     let cfg = &job.config;
+    if let Some(k) = cfg.layers {
+        let n = loaded.cfg.num_hidden_layers;
+        loaded.keep_layers(k).context("embed config: layers")?;
+        eprintln!("layers: pooling after the first {k} of {n} decoder layers");
+    }
+    let model = loaded.build(device)?;
     let seqs = super::tokenize_all(&loaded.tokenizer, &texts, cfg.max_tokens)
         .with_context(|| format!("tokenizing item texts of {}", job.data.display()))?;
     let tokens: usize = seqs.iter().map(|s| s.len()).sum();

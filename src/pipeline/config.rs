@@ -104,7 +104,7 @@ pub fn resolve(raw: &Value) -> anyhow::Result<PipelineConfig> {
     let mut v = serde_json::json!({
         "name": "", "description": "", "data": "", "model": "default", "reuse": null, "prompts": null,
         "dtype": "f32",
-        "embed": EmbedConfig::default(),
+        "embed": EmbedConfig::default().overlay_base()?,
         "behavior": BehaviorConfig::new(encoder),
         "teacher": null,
         "index": IndexConfig::default(),

@@ -296,6 +296,14 @@ fn tiny_pipeline_end_to_end_then_skips_and_reruns() {
     assert!(ok, "{err}");
     assert_eq!(err.matches("reused from").count(), 5, "{err}");
     let arun = tmp.path().join("run-anneal-off");
+    // The behavior stage's model and report come with its table: a reused SASRec still gives
+    // the eval stage its baseline row and the distillation its teacher.
+    for f in ["behavior/din/model.safetensors", "behavior/din/report.json"] {
+        assert!(
+            arun.join(f).is_file(),
+            "{f} not linked into the ablation run"
+        );
+    }
     let report: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(arun.join("eval/test-initial-best-off-8u-seed0.json")).unwrap(),
     )

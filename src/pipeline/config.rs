@@ -10,6 +10,7 @@ use crate::behavior::{BehaviorConfig, EncoderKind};
 use crate::embed::EmbedConfig;
 use crate::eval::run::EvalConfig;
 use crate::index::{IndexConfig, Mode};
+use crate::run::model::AdapterChoice;
 use crate::train::{Stage, TrainConfig};
 use crate::util::overlay;
 
@@ -212,6 +213,18 @@ pub fn apply_ablations(c: &mut PipelineConfig, ablations: &[String]) -> anyhow::
             }
             Some(("anneal", "off")) => {
                 c.train_anneal = None;
+                // Without the stage there is no adapter: an evaluation that asks for the run's
+                // adapter becomes the adapter-off one, kept once (`beauty` evaluates on, then off).
+                let mut evals: Vec<EvalConfig> = Vec::new();
+                for mut e in std::mem::take(&mut c.eval) {
+                    if e.model.adapter == AdapterChoice::On {
+                        e.model.adapter = AdapterChoice::Off;
+                    }
+                    if !evals.contains(&e) {
+                        evals.push(e);
+                    }
+                }
+                c.eval = evals;
                 tags.push("anneal-off".into());
             }
             _ => anyhow::bail!(
@@ -229,6 +242,18 @@ pub fn apply_ablations(c: &mut PipelineConfig, ablations: &[String]) -> anyhow::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn anneal_off_turns_adapter_on_evaluations_into_one_adapter_off() {
+        // `beauty` evaluates the test split with the adapter on, then off.
+        let mut c = load_config("beauty").unwrap();
+        let before = c.eval.len();
+        assert!(c.eval.iter().any(|e| e.model.adapter == AdapterChoice::On));
+        apply_ablations(&mut c, &["anneal=off".into()]).unwrap();
+        assert!(c.train_anneal.is_none());
+        assert_eq!(c.eval.len(), before - 1, "{:?}", c.eval);
+        assert!(c.eval.iter().all(|e| e.model.adapter != AdapterChoice::On));
+    }
 
     #[test]
     fn every_embedded_config_resolves() {

@@ -161,27 +161,43 @@ fn read_sidecar(path: &Path) -> Option<Sidecar> {
     serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
 }
 
-/// Links (or copies) a finished stage's outputs from `from` into `run`; false when `from` has
-/// no finished stage with this hash.
-fn reuse(from: &RunDir, run: &RunDir, stage: &str, hash: &str) -> anyhow::Result<Option<Sidecar>> {
+/// Directories whose files belong to a stage beside its outputs, linked with them on reuse: a
+/// training stage's checkpoints and logs, and the behavior stage's model and report (the SASRec
+/// baseline row and the distillation teacher read `behavior/sasrec/model.safetensors`).
+fn stage_dirs(c: &PipelineConfig, stage: &str) -> Vec<String> {
+    match stage {
+        "behavior" => vec![format!("behavior/{}", c.behavior.encoder.name())],
+        _ => match stage.strip_prefix("train_") {
+            Some(s) => vec![
+                format!("checkpoints/{s}"),
+                format!("checkpoints/{s}-best"),
+                format!("train/{s}"),
+            ],
+            None => Vec::new(),
+        },
+    }
+}
+
+/// Links (or copies) a finished stage's outputs and the files of its `dirs` from `from` into
+/// `run`; None when `from` has no finished stage with this hash.
+fn reuse(
+    from: &RunDir,
+    run: &RunDir,
+    stage: &str,
+    hash: &str,
+    dirs: &[String],
+) -> anyhow::Result<Option<Sidecar>> {
     let Some(side) = read_sidecar(&from.pipeline_dir().join(format!("{stage}.json"))) else {
         return Ok(None);
     };
     if side.hash != hash || !side.outputs.iter().all(|o| from.join(o).is_file()) {
         return Ok(None);
     }
-    // A training stage's outputs are whole directories (checkpoints, best model, logs).
     let mut files: Vec<PathBuf> = side.outputs.iter().map(PathBuf::from).collect();
-    if let Some(s) = stage.strip_prefix("train_") {
-        for d in [
-            format!("checkpoints/{s}"),
-            format!("checkpoints/{s}-best"),
-            format!("train/{s}"),
-        ] {
-            if let Ok(entries) = std::fs::read_dir(from.join(&d)) {
-                for e in entries.flatten().filter(|e| e.path().is_file()) {
-                    files.push(Path::new(&d).join(e.file_name()));
-                }
+    for d in dirs {
+        if let Ok(entries) = std::fs::read_dir(from.join(d)) {
+            for e in entries.flatten().filter(|e| e.path().is_file()) {
+                files.push(Path::new(d).join(e.file_name()));
             }
         }
     }
@@ -362,7 +378,7 @@ pub fn run_pipeline(job: &PipelineJob) -> anyhow::Result<()> {
         let start = Instant::now();
         let mut reused = None;
         for from in job.reuse_from.iter().filter(|f| *f != run && !forced) {
-            if let Some(side) = reuse(from, run, stage, &hash)? {
+            if let Some(side) = reuse(from, run, stage, &hash, &stage_dirs(c, stage))? {
                 eprintln!("pipeline: {stage} reused from {}", from.root().display());
                 reused = Some((from.root().display().to_string(), side.outputs));
                 break;

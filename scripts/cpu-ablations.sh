@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The paper's ablations (LLM-BS Table 3) on the CPU recipe at a fixed budget (issue 33 item 5):
+# The paper's ablations (LLM-BS Table 4 and Figure 5) on the CPU recipe at a fixed budget (issue 33 item 5):
 # the `beauty-smoke` recipe (4 layers, compact prompts, behavior input, SASRec Z^b, Z^s after 4
 # layers) trained for MINUTES of CPU each, with an Annealing Adapter stage of ANNEAL minutes on
 # the base run, every arm ranked on the same SPLIT users (LIMIT, seed SEED) with beam 20:
@@ -69,12 +69,8 @@ preds() {
 }
 pairs=()
 for arm in base index-semantic index-behavior gct-off; do
-  case "$arm" in
-    base) dir="$base" ;;
-    index-semantic) dir="$base-index-semantic-anneal-off" ;;
-    index-behavior) dir="$base-index-behavior-anneal-off" ;;
-    gct-off) dir="$base-gct-off-anneal-off" ;;
-  esac
+  # The pipeline names an ablation's run after the base and its switches.
+  dir="$base"; [ "$arm" = base ] || dir="$base-$arm-anneal-off"
   f=$(preds "$dir" off)
   [ -n "$f" ] && pairs+=("$arm=$f")
 done

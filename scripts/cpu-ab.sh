@@ -12,6 +12,9 @@
 #   MINUTES=20 SEED=0 BASE=runs/beauty-cpu OUT=runs/ab DTYPE=f32 scripts/cpu-ab.sh k4 k8
 # DTYPE: f32 (the default, as the session-6 rows), bf16 or auto (the recipe's: the faster GEMM).
 # The learning-rate probe: MINUTES=6 OUT=runs/ab-lr scripts/cpu-ab.sh k4-lr2e-4 k4-lr5e-4 k4
+# The smoke's levers (session 14): MINUTES=12 DTYPE=auto BASE=runs/smoke-l4 OUT=runs/ab-s14
+#   scripts/cpu-ab.sh smoke smoke-lr4e-3 smoke-b8 smoke-distill (an arm may name its own
+#   --batch-size; the others train at 16).
 # Results: $OUT/<arm>/train/initial/{report.json,log.jsonl}, one row each in $OUT/ab.tsv; with
 # two arms or more, each arm minus the first on the same validation users, user by user, with
 # paired standard errors of R@10 and N@10 (`llmbs paired` over each arm's last
@@ -31,7 +34,9 @@ BIN="${BIN:-$OUT/llmbs}"
 
 # Common to every arm: dense SRT at 4/5 of the samples, GCT, effective batch 16, seed, the
 # same 2,000 validation users; arms differ only in the flags after their name.
-COMMON=(--srt-dense --mix srt=4 --batch-size 16 --micro-batch 8 --warmup-steps 20 --seed "$SEED" --dtype "$DTYPE")
+COMMON=(--srt-dense --mix srt=4 --micro-batch 8 --warmup-steps 20 --seed "$SEED" --dtype "$DTYPE")
+# The effective batch is 16 unless an arm names its own.
+BATCH=(--batch-size 16)
 declare -A ARMS=(
   [k4]="--lr 2e-3 --item-loss --layers 4"
   [k8]="--lr 2e-3 --item-loss --layers 8"
@@ -48,6 +53,10 @@ declare -A ARMS=(
   [recipe-compact]="--lr 2e-3 --item-loss --layers 4 --lr-new 6e-3 --weight-decay-new 0 --prompts configs/prompts-compact.json"
   [recipe-bi]="--lr 2e-3 --item-loss --layers 4 --lr-new 6e-3 --weight-decay-new 0 --behavior-input"
   [recipe-compact-bi]="--lr 2e-3 --item-loss --layers 4 --lr-new 6e-3 --weight-decay-new 0 --prompts configs/prompts-compact.json --behavior-input"
+  [smoke]="--lr 2e-3 --item-loss --layers 4 --lr-new 6e-3 --weight-decay-new 0 --prompts configs/prompts-compact.json --behavior-input"
+  [smoke-lr4e-3]="--lr 4e-3 --item-loss --layers 4 --lr-new 1.2e-2 --weight-decay-new 0 --prompts configs/prompts-compact.json --behavior-input"
+  [smoke-b8]="--lr 2e-3 --item-loss --layers 4 --lr-new 6e-3 --weight-decay-new 0 --prompts configs/prompts-compact.json --behavior-input --batch-size 8"
+  [smoke-distill]="--lr 2e-3 --item-loss --layers 4 --lr-new 6e-3 --weight-decay-new 0 --prompts configs/prompts-compact.json --behavior-input --distill-weight 0.5"
   [k4-srtonly]="--lr 2e-3 --item-loss --layers 4 --mix srt=1,id2text=0,text2id=0,hist_text2id=0,hist_id2text=0"
 )
 ORDER=(k4 k4-distill k4-fullvocab k4-groups k8 k12 k16 full k4-lr5e-3 k4-srtonly)
@@ -68,6 +77,7 @@ for arm in "${ORDER[@]}"; do
   rm -rf "$run"; link_base "$run"
   # shellcheck disable=SC2086
   "$BIN" train --stage initial --run "$run" --data "$DATA" "${COMMON[@]}" $flags \
+    $(case " $flags " in *" --batch-size "*) ;; *) echo "${BATCH[@]}" ;; esac) \
     --budget-minutes "$MINUTES" --budget-excludes-validation --valid-users 2000 \
     2>"$run.err" >/dev/null
   grep -m1 '^budget' "$run.err" | sed "s/^/cpu-ab: $arm: /" >&2 || true

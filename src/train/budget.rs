@@ -225,7 +225,7 @@ fn measure(
     // the speed of the evaluation that follows); the times are scaled to the real pass.
     let probe_users = 2 * c.valid_batch.max(1);
     let mut vc = c.clone();
-    vc.valid_users = c.valid_users.max(probe_users);
+    vc.valid_users = c.valid_users.max(64);
     let valid = valid_set(d, &builder, &bb.items, &vc)?;
     let (ce_samples, beam_users) = (c.valid_users.max(64), c.valid_users);
     let setup_seconds = t0.elapsed().as_secs_f64();
@@ -246,24 +246,27 @@ fn measure(
     let t = Instant::now();
     parts.trainer.response_loss(&valid.encoded[..k])?;
     let ce = t.elapsed().as_secs_f64() * ce_samples as f64 / k.max(1) as f64;
-    let users = valid.samples.len().min(probe_users);
-    let slice = ValidSet {
-        encoded: valid.encoded[..1.min(valid.encoded.len())].to_vec(),
-        samples: valid.samples[..users].to_vec(),
-        prompts: valid.prompts[..users].to_vec(),
-        names: valid.names[..users.min(valid.names.len())].to_vec(),
-    };
     let scratch = run.train_dir(c.stage).join("budget-probe");
-    let mut hooks = StageHooks::new(
-        c,
-        bb,
-        SavedParts::of(&parts),
-        slice,
-        scratch.join("ckpt"),
-        scratch.join("best"),
-    );
+    let hooks_over = |picked: &[usize]| {
+        StageHooks::new(
+            c,
+            bb,
+            SavedParts::of(&parts),
+            probe_slice(&valid, picked),
+            scratch.join("ckpt"),
+            scratch.join("best"),
+        )
+    };
+    // A first batch warms the decoder's buffers; the timed users come from the middle of the
+    // length order, as the real pass batches users of similar length (random users padded to
+    // their batch's longest made the estimate ~1.5x slow).
+    let (warm, timed_users) =
+        median_length_users(&valid.prompts, c.valid_batch.max(1), probe_users);
+    hooks_over(&warm).validate(&parts.trainer)?;
+    let mut hooks = hooks_over(&timed_users);
     let t = Instant::now();
     hooks.validate(&parts.trainer)?;
+    let users = timed_users.len();
     let beam_user_seconds = t.elapsed().as_secs_f64() / users.max(1) as f64;
     let beam = beam_user_seconds * beam_users as f64;
     let state = TrainState {
@@ -295,6 +298,32 @@ fn measure(
     })
 }
 
+/// For timing the beam search: `warm` users (the shortest prompts) to warm up on, then `n`
+/// users around the median prompt length, in the order the real pass would batch them.
+fn median_length_users(prompts: &[Vec<u32>], warm: usize, n: usize) -> (Vec<usize>, Vec<usize>) {
+    let mut order: Vec<usize> = (0..prompts.len()).collect();
+    order.sort_by_key(|&i| (prompts[i].len(), i));
+    let n = n.min(order.len());
+    let start = (order.len() - n) / 2;
+    let timed = order[start..start + n].to_vec();
+    let warm = order[..warm.min(start)].to_vec();
+    (warm, timed)
+}
+
+/// The validation set restricted to the users at `picked` (one CE sample is enough: the CE is
+/// timed apart).
+fn probe_slice(v: &ValidSet, picked: &[usize]) -> ValidSet {
+    ValidSet {
+        encoded: v.encoded[..1.min(v.encoded.len())].to_vec(),
+        samples: picked.iter().map(|&i| v.samples[i].clone()).collect(),
+        prompts: picked.iter().map(|&i| v.prompts[i].clone()).collect(),
+        names: picked
+            .iter()
+            .filter_map(|&i| v.names.get(i).cloned())
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,6 +339,19 @@ mod tests {
             save_seconds: 2.0,
             beam_user_seconds: 0.1,
         }
+    }
+
+    #[test]
+    fn the_beam_probe_times_users_of_median_prompt_length_after_a_warm_batch() {
+        let prompts: Vec<Vec<u32>> = [5, 1, 9, 3, 7, 2, 8].iter().map(|&n| vec![0; n]).collect();
+        // Length order: 1 (1), 5 (2), 3 (3), 0 (5), 4 (7), 6 (8), 2 (9).
+        let (warm, timed) = median_length_users(&prompts, 1, 3);
+        assert_eq!(timed, vec![3, 0, 4]);
+        assert_eq!(warm, vec![1]);
+        // Fewer users than asked: all of them timed, none left to warm up on.
+        let (warm, timed) = median_length_users(&prompts[..2], 8, 16);
+        assert_eq!(timed, vec![1, 0]);
+        assert!(warm.is_empty());
     }
 
     #[test]

@@ -101,12 +101,21 @@ pub fn choose(
 
 /// The config with the fit's schedule and the overrun guard.
 pub fn apply(c: &TrainConfig, fit: Fit) -> TrainConfig {
+    apply_until(c, fit, None)
+}
+
+/// [`apply`] under a deadline: `until` is the seconds from the stage's start to the deadline
+/// less the evaluation's reserve. The guard then stops there at the latest: steps that run
+/// slower than the probe timed (a busier minute) must not push the job past its promise, as
+/// the 1.2x slack alone let them (session 14: a 15.5-minute stage whose guard sat at 18.6).
+pub fn apply_until(c: &TrainConfig, fit: Fit, until: Option<f64>) -> TrainConfig {
     let mut c = c.clone();
     c.steps = fit.steps;
     c.eval_every = fit.eval_every;
     if c.max_minutes.is_none() {
+        let end = (fit.budget_seconds * OVERRUN_GUARD).min(until.unwrap_or(f64::INFINITY));
         // The guard counts from the loop's start, after the time already spent.
-        let left = fit.budget_seconds * OVERRUN_GUARD - fit.elapsed_seconds - fit.setup_seconds;
+        let left = end - fit.elapsed_seconds - fit.setup_seconds;
         c.max_minutes = Some(left.max(60.0) / 60.0);
     }
     c.fit = Some(fit);
@@ -137,14 +146,24 @@ pub fn budget_seconds(
     beam_user_seconds: f64,
 ) -> (f64, Option<f64>) {
     let own = budget.minutes * 60.0;
-    let Some(dl) = deadline else {
-        return (own, None);
-    };
+    match deadline_seconds(deadline, started, beam_user_seconds) {
+        Some((until, reserved)) => (own.min(until), Some(reserved)),
+        None => (own, None),
+    }
+}
+
+/// Seconds from the stage's start to the deadline less the beam search after the stage, and
+/// that reserve.
+fn deadline_seconds(
+    deadline: Option<Deadline>,
+    started: Instant,
+    beam_user_seconds: f64,
+) -> Option<(f64, f64)> {
+    let dl = deadline?;
     let now = std::time::SystemTime::now();
     let left = dl.at.duration_since(now).map_or(0.0, |d| d.as_secs_f64());
     let reserved = dl.users_after as f64 * beam_user_seconds * RESERVE_SLACK;
-    let until = started.elapsed().as_secs_f64() + left - reserved;
-    (own.min(until), Some(reserved))
+    Some((started.elapsed().as_secs_f64() + left - reserved, reserved))
 }
 
 /// Times the stage on a throwaway trainer over `bb` and chooses its schedule; `at.0` is the
@@ -184,6 +203,7 @@ pub fn fit_budget(
         c.save_every,
     )?;
     fit.deadline_reserved_seconds = reserved;
+    let until = deadline_seconds(deadline, started, probe.beam_user_seconds).map(|u| u.0);
     eprintln!(
         "budget {:.1} min: {} probe steps at {:.2} s ({:.2}-{:.2}), validation ~{:.0} s, save \
          ~{:.1} s, {:.0} s spent -> {} steps (validation every {}), planned {:.1} min",
@@ -199,7 +219,7 @@ pub fn fit_budget(
         fit.eval_every,
         fit.planned_seconds / 60.0
     );
-    Ok(apply(c, fit))
+    Ok(apply_until(c, fit, until))
 }
 
 /// The probe: setup, `probe_steps` steps, a validation slice scaled to the whole pass, and one
@@ -404,6 +424,29 @@ mod tests {
             ..dl
         };
         assert_eq!(budget_seconds(&b, Some(far), started, 0.1).0, 600.0);
+    }
+
+    #[test]
+    fn under_a_deadline_the_guard_stops_at_the_deadline_not_at_the_budgets_slack() {
+        let c = TrainConfig::new(crate::config::train::Stage::Initial);
+        let fit = choose(&Budget::minutes(10.0), 600.0, &probe(), 25.0, 20, 50).unwrap();
+        // Without a deadline: 1.2 x 600 - 25 spent - 5 setup.
+        let free = apply(&c, fit.clone()).max_minutes.unwrap();
+        assert!((free - (720.0 - 30.0) / 60.0).abs() < 1e-9, "{free}");
+        // A deadline 640 s after the stage's start (its reserve already taken off) stops the
+        // loop there, not at 720.
+        let cut = apply_until(&c, fit.clone(), Some(640.0))
+            .max_minutes
+            .unwrap();
+        assert!((cut - (640.0 - 30.0) / 60.0).abs() < 1e-9, "{cut}");
+        // A far deadline leaves the slack as it is; a guard the user set is kept.
+        assert_eq!(
+            apply_until(&c, fit.clone(), Some(5_000.0)).max_minutes,
+            Some(free)
+        );
+        let mut own = c.clone();
+        own.max_minutes = Some(3.0);
+        assert_eq!(apply_until(&own, fit, Some(640.0)).max_minutes, Some(3.0));
     }
 
     #[test]

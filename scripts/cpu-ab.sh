@@ -15,6 +15,8 @@
 # The smoke's levers (session 14): MINUTES=12 DTYPE=auto BASE=runs/smoke-l4 OUT=runs/ab-s14
 #   scripts/cpu-ab.sh smoke smoke-lr4e-3 smoke-b8 smoke-distill (an arm may name its own
 #   --batch-size; the others train at 16).
+# The smoke's depth (session 15): MINUTES=12 DTYPE=auto BASE=runs/smoke-l4 OUT=runs/ab-s15
+#   scripts/cpu-ab.sh smoke smoke-l2 smoke-l1
 # Results: $OUT/<arm>/train/initial/{report.json,log.jsonl}, one row each in $OUT/ab.tsv; with
 # two arms or more, each arm minus the first on the same validation users, user by user, with
 # paired standard errors of R@10 and N@10 (`llmbs paired` over each arm's last
@@ -57,6 +59,8 @@ declare -A ARMS=(
   [smoke-lr4e-3]="--lr 4e-3 --item-loss --layers 4 --lr-new 1.2e-2 --weight-decay-new 0 --prompts configs/prompts-compact.json --behavior-input"
   [smoke-b8]="--lr 2e-3 --item-loss --layers 4 --lr-new 6e-3 --weight-decay-new 0 --prompts configs/prompts-compact.json --behavior-input --batch-size 8"
   [smoke-distill]="--lr 2e-3 --item-loss --layers 4 --lr-new 6e-3 --weight-decay-new 0 --prompts configs/prompts-compact.json --behavior-input --distill-weight 0.5"
+  [smoke-l2]="--lr 2e-3 --item-loss --layers 2 --lr-new 6e-3 --weight-decay-new 0 --prompts configs/prompts-compact.json --behavior-input"
+  [smoke-l1]="--lr 2e-3 --item-loss --layers 1 --lr-new 6e-3 --weight-decay-new 0 --prompts configs/prompts-compact.json --behavior-input"
   [k4-srtonly]="--lr 2e-3 --item-loss --layers 4 --mix srt=1,id2text=0,text2id=0,hist_text2id=0,hist_id2text=0"
 )
 ORDER=(k4 k4-distill k4-fullvocab k4-groups k8 k12 k16 full k4-lr5e-3 k4-srtonly)

@@ -76,6 +76,6 @@ fn pipeline_config_reads_embed_layers() {
     assert_eq!(
         cfg.embed.layers,
         Some(4),
-        "the smoke pools after its trained depth"
+        "the smoke pools after 4 layers (the index its 2-layer model was chosen on)"
     );
 }

@@ -153,6 +153,7 @@ impl AdamW {
     /// Zeroed gradient buffers for `params` (the same ones every step: no allocation after
     /// the first), to [`GradBuffers::activate`] around a step's forward and backward passes.
     pub fn grad_buffers(&mut self, params: &Params) -> candle_core::Result<Arc<GradBuffers>> {
+        let _t = crate::llm::ops::timing::scope("step: gradient buffers zeroed");
         match &self.grads {
             Some(g) => g.zero()?,
             None => self.grads = Some(Arc::new(GradBuffers::new(&params.vars)?)),

@@ -430,6 +430,9 @@ fn train_loop(
         device_name(device)
     );
     let log_path = out_dir.join("log.jsonl");
+    // The probe's steps are not the stage's.
+    crate::llm::ops::timing::take();
+    let fit_started = std::time::Instant::now();
     let ended = fit(
         &mut parts.trainer,
         &plan,
@@ -442,6 +445,7 @@ fn train_loop(
         job.quiet,
     )?;
     parts.trainer.release_data_parallel()?;
+    crate::llm::ops::timing::eprint("train", fit_started.elapsed().as_secs_f64());
     let log = read_log(&log_path)?;
     plot_log(&log, &out_dir.join("curves.svg"))?;
     let compute = format!("{dtype:?}").to_lowercase();

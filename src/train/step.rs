@@ -88,6 +88,7 @@ impl Trainer {
         stop: &AtomicBool,
     ) -> Result<Option<StepStats>> {
         let start = Instant::now();
+        let _t = crate::llm::ops::timing::scope("step");
         let c = self.cfg;
         let norms = Norms::of(samples);
         let (rank, world) = comm.map_or((0, 1), |m| (m.rank(), m.world()));
@@ -153,6 +154,7 @@ impl Trainer {
         drop(active);
         let mut grads = acc.grads;
         if let Some(b) = &bufs {
+            let _t = crate::llm::ops::timing::scope("step: gradient merge");
             b.merge(&mut grads)?;
         }
         let mut stopping = stop.load(Ordering::SeqCst);
@@ -163,9 +165,11 @@ impl Trainer {
             return Ok(None);
         }
         let lr = cosine_lr(c.lr, self.step, c.total, c.warmup, c.min_lr_ratio);
-        let grad_norm = self
-            .opt
-            .clip_and_step(&self.params, &grads, lr, c.clip_norm)?;
+        let grad_norm = {
+            let _t = crate::llm::ops::timing::scope("step: clip and AdamW");
+            self.opt
+                .clip_and_step(&self.params, &grads, lr, c.clip_norm)?
+        };
         drop(grads);
         self.step += 1;
         // Validation between steps sees the updated weights.

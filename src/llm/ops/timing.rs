@@ -39,3 +39,18 @@ pub fn take() -> BTreeMap<&'static str, (f64, u64)> {
         .map(|mut m| std::mem::take(&mut *m))
         .unwrap_or_default()
 }
+
+/// Prints the totals so far to stderr, largest first, with each one's share of `whole`
+/// seconds, and clears them (nothing unless enabled): a training stage's breakdown.
+pub fn eprint(label: &str, whole: f64) {
+    let mut rows: Vec<_> = take().into_iter().collect();
+    if rows.is_empty() {
+        return;
+    }
+    rows.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+    eprintln!("{label}: op times over {whole:.1} s (LLMBS_OP_TIMES)");
+    for (name, (s, n)) in rows {
+        let share = 100.0 * s / whole.max(1e-9);
+        eprintln!("  {name:<28} {s:>9.2} s {share:>5.1}% {n:>8} calls");
+    }
+}

@@ -15,6 +15,7 @@ use super::assemble::{assemble, Backbone};
 use super::hooks::{SavedParts, StageHooks, ValidSet};
 use super::run::{step_samples, Hooks, TrainState};
 use super::samples::{stage_samples, task_builder, valid_set};
+pub use super::schedule::{choose, refit, refit_at, Probe};
 use crate::config::train::{Budget, Fit, TrainConfig};
 use crate::run::{RunData, RunDir};
 
@@ -33,73 +34,6 @@ pub struct Deadline {
 /// baselines and reports are small: 1.4 s of runs/smoke-l4's 95 s eval stage, session 15; the
 /// rest is for steps and beams that run slower than the probe timed).
 const RESERVE_SLACK: f64 = 1.15;
-
-/// What the probe measured, before the schedule is chosen.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Probe {
-    pub step_seconds: f64,
-    pub step_seconds_min: f64,
-    pub step_seconds_max: f64,
-    pub timed_steps: usize,
-    pub setup_seconds: f64,
-    pub validation_seconds: f64,
-    pub save_seconds: f64,
-    /// Beam search of one user (the validation's beam and batch).
-    pub beam_user_seconds: f64,
-}
-
-/// The schedule that fits `budget_seconds` (the budget's minutes, or a deadline's share)
-/// after `elapsed` seconds are spent: the most steps whose time, periodic saves (every
-/// `save_every`), validations and a second setup stay inside it less the margin. An error when
-/// not even the warmup fits.
-pub fn choose(
-    budget: &Budget,
-    budget_seconds: f64,
-    probe: &Probe,
-    elapsed: f64,
-    warmup: usize,
-    save_every: usize,
-) -> anyhow::Result<Fit> {
-    let per_validation = match budget.count_validation {
-        true => probe.validation_seconds,
-        false => 0.0,
-    } + probe.save_seconds;
-    let fixed = elapsed + probe.setup_seconds + budget.validations as f64 * per_validation;
-    let usable = budget_seconds * (1.0 - budget.margin) - fixed;
-    let per_step = probe.step_seconds + probe.save_seconds / save_every.max(1) as f64;
-    let steps = (usable / per_step).floor().max(0.0) as usize;
-    let least = (warmup + 1).max(budget.validations);
-    if steps < least {
-        anyhow::bail!(
-            "train config: budget.minutes: {:.1} minutes fit {steps} steps of {:.2} s on this \
-             machine ({:.0} s already spent, {:.0} s per validation and save); at least {least} \
-             are needed (warmup {warmup}): give the stage more minutes",
-            budget_seconds / 60.0,
-            probe.step_seconds,
-            elapsed,
-            per_validation
-        );
-    }
-    let eval_every = steps.div_ceil(budget.validations);
-    let planned_seconds = fixed
-        + steps as f64 * probe.step_seconds
-        + (steps / save_every.max(1)) as f64 * probe.save_seconds;
-    Ok(Fit {
-        budget_seconds,
-        elapsed_seconds: elapsed,
-        timed_steps: probe.timed_steps,
-        step_seconds: probe.step_seconds,
-        step_seconds_min: probe.step_seconds_min,
-        step_seconds_max: probe.step_seconds_max,
-        setup_seconds: probe.setup_seconds,
-        validation_seconds: probe.validation_seconds,
-        save_seconds: probe.save_seconds,
-        steps,
-        eval_every,
-        planned_seconds,
-        deadline_reserved_seconds: None,
-    })
-}
 
 /// The config with the fit's schedule and the overrun guard.
 pub fn apply(c: &TrainConfig, fit: Fit) -> TrainConfig {
@@ -408,6 +342,24 @@ mod tests {
         let outside = choose(&b, 600.0, &probe(), 25.0, 20, 50).unwrap();
         assert!(outside.steps > inside.steps);
         assert_eq!(inside.eval_every, inside.steps.div_ceil(4));
+    }
+
+    #[test]
+    fn a_refit_shortens_the_schedule_to_the_real_step_time_and_never_lengthens_it() {
+        let b = Budget::minutes(10.0);
+        let fit = choose(&b, 600.0, &probe(), 25.0, 20, 50).unwrap();
+        assert_eq!(refit(&b, &fit, probe().step_seconds, 100, 50), None);
+        assert_eq!(refit(&b, &fit, 0.5 * probe().step_seconds, 100, 50), None);
+        // 12% slower steps: the steps the same budget holds at that speed.
+        let slow = 1.12 * probe().step_seconds;
+        let mut p = probe();
+        p.step_seconds = slow;
+        let want = choose(&b, 600.0, &p, 25.0, 20, 50).unwrap().steps;
+        assert!(want < fit.steps, "{want} {}", fit.steps);
+        assert_eq!(refit(&b, &fit, slow, 100, 50), Some(want));
+        // Never behind the steps already done.
+        assert_eq!(refit(&b, &fit, 100.0, 100, 50), Some(101));
+        assert_eq!(refit_at(&fit, 20), (fit.steps / 8).max(30));
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod report;
 pub mod run;
 pub mod samples;
 pub mod scale;
+pub mod schedule;
 pub mod settings;
 pub mod setup;
 pub mod stage;

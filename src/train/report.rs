@@ -164,12 +164,20 @@ impl TrainReport {
                 )
             })
             .unwrap_or_default();
+        let planned = f.refit.map_or(f.steps, |r| r.steps);
         let how = match self.ended {
             Ended::TimeLimit => format!(
-                "**stopped by the time guard at step {} of {}** (the steps ran slower than the probe's {:.2} s)",
-                self.steps, f.steps, f.step_seconds
+                "**stopped by the time guard at step {} of {planned}** (the steps ran slower than the probe's {:.2} s)",
+                self.steps, f.step_seconds
             ),
-            _ => format!("{} of the {} planned steps ran", self.steps, f.steps),
+            _ => format!("{} of the {planned} planned steps ran", self.steps),
+        };
+        let how = match f.refit {
+            Some(r) => format!(
+                "refit at step {}: the steps ran at {:.2} s, so the schedule ends at step {} instead of {}; {how}",
+                r.at_step, r.step_seconds, r.steps, f.steps
+            ),
+            None => how,
         };
         Some(format!(
             "Budget {:.1} min: the probe timed {} steps at {:.2} s ({:.2}-{:.2}), a validation at ~{:.0} s, a save at ~{:.1} s, {:.0} s spent before it; {} steps chosen (validation every {}), planned {:.1} min; {how}{took}.\n\n",

@@ -144,7 +144,9 @@ pub fn fit(
     // A resumed run starts mid-bar: without this the jump counts as speed and the ETA lies.
     pb.reset_eta();
     let mut ended = Ended::Finished;
-    while trainer.step < cfg.steps {
+    let mut total = cfg.steps;
+    let mut refit = Refit::new(cfg, trainer.step);
+    while trainer.step < total {
         let samples = step_samples(plan, builder, trainer.step, cfg.batch_size)?;
         let Some(stats) = trainer.train_step(&samples, stop)? else {
             ended = Ended::Interrupted;
@@ -161,7 +163,17 @@ pub fn fit(
         ));
         state.step = trainer.step;
         state.seconds = base_seconds + start.elapsed().as_secs_f64();
-        let last = trainer.step == cfg.steps;
+        if let Some(steps) = refit.observe(trainer.step, stats.seconds, cfg, state) {
+            total = steps;
+            trainer.cfg.total = steps;
+            pb.set_length(steps as u64);
+            pb.println(format!(
+                "budget: the steps ran slower than the probe's; the schedule now ends at step \
+                 {steps} (was {})",
+                cfg.steps
+            ));
+        }
+        let last = trainer.step == total;
         let over_time = cfg
             .max_minutes
             .is_some_and(|m| start.elapsed().as_secs_f64() > m * 60.0);
@@ -205,4 +217,142 @@ pub fn fit(
         ended = Ended::Interrupted;
     }
     Ok(ended)
+}
+
+/// The once-per-run check of a budget's schedule against its real steps
+/// (`train::schedule::refit`): mean step time from the third step of this invocation on.
+struct Refit {
+    at: Option<usize>,
+    first: usize,
+    seconds: f64,
+}
+
+impl Refit {
+    fn new(cfg: &TrainConfig, step: usize) -> Self {
+        // A resumed run keeps the schedule its checkpoint recorded, refit or not.
+        let at = cfg
+            .fit
+            .as_ref()
+            .filter(|f| f.refit.is_none() && cfg.budget.as_ref().is_some_and(|b| b.refit))
+            .map(|f| super::schedule::refit_at(f, cfg.warmup_steps))
+            .filter(|&at| at > step + 2 && at < cfg.steps);
+        Self {
+            at,
+            first: step + 2,
+            seconds: 0.0,
+        }
+    }
+
+    /// After step `step` (1-based count) took `seconds`: at the check, the new step count
+    /// when it is fewer, recorded in `state`'s config (so a checkpoint resumes with it).
+    fn observe(
+        &mut self,
+        step: usize,
+        seconds: f64,
+        cfg: &TrainConfig,
+        state: &mut TrainState,
+    ) -> Option<usize> {
+        let at = self.at?;
+        if step > self.first {
+            self.seconds += seconds;
+        }
+        if step < at {
+            return None;
+        }
+        self.at = None;
+        let (budget, fit) = (cfg.budget.as_ref()?, cfg.fit.as_ref()?);
+        let mean = self.seconds / (step - self.first).max(1) as f64;
+        let steps = super::schedule::refit(budget, fit, mean, step, cfg.save_every)?;
+        let mut fit = fit.clone();
+        fit.refit = Some(crate::config::train::Refit {
+            at_step: step,
+            step_seconds: mean,
+            steps,
+        });
+        state.config.steps = steps;
+        state.config.fit = Some(fit);
+        state.total_steps = steps;
+        Some(steps)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::train::{Budget, Stage};
+    use crate::train::schedule::{choose, refit, refit_at, Probe};
+
+    fn config(probe: &Probe, refit: bool) -> TrainConfig {
+        let mut b = Budget::minutes(10.0);
+        b.refit = refit;
+        let mut c = TrainConfig::new(Stage::Initial);
+        c.warmup_steps = 20;
+        let fit = choose(&b, 600.0, probe, 25.0, c.warmup_steps, c.save_every).unwrap();
+        c.budget = Some(b);
+        // What `train::budget::apply` does with a fit (that module imports this one).
+        c.steps = fit.steps;
+        c.eval_every = fit.eval_every;
+        c.fit = Some(fit);
+        c
+    }
+
+    fn state(c: &TrainConfig) -> TrainState {
+        TrainState {
+            stage: "initial".into(),
+            step: 0,
+            total_steps: c.steps,
+            best: None,
+            validations: Vec::new(),
+            seconds: 0.0,
+            config: c.clone(),
+            model: String::new(),
+            index: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_loop_refits_once_at_its_check_and_records_it_for_a_resume() {
+        let probe = Probe {
+            step_seconds: 1.0,
+            step_seconds_min: 0.9,
+            step_seconds_max: 1.2,
+            timed_steps: 10,
+            setup_seconds: 5.0,
+            validation_seconds: 30.0,
+            save_seconds: 2.0,
+            beam_user_seconds: 0.1,
+        };
+        let c = config(&probe, true);
+        let fit = c.fit.clone().unwrap();
+        let at = refit_at(&fit, c.warmup_steps);
+        // Steps 25% slower than the probe's; the first two of the run (warm-up) much slower.
+        let mut r = Refit::new(&c, 0);
+        let mut st = state(&c);
+        for step in 1..at {
+            let s = if step <= 2 { 9.0 } else { 1.25 };
+            assert_eq!(r.observe(step, s, &c, &mut st), None, "step {step}");
+        }
+        let n = r.observe(at, 1.25, &c, &mut st).expect("a refit");
+        assert_eq!(
+            Some(n),
+            refit(c.budget.as_ref().unwrap(), &fit, 1.25, at, c.save_every)
+        );
+        assert!(n < c.steps, "{n} {}", c.steps);
+        assert_eq!((st.config.steps, st.total_steps), (n, n));
+        let rec = st.config.fit.as_ref().unwrap().refit.unwrap();
+        assert_eq!((rec.at_step, rec.step_seconds, rec.steps), (at, 1.25, n));
+        // Once only, and a run resumed from that state checks nothing again.
+        assert_eq!(r.observe(at + 1, 100.0, &c, &mut st), None);
+        let resumed = st.config.clone();
+        let mut again = Refit::new(&resumed, at + 5);
+        assert_eq!(again.observe(at + 6, 100.0, &resumed, &mut st), None);
+
+        // Steps at the probe's speed keep the schedule; so does `budget.refit: false`.
+        for (c, s) in [(config(&probe, true), 1.0), (config(&probe, false), 1.25)] {
+            let mut r = Refit::new(&c, 0);
+            let mut st = state(&c);
+            assert!((1..=at + 1).all(|k| r.observe(k, s, &c, &mut st).is_none()));
+            assert_eq!(st.config.steps, c.steps);
+        }
+    }
 }

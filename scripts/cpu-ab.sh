@@ -17,6 +17,8 @@
 #   --batch-size; the others train at 16).
 # The smoke's depth (session 15): MINUTES=12 DTYPE=auto BASE=runs/smoke-l4 OUT=runs/ab-s15
 #   scripts/cpu-ab.sh smoke smoke-l2 smoke-l1
+# SRT only (session 16): MINUTES=12 DTYPE=auto BASE=runs/smoke-l4 OUT=runs/ab-s16
+#   scripts/cpu-ab.sh smoke-l2 smoke-l2-srt
 # Results: $OUT/<arm>/train/initial/{report.json,log.jsonl}, one row each in $OUT/ab.tsv; with
 # two arms or more, each arm minus the first on the same validation users, user by user, with
 # paired standard errors of R@10 and N@10 (`llmbs paired` over each arm's last
@@ -36,9 +38,12 @@ BIN="${BIN:-$OUT/llmbs}"
 
 # Common to every arm: dense SRT at 4/5 of the samples, GCT, effective batch 16, seed, the
 # same 2,000 validation users; arms differ only in the flags after their name.
-COMMON=(--srt-dense --mix srt=4 --micro-batch 8 --warmup-steps 20 --seed "$SEED" --dtype "$DTYPE")
-# The effective batch is 16 unless an arm names its own.
+COMMON=(--srt-dense --micro-batch 8 --warmup-steps 20 --seed "$SEED" --dtype "$DTYPE")
+# The effective batch is 16 and the mix SRT at 4/5 unless an arm names its own (clap refuses a
+# flag given twice).
 BATCH=(--batch-size 16)
+MIX=(--mix srt=4)
+SRT_ONLY="--mix srt=1,id2text=0,text2id=0,hist_text2id=0,hist_id2text=0"
 declare -A ARMS=(
   [k4]="--lr 2e-3 --item-loss --layers 4"
   [k8]="--lr 2e-3 --item-loss --layers 8"
@@ -61,7 +66,8 @@ declare -A ARMS=(
   [smoke-distill]="--lr 2e-3 --item-loss --layers 4 --lr-new 6e-3 --weight-decay-new 0 --prompts configs/prompts-compact.json --behavior-input --distill-weight 0.5"
   [smoke-l2]="--lr 2e-3 --item-loss --layers 2 --lr-new 6e-3 --weight-decay-new 0 --prompts configs/prompts-compact.json --behavior-input"
   [smoke-l1]="--lr 2e-3 --item-loss --layers 1 --lr-new 6e-3 --weight-decay-new 0 --prompts configs/prompts-compact.json --behavior-input"
-  [k4-srtonly]="--lr 2e-3 --item-loss --layers 4 --mix srt=1,id2text=0,text2id=0,hist_text2id=0,hist_id2text=0"
+  [smoke-l2-srt]="--lr 2e-3 --item-loss --layers 2 --lr-new 6e-3 --weight-decay-new 0 --prompts configs/prompts-compact.json --behavior-input $SRT_ONLY"
+  [k4-srtonly]="--lr 2e-3 --item-loss --layers 4 $SRT_ONLY"
 )
 ORDER=(k4 k4-distill k4-fullvocab k4-groups k8 k12 k16 full k4-lr5e-3 k4-srtonly)
 [ $# -gt 0 ] && ORDER=("$@")
@@ -82,6 +88,7 @@ for arm in "${ORDER[@]}"; do
   # shellcheck disable=SC2086
   "$BIN" train --stage initial --run "$run" --data "$DATA" "${COMMON[@]}" $flags \
     $(case " $flags " in *" --batch-size "*) ;; *) echo "${BATCH[@]}" ;; esac) \
+    $(case " $flags " in *" --mix "*) ;; *) echo "${MIX[@]}" ;; esac) \
     --budget-minutes "$MINUTES" --budget-excludes-validation --valid-users 2000 \
     2>"$run.err" >/dev/null
   grep -m1 '^budget' "$run.err" | sed "s/^/cpu-ab: $arm: /" >&2 || true

@@ -208,6 +208,13 @@ pub fn run_llm_bench(b: &LlmBench, dev: &Device, dtype: DType) -> anyhow::Result
             }
             "backward" | "train" => train_workload(&mut line, b, &m, &ids, w == "train", dev)?,
             "gemm" => gemm_workload(&mut line, b)?,
+            "adamw" => {
+                // The smoke's trainable parameters: the grown embedding (49,152 + 608 rows
+                // of 576, its new rows a group of their own) and 2 decoder layers' weights.
+                let (emb, new_from) = ((49_152 + 608) * 576, 49_152 * 576);
+                let runs = crate::train::optim::bench_adamw(&[emb, 7_480_000], new_from, b.runs)?;
+                rate(&mut line, runs, (emb + 7_480_000) as f64, "params_per_s");
+            }
             "embed" => embed_workload(&mut line, b, &m, dev)?,
             "beam" => {
                 let l = m.loaded.as_ref().context(
@@ -223,7 +230,7 @@ pub fn run_llm_bench(b: &LlmBench, dev: &Device, dtype: DType) -> anyhow::Result
             }
             "step" => anyhow::bail!("--workload step runs alone (its peak memory is its own)"),
             other => anyhow::bail!(
-                "--workload {other}: expected forward, backward, train, gemm, embed, beam or step"
+                "--workload {other}: expected forward, backward, train, gemm, adamw, embed, beam or step"
             ),
         }
         if let Ok(mut c) = CPU_RUNS.lock() {

@@ -10,7 +10,8 @@ use crate::device::DeviceArgs;
 pub enum BenchCommand {
     /// Backbone workloads: forward (inference path, no LM head), backward (forward+backward,
     /// training path with the LM head and cross-entropy), train (backward + AdamW), gemm (one
-    /// layer-sized matmul by every kernel the CPU has, and their instructions' one-core peaks), embed, beam, step (the trainer's own step: --tune,
+    /// layer-sized matmul by every kernel the CPU has, and their instructions' one-core peaks), adamw (the clipped
+    /// AdamW step over the smoke's 36 M trainable parameters), embed, beam, step (the trainer's own step: --tune,
     /// --checkpoint-activations, f32 master weights).
     Llm(LlmBenchArgs),
 }
@@ -23,7 +24,7 @@ pub struct LlmBenchArgs {
     /// Random weights of SmolLM2-135M's shape instead of loading a model (speed only)
     #[arg(long)]
     pub random_weights: bool,
-    /// Comma-separated: forward,backward,train,embed,beam,step (run step alone for its peak memory)
+    /// Comma-separated: forward,backward,train,gemm,adamw,embed,beam,step (run step alone for its peak memory)
     #[arg(long, default_value = "forward,train")]
     pub workload: String,
     /// step workload: what trains (lora: adapters + embedding/head, as `llmbs train --tune lora`)

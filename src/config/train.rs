@@ -200,8 +200,9 @@ pub struct Budget {
     /// Share of the budget left free for the steps' spread.
     #[serde(default = "margin")]
     pub margin: f64,
-    /// Whether the schedule is checked once against the real steps' time, an eighth of the
-    /// way in, and shortened when they run slower than the probe's (`train::schedule::refit`).
+    /// Whether the schedule is checked against the real steps' time, an eighth and half of the
+    /// way in, and shortened or lengthened (by at most a quarter) to what fits at their speed
+    /// (`train::schedule::refit`).
     #[serde(default = "yes")]
     pub refit: bool,
 }
@@ -279,19 +280,22 @@ pub struct Fit {
     /// (`llmbs pipeline --deadline-minutes`; `budget_seconds` is then the cut budget).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_reserved_seconds: Option<f64>,
-    /// The schedule shortened once, early in the run, where the real steps ran slower than the
-    /// probe's (`train::schedule::refit`).
+    /// The last change of the schedule at a check of the real steps' time
+    /// (`train::schedule::refit`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refit: Option<Refit>,
 }
 
 /// A budget's schedule refit on the real steps' time: at `at_step`, the steps so far took
-/// `step_seconds` each on average, and `steps` of them fit the budget.
+/// `step_seconds` each on average, and `steps` of them fit the budget (the schedule ended at
+/// `from_steps` before; 0 in records older than the field: the probe's).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Refit {
     pub at_step: usize,
     pub step_seconds: f64,
     pub steps: usize,
+    #[serde(default)]
+    pub from_steps: usize,
 }
 
 impl TrainConfig {

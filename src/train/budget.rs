@@ -15,7 +15,7 @@ use super::assemble::{assemble, Backbone};
 use super::hooks::{SavedParts, StageHooks, ValidSet};
 use super::run::{step_samples, Hooks, TrainState};
 use super::samples::{stage_samples, task_builder, valid_set};
-pub use super::schedule::{choose, refit, refit_at, Probe};
+pub use super::schedule::{choose, plan_steps, refit, refit_checks, Check, Probe};
 use crate::config::train::{Budget, Fit, TrainConfig};
 use crate::run::{RunData, RunDir};
 
@@ -345,21 +345,45 @@ mod tests {
     }
 
     #[test]
-    fn a_refit_shortens_the_schedule_to_the_real_step_time_and_never_lengthens_it() {
+    fn a_refit_fits_the_schedule_to_the_real_step_time_within_the_plan() {
         let b = Budget::minutes(10.0);
         let fit = choose(&b, 600.0, &probe(), 25.0, 20, 50).unwrap();
-        assert_eq!(refit(&b, &fit, probe().step_seconds, 100, 50), None);
-        assert_eq!(refit(&b, &fit, 0.5 * probe().step_seconds, 100, 50), None);
+        let most = plan_steps(fit.steps, Some(&b));
+        let check = |step_seconds, done| Check {
+            done,
+            step_seconds,
+            current: fit.steps,
+            most,
+        };
+        assert_eq!(refit(&b, &fit, check(probe().step_seconds, 100), 50), None);
         // 12% slower steps: the steps the same budget holds at that speed.
+        let at = |s: f64| {
+            let mut p = probe();
+            p.step_seconds = s;
+            choose(&b, 600.0, &p, 25.0, 20, 50).unwrap().steps
+        };
         let slow = 1.12 * probe().step_seconds;
-        let mut p = probe();
-        p.step_seconds = slow;
-        let want = choose(&b, 600.0, &p, 25.0, 20, 50).unwrap().steps;
-        assert!(want < fit.steps, "{want} {}", fit.steps);
-        assert_eq!(refit(&b, &fit, slow, 100, 50), Some(want));
+        assert!(at(slow) < fit.steps, "{} {}", at(slow), fit.steps);
+        assert_eq!(refit(&b, &fit, check(slow, 100), 50), Some(at(slow)));
+        // 5% faster: longer; twice as fast: only as long as the plan of samples.
+        let fast = 0.95 * probe().step_seconds;
+        assert!(at(fast) > fit.steps && at(fast) < most);
+        assert_eq!(refit(&b, &fit, check(fast, 100), 50), Some(at(fast)));
+        assert_eq!(
+            refit(&b, &fit, check(0.5 * probe().step_seconds, 100), 50),
+            Some(most)
+        );
         // Never behind the steps already done.
-        assert_eq!(refit(&b, &fit, 100.0, 100, 50), Some(101));
-        assert_eq!(refit_at(&fit, 20), (fit.steps / 8).max(30));
+        assert_eq!(refit(&b, &fit, check(100.0, 100), 50), Some(101));
+        assert_eq!(
+            refit_checks(&fit, 20),
+            vec![(fit.steps / 8).max(30), fit.steps / 2]
+        );
+        // Without a refit the plan is the schedule.
+        let mut off = b.clone();
+        off.refit = false;
+        assert_eq!(plan_steps(fit.steps, Some(&off)), fit.steps);
+        assert_eq!(plan_steps(fit.steps, None), fit.steps);
     }
 
     #[test]

@@ -9,9 +9,11 @@ use std::sync::Arc;
 use anyhow::Context;
 use candle_core::{DType, Device, Tensor, Var};
 
-use crate::llm::ops::{mutate_cpu, with_cpu, GradBuffers};
+use crate::llm::ops::{with_cpu, GradBuffers};
 
+mod cpu;
 mod flat;
+pub use cpu::bench_adamw;
 use flat::Flat;
 
 /// The per-parameter constants of one update.
@@ -263,69 +265,6 @@ impl AdamW {
             self.v[i] = v;
         }
         Ok(())
-    }
-
-    /// The update of one f32 CPU parameter in a single parallel pass, in place, over w, g, m
-    /// and v (the composed tensor ops make about three times as many passes over memory and
-    /// allocate three new parameter-sized tensors, which is most of an optimizer step's time on
-    /// a CPU). False when the tensors are elsewhere or not f32.
-    /// `new`: the element from which the parameter is new, with that part's constants.
-    fn fused_cpu(
-        &self,
-        var: &Var,
-        g: &Tensor,
-        i: usize,
-        h: Hyper,
-        new: Option<(usize, Hyper)>,
-    ) -> candle_core::Result<bool> {
-        use rayon::prelude::*;
-        let w_t = var.as_tensor();
-        let all_cpu_f32 = [w_t, g, &self.m[i], &self.v[i]]
-            .iter()
-            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous());
-        if !all_cpu_f32 || !crate::llm::kernels::fused_enabled() || g.shape() != w_t.shape() {
-            return Ok(false);
-        }
-        let c = self.cfg;
-        let (b1, b2, eps) = (c.beta1 as f32, c.beta2 as f32, c.eps as f32);
-        let (bc1, bc2) = (h.bc1 as f32, h.bc2 as f32);
-        let (lr, decay, scale) = (h.lr as f32, (1.0 - h.lr * h.wd) as f32, h.scale as f32);
-        let (from, lr_new, decay_new) = match new {
-            Some((f, n)) => (f, n.lr as f32, (1.0 - n.lr * n.wd) as f32),
-            None => (usize::MAX, lr, decay),
-        };
-        const CHUNK: usize = 1 << 14;
-        mutate_cpu(w_t, |w| {
-            mutate_cpu(&self.m[i], |m| {
-                mutate_cpu(&self.v[i], |v| {
-                    with_cpu(&[g], "adamw", |gs| {
-                        let gr = gs[0];
-                        w.par_chunks_mut(CHUNK)
-                            .zip(m.par_chunks_mut(CHUNK))
-                            .zip(v.par_chunks_mut(CHUNK))
-                            .enumerate()
-                            .for_each(|(k, ((w, m), v))| {
-                                let o = k * CHUNK;
-                                for j in 0..w.len() {
-                                    let gj = gr[o + j] * scale;
-                                    let mj = b1 * m[j] + (1.0 - b1) * gj;
-                                    let vj = b2 * v[j] + (1.0 - b2) * gj * gj;
-                                    let upd = (mj / bc1) / ((vj / bc2).sqrt() + eps);
-                                    let (lr, decay) = match o + j >= from {
-                                        true => (lr_new, decay_new),
-                                        false => (lr, decay),
-                                    };
-                                    w[j] = w[j] * decay - lr * upd;
-                                    m[j] = mj;
-                                    v[j] = vj;
-                                }
-                            });
-                        Ok(())
-                    })
-                })
-            })
-        })?;
-        Ok(true)
     }
 
     /// Writes the moments (`m.<name>`, `v.<name>`) and the step count to a safetensors file.

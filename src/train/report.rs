@@ -175,7 +175,13 @@ impl TrainReport {
         let how = match f.refit {
             Some(r) => format!(
                 "refit at step {}: the steps ran at {:.2} s, so the schedule ends at step {} instead of {}; {how}",
-                r.at_step, r.step_seconds, r.steps, f.steps
+                r.at_step,
+                r.step_seconds,
+                r.steps,
+                match r.from_steps {
+                    0 => f.steps,
+                    n => n,
+                }
             ),
             None => how,
         };

@@ -145,6 +145,9 @@ pub fn fit(
     pb.reset_eta();
     let mut ended = Ended::Finished;
     let mut total = cfg.steps;
+    let mut eval_every = cfg.eval_every;
+    // A budget's refit may lengthen the schedule to what the plan holds.
+    let most = plan.len() / cfg.batch_size.max(1);
     let mut refit = Refit::new(cfg, trainer.step);
     while trainer.step < total {
         let samples = step_samples(plan, builder, trainer.step, cfg.batch_size)?;
@@ -163,21 +166,29 @@ pub fn fit(
         ));
         state.step = trainer.step;
         state.seconds = base_seconds + start.elapsed().as_secs_f64();
-        if let Some(steps) = refit.observe(trainer.step, stats.seconds, cfg, state) {
+        let was = total;
+        if let Some(steps) = refit.observe(trainer.step, stats.seconds, most, state) {
             total = steps;
+            eval_every = state.config.eval_every;
             trainer.cfg.total = steps;
             pb.set_length(steps as u64);
             pb.println(format!(
-                "budget: the steps ran slower than the probe's; the schedule now ends at step \
-                 {steps} (was {})",
-                cfg.steps
+                "budget: at step {}, the steps ran at {:.2} s; the schedule now ends at step \
+                 {steps} (was {was})",
+                trainer.step,
+                state
+                    .config
+                    .fit
+                    .as_ref()
+                    .and_then(|f| f.refit)
+                    .map_or(0.0, |r| r.step_seconds),
             ));
         }
         let last = trainer.step == total;
         let over_time = cfg
             .max_minutes
             .is_some_and(|m| start.elapsed().as_secs_f64() > m * 60.0);
-        if trainer.step.is_multiple_of(cfg.eval_every) || last || over_time {
+        if trainer.step.is_multiple_of(eval_every) || last || over_time {
             let rec = hooks.validate(trainer)?;
             writeln!(log, "{}", serde_json::to_string(&rec)?)?;
             pb.println(format!(
@@ -219,23 +230,28 @@ pub fn fit(
     Ok(ended)
 }
 
-/// The once-per-run check of a budget's schedule against its real steps
-/// (`train::schedule::refit`): mean step time from the third step of this invocation on.
+/// The checks of a budget's schedule against its real steps (`train::schedule::refit`): mean
+/// step time from the third step of this invocation on.
 struct Refit {
-    at: Option<usize>,
+    /// The steps still to check at, ascending.
+    at: Vec<usize>,
     first: usize,
     seconds: f64,
 }
 
 impl Refit {
     fn new(cfg: &TrainConfig, step: usize) -> Self {
-        // A resumed run keeps the schedule its checkpoint recorded, refit or not.
+        // A resumed run keeps the schedule its checkpoint recorded and checks only the steps
+        // after its start, on the steps it times itself.
         let at = cfg
             .fit
             .as_ref()
-            .filter(|f| f.refit.is_none() && cfg.budget.as_ref().is_some_and(|b| b.refit))
-            .map(|f| super::schedule::refit_at(f, cfg.warmup_steps))
-            .filter(|&at| at > step + 2 && at < cfg.steps);
+            .filter(|_| cfg.budget.as_ref().is_some_and(|b| b.refit))
+            .map(|f| super::schedule::refit_checks(f, cfg.warmup_steps))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|&at| at > step + 2 && at < cfg.steps)
+            .collect();
         Self {
             at,
             first: step + 2,
@@ -243,32 +259,40 @@ impl Refit {
         }
     }
 
-    /// After step `step` (1-based count) took `seconds`: at the check, the new step count
-    /// when it is fewer, recorded in `state`'s config (so a checkpoint resumes with it).
+    /// After step `step` (1-based count) took `seconds`: at a check, the new step count when
+    /// it changes (the plan holds at most `most`), recorded in `state`'s config, so a
+    /// checkpoint resumes with it.
     fn observe(
         &mut self,
         step: usize,
         seconds: f64,
-        cfg: &TrainConfig,
+        most: usize,
         state: &mut TrainState,
     ) -> Option<usize> {
-        let at = self.at?;
         if step > self.first {
             self.seconds += seconds;
         }
-        if step < at {
+        if self.at.first().is_none_or(|&at| step < at) {
             return None;
         }
-        self.at = None;
-        let (budget, fit) = (cfg.budget.as_ref()?, cfg.fit.as_ref()?);
-        let mean = self.seconds / (step - self.first).max(1) as f64;
-        let steps = super::schedule::refit(budget, fit, mean, step, cfg.save_every)?;
-        let mut fit = fit.clone();
+        self.at.retain(|&at| at > step);
+        let cfg = &state.config;
+        let (budget, mut fit) = (cfg.budget.clone()?, cfg.fit.clone()?);
+        let check = super::schedule::Check {
+            done: step,
+            step_seconds: self.seconds / (step - self.first).max(1) as f64,
+            current: cfg.steps,
+            most,
+        };
+        let steps = super::schedule::refit(&budget, &fit, check, cfg.save_every)?;
         fit.refit = Some(crate::config::train::Refit {
             at_step: step,
-            step_seconds: mean,
+            step_seconds: check.step_seconds,
             steps,
+            from_steps: cfg.steps,
         });
+        // One validation stays one, after the last step.
+        state.config.eval_every = steps.div_ceil(budget.validations.max(1));
         state.config.steps = steps;
         state.config.fit = Some(fit);
         state.total_steps = steps;
@@ -280,7 +304,7 @@ impl Refit {
 mod tests {
     use super::*;
     use crate::config::train::{Budget, Stage};
-    use crate::train::schedule::{choose, refit, refit_at, Probe};
+    use crate::train::schedule::{choose, plan_steps, refit, refit_checks, Check, Probe};
 
     fn config(probe: &Probe, refit: bool) -> TrainConfig {
         let mut b = Budget::minutes(10.0);
@@ -311,7 +335,7 @@ mod tests {
     }
 
     #[test]
-    fn the_loop_refits_once_at_its_check_and_records_it_for_a_resume() {
+    fn the_loop_refits_at_its_checks_both_ways_and_records_it_for_a_resume() {
         let probe = Probe {
             step_seconds: 1.0,
             step_seconds_min: 0.9,
@@ -324,34 +348,73 @@ mod tests {
         };
         let c = config(&probe, true);
         let fit = c.fit.clone().unwrap();
-        let at = refit_at(&fit, c.warmup_steps);
+        let checks = refit_checks(&fit, c.warmup_steps);
+        let (at, half) = (checks[0], checks[1]);
+        assert_eq!(half, fit.steps / 2);
+        let most = plan_steps(c.steps, c.budget.as_ref());
+        assert_eq!(most, c.steps + c.steps / 4);
         // Steps 25% slower than the probe's; the first two of the run (warm-up) much slower.
         let mut r = Refit::new(&c, 0);
         let mut st = state(&c);
         for step in 1..at {
             let s = if step <= 2 { 9.0 } else { 1.25 };
-            assert_eq!(r.observe(step, s, &c, &mut st), None, "step {step}");
+            assert_eq!(r.observe(step, s, most, &mut st), None, "step {step}");
         }
-        let n = r.observe(at, 1.25, &c, &mut st).expect("a refit");
+        let n = r.observe(at, 1.25, most, &mut st).expect("a refit");
+        let check = |done, step_seconds, current| Check {
+            done,
+            step_seconds,
+            current,
+            most,
+        };
+        let b = c.budget.as_ref().unwrap();
         assert_eq!(
             Some(n),
-            refit(c.budget.as_ref().unwrap(), &fit, 1.25, at, c.save_every)
+            refit(b, &fit, check(at, 1.25, c.steps), c.save_every)
         );
         assert!(n < c.steps, "{n} {}", c.steps);
         assert_eq!((st.config.steps, st.total_steps), (n, n));
+        assert_eq!(st.config.eval_every, n);
         let rec = st.config.fit.as_ref().unwrap().refit.unwrap();
-        assert_eq!((rec.at_step, rec.step_seconds, rec.steps), (at, 1.25, n));
-        // Once only, and a run resumed from that state checks nothing again.
-        assert_eq!(r.observe(at + 1, 100.0, &c, &mut st), None);
+        assert_eq!(
+            (rec.at_step, rec.step_seconds, rec.steps, rec.from_steps),
+            (at, 1.25, n, c.steps)
+        );
+        // No check between the two, however slow the steps.
+        assert_eq!(r.observe(at + 1, 100.0, most, &mut st), None);
+        // A run resumed after the first check keeps its schedule and checks half way, on its
+        // own steps: faster ones lengthen the schedule, at most to what the plan holds.
         let resumed = st.config.clone();
         let mut again = Refit::new(&resumed, at + 5);
-        assert_eq!(again.observe(at + 6, 100.0, &resumed, &mut st), None);
+        let mut st2 = state(&resumed);
+        for step in at + 6..half {
+            assert_eq!(
+                again.observe(step, 0.8, most, &mut st2),
+                None,
+                "step {step}"
+            );
+        }
+        let longer = again.observe(half, 0.8, most, &mut st2).expect("a refit");
+        assert!(
+            longer > c.steps && longer <= most,
+            "{longer} {} {most}",
+            c.steps
+        );
+        assert_eq!(
+            Some(longer),
+            refit(b, &fit, check(half, 0.8, n), c.save_every)
+        );
+        assert_eq!(
+            st2.config.fit.as_ref().unwrap().refit.unwrap().from_steps,
+            n
+        );
+        assert_eq!(again.observe(half + 1, 0.1, most, &mut st2), None);
 
         // Steps at the probe's speed keep the schedule; so does `budget.refit: false`.
         for (c, s) in [(config(&probe, true), 1.0), (config(&probe, false), 1.25)] {
             let mut r = Refit::new(&c, 0);
             let mut st = state(&c);
-            assert!((1..=at + 1).all(|k| r.observe(k, s, &c, &mut st).is_none()));
+            assert!((1..=half + 1).all(|k| r.observe(k, s, most, &mut st).is_none()));
             assert_eq!(st.config.steps, c.steps);
         }
     }

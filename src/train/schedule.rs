@@ -72,27 +72,47 @@ pub fn choose(
     })
 }
 
-/// The step at which a fit schedule is checked against its real steps: an eighth of the way,
-/// and not before the warmup and ten more steps are timed (the probe's 8 steps are the plan's
-/// first batches only, and a busier minute slows them all: session 15's quickstart ran 12%
-/// slower than its probe and hit the guard at step 888 of 929).
-pub fn refit_at(fit: &Fit, warmup: usize) -> usize {
-    (fit.steps / 8).max(warmup + 10)
+/// The steps at which a fit schedule is checked against its real steps: an eighth of the way
+/// (not before the warmup and ten more steps are timed; the probe's steps are the plan's first
+/// batches only, and a busier minute slows them all: session 15's quickstart ran 12% slower
+/// than its probe and hit the guard at step 888 of 929), and half way, on a mean over many
+/// more steps (session 15's second quickstart ran faster after its first check and ended 106 s
+/// under its budget).
+pub fn refit_checks(fit: &Fit, warmup: usize) -> Vec<usize> {
+    let first = (fit.steps / 8).max(warmup + 10);
+    let mut at = vec![first];
+    if fit.steps / 2 > first {
+        at.push(fit.steps / 2);
+    }
+    at
 }
 
-/// The step count that fits the budget at the real steps' mean time (`step_seconds`, after
-/// `done` steps): the probe's arithmetic ([`choose`]) with that step time. Only ever fewer than
-/// the probe chose (the plan of samples is that long, and a faster start is no promise), and
-/// never fewer than `done + 1`. None: the probe's schedule still fits.
-pub fn refit(
-    budget: &Budget,
-    fit: &Fit,
-    step_seconds: f64,
-    done: usize,
-    save_every: usize,
-) -> Option<usize> {
+/// The steps a budget's plan of samples holds: a quarter more than the probe chose when the
+/// schedule may be refit, so that a refit can lengthen it (the plan is one seeded stream, so
+/// its first steps are the same whatever its length).
+pub fn plan_steps(steps: usize, budget: Option<&Budget>) -> usize {
+    match budget.is_some_and(|b| b.refit) {
+        true => steps + steps / 4,
+        false => steps,
+    }
+}
+
+/// Where a running schedule stands at a check: `done` steps took `step_seconds` each on
+/// average, the schedule ends at `current`, and the plan holds `most`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Check {
+    pub done: usize,
+    pub step_seconds: f64,
+    pub current: usize,
+    pub most: usize,
+}
+
+/// The step count that fits the budget at the real steps' mean time: the probe's arithmetic
+/// ([`choose`]) with that step time, between `done + 1` and the plan's `most`. None: the
+/// running schedule already ends there.
+pub fn refit(budget: &Budget, fit: &Fit, check: Check, save_every: usize) -> Option<usize> {
     let probe = Probe {
-        step_seconds,
+        step_seconds: check.step_seconds,
         step_seconds_min: fit.step_seconds_min,
         step_seconds_max: fit.step_seconds_max,
         timed_steps: fit.timed_steps,
@@ -109,6 +129,8 @@ pub fn refit(
         0,
         save_every,
     )
-    .map_or(0, |f| f.steps);
-    (steps < fit.steps).then_some(steps.max(done + 1))
+    .map_or(0, |f| f.steps)
+    .min(check.most)
+    .max(check.done + 1);
+    (steps != check.current).then_some(steps)
 }

@@ -397,7 +397,9 @@ fn train_loop(
     let stage = c.stage.name();
     let samples = stage_samples(d, c);
     let builder = task_builder(d, bb, &samples, c);
-    let plan = builder.plan(&c.mix, c.steps * c.batch_size, c.seed)?;
+    // Longer than the schedule where a budget's refit may lengthen it; the same first steps.
+    let planned = super::schedule::plan_steps(c.steps, c.budget.as_ref());
+    let plan = builder.plan(&c.mix, planned * c.batch_size, c.seed)?;
     let valid = valid_set(d, &builder, &bb.items, c)?;
     let out_dir = run.train_dir(c.stage);
     let mut state = start_state(prev, c, bb, d);
@@ -423,7 +425,7 @@ fn train_loop(
         c.steps,
         c.batch_size,
         c.micro_batch,
-        plan.len(),
+        c.steps * c.batch_size,
         samples.len(),
         if builder.con_id.is_some() { "on" } else { "off" },
         bb.src.describe(),

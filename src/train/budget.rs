@@ -294,18 +294,7 @@ fn probe_slice(v: &ValidSet, picked: &[usize]) -> ValidSet {
 mod tests {
     use super::*;
 
-    fn probe() -> Probe {
-        Probe {
-            step_seconds: 1.0,
-            step_seconds_min: 0.9,
-            step_seconds_max: 1.2,
-            timed_steps: 10,
-            setup_seconds: 5.0,
-            validation_seconds: 30.0,
-            save_seconds: 2.0,
-            beam_user_seconds: 0.1,
-        }
-    }
+    use crate::train::schedule::test_probe as probe;
 
     #[test]
     fn the_beam_probe_times_users_of_median_prompt_length_after_a_warm_batch() {

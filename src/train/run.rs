@@ -304,7 +304,9 @@ impl Refit {
 mod tests {
     use super::*;
     use crate::config::train::{Budget, Stage};
-    use crate::train::schedule::{choose, plan_steps, refit, refit_checks, Check, Probe};
+    use crate::train::schedule::{
+        choose, plan_steps, refit, refit_checks, test_probe, Check, Probe,
+    };
 
     fn config(probe: &Probe, refit: bool) -> TrainConfig {
         let mut b = Budget::minutes(10.0);
@@ -336,16 +338,7 @@ mod tests {
 
     #[test]
     fn the_loop_refits_at_its_checks_both_ways_and_records_it_for_a_resume() {
-        let probe = Probe {
-            step_seconds: 1.0,
-            step_seconds_min: 0.9,
-            step_seconds_max: 1.2,
-            timed_steps: 10,
-            setup_seconds: 5.0,
-            validation_seconds: 30.0,
-            save_seconds: 2.0,
-            beam_user_seconds: 0.1,
-        };
+        let probe = test_probe();
         let c = config(&probe, true);
         let fit = c.fit.clone().unwrap();
         let checks = refit_checks(&fit, c.warmup_steps);

@@ -134,3 +134,18 @@ pub fn refit(budget: &Budget, fit: &Fit, check: Check, save_every: usize) -> Opt
     .max(check.done + 1);
     (steps != check.current).then_some(steps)
 }
+
+/// The probe the budget and loop tests share: 1 s steps, a 30 s validation, a 2 s save.
+#[cfg(test)]
+pub(crate) fn test_probe() -> Probe {
+    Probe {
+        step_seconds: 1.0,
+        step_seconds_min: 0.9,
+        step_seconds_max: 1.2,
+        timed_steps: 10,
+        setup_seconds: 5.0,
+        validation_seconds: 30.0,
+        save_seconds: 2.0,
+        beam_user_seconds: 0.1,
+    }
+}

@@ -235,17 +235,8 @@ fn measure(
     let users = timed_users.len();
     let beam_user_seconds = t.elapsed().as_secs_f64() / users.max(1) as f64;
     let beam = beam_user_seconds * beam_users as f64;
-    let state = TrainState {
-        stage: c.stage.name().to_string(),
-        step: parts.trainer.step,
-        total_steps: pc.steps,
-        best: None,
-        validations: Vec::new(),
-        seconds: 0.0,
-        config: pc.clone(),
-        model: bb.src.describe(),
-        index: d.index_path.display().to_string(),
-    };
+    let mut state = TrainState::fresh(&pc, bb.src.describe(), d.index_path.display().to_string());
+    state.step = parts.trainer.step;
     let t = Instant::now();
     hooks.save(&parts.trainer, &state, true)?;
     let save_seconds = t.elapsed().as_secs_f64();

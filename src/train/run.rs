@@ -61,6 +61,24 @@ pub struct TrainState {
     pub index: String,
 }
 
+impl TrainState {
+    /// The state before step 0 of a stage with config `c`, from backbone `model` and item
+    /// index `index` (as recorded in `state.json`).
+    pub fn fresh(c: &TrainConfig, model: String, index: String) -> Self {
+        Self {
+            stage: c.stage.name().to_string(),
+            step: 0,
+            total_steps: c.steps,
+            best: None,
+            validations: Vec::new(),
+            seconds: 0.0,
+            config: c.clone(),
+            model,
+            index,
+        }
+    }
+}
+
 /// Stage-specific work the loop calls back into.
 pub trait Hooks {
     fn validate(&mut self, t: &Trainer) -> anyhow::Result<ValidRecord>;
@@ -323,17 +341,7 @@ mod tests {
     }
 
     fn state(c: &TrainConfig) -> TrainState {
-        TrainState {
-            stage: "initial".into(),
-            step: 0,
-            total_steps: c.steps,
-            best: None,
-            validations: Vec::new(),
-            seconds: 0.0,
-            config: c.clone(),
-            model: String::new(),
-            index: String::new(),
-        }
+        TrainState::fresh(c, String::new(), String::new())
     }
 
     #[test]

@@ -365,16 +365,8 @@ fn start_state(
     bb: &Backbone,
     d: &RunData,
 ) -> TrainState {
-    let mut state = prev.unwrap_or_else(|| TrainState {
-        stage: c.stage.name().to_string(),
-        step: 0,
-        total_steps: c.steps,
-        best: None,
-        validations: Vec::new(),
-        seconds: 0.0,
-        config: c.clone(),
-        model: bb.src.describe(),
-        index: d.index_path.display().to_string(),
+    let mut state = prev.unwrap_or_else(|| {
+        TrainState::fresh(c, bb.src.describe(), d.index_path.display().to_string())
     });
     state.total_steps = c.steps;
     state.config = c.clone();

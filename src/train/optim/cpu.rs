@@ -22,6 +22,19 @@ struct AdamKernel {
 }
 
 impl AdamKernel {
+    fn new(c: &AdamWConfig, h: Hyper) -> Self {
+        Self {
+            b1: c.beta1 as f32,
+            b2: c.beta2 as f32,
+            eps: c.eps as f32,
+            bc1: h.bc1 as f32,
+            bc2: h.bc2 as f32,
+            lr: h.lr as f32,
+            decay: (1.0 - h.lr * h.wd) as f32,
+            scale: h.scale as f32,
+        }
+    }
+
     /// Updates `w`, `m`, `v` in place from the gradient `g` (all the same length).
     #[inline]
     fn run(&self, w: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]) {
@@ -60,30 +73,13 @@ impl AdamW {
         if !all_cpu_f32 || !crate::llm::kernels::fused_enabled() || g.shape() != w_t.shape() {
             return Ok(false);
         }
-        let c = self.cfg;
-        let (b1, b2, eps) = (c.beta1 as f32, c.beta2 as f32, c.eps as f32);
-        let (bc1, bc2) = (h.bc1 as f32, h.bc2 as f32);
-        let (lr, decay, scale) = (h.lr as f32, (1.0 - h.lr * h.wd) as f32, h.scale as f32);
-        let (from, lr_new, decay_new) = match new {
-            Some((f, n)) => (f, n.lr as f32, (1.0 - n.lr * n.wd) as f32),
-            None => (usize::MAX, lr, decay),
-        };
+        // Past the end (no new group): every chunk runs the old constants only.
+        let (from, new) = new.unwrap_or((usize::MAX, h));
+        let (old_k, new_k) = (
+            AdamKernel::new(&self.cfg, h),
+            AdamKernel::new(&self.cfg, new),
+        );
         const CHUNK: usize = 1 << 14;
-        let old_k = AdamKernel {
-            b1,
-            b2,
-            eps,
-            bc1,
-            bc2,
-            lr,
-            decay,
-            scale,
-        };
-        let new_k = AdamKernel {
-            lr: lr_new,
-            decay: decay_new,
-            ..old_k
-        };
         mutate_cpu(w_t, |w| {
             mutate_cpu(&self.m[i], |m| {
                 mutate_cpu(&self.v[i], |v| {

@@ -114,18 +114,14 @@ pub fn compare(arms: &[(String, PathBuf)]) -> anyhow::Result<Vec<Arm>> {
 pub fn markdown(arms: &[Arm]) -> String {
     let first = arms.first().map_or("", |a| a.name.as_str());
     let mut md = format!(
-        "| arm | users | R@10 (s.e.) | N@10 (s.e.) | R@10 minus {first} (paired s.e.) | N@10 minus {first} (paired s.e.) | ahead beyond 2 s.e. |\n| --- | ---: | ---: | ---: | ---: | ---: | --- |\n"
+        "| arm | users | R@10 (s.e.) | N@10 (s.e.) | R@10 minus {first} (paired s.e.) | N@10 minus {first} (paired s.e.) | both beyond 2 s.e. |\n| --- | ---: | ---: | ---: | ---: | ---: | --- |\n"
     );
     for a in arms {
         let (dr, dn, v) = match &a.minus_first {
             Some(d) => (
                 format!("{:+.4} ({:.4})", d.recall10_diff, d.recall10_se),
                 format!("{:+.4} ({:.4})", d.ndcg10_diff, d.ndcg10_se),
-                match (d.has_standard_error(), d.beats_beyond_2se()) {
-                    (false, _) => "n/a",
-                    (true, true) => "yes",
-                    (true, false) => "no",
-                },
+                d.verdict(),
             ),
             None => ("-".into(), "-".into(), "-"),
         };

@@ -41,12 +41,30 @@ impl PairedDiff {
             && self.ndcg10_diff > 2.0 * self.ndcg10_se
     }
 
+    /// Whether both differences are below zero by more than two standard errors: the model
+    /// is behind the baseline (a report must say so, not merely "not ahead").
+    pub fn trails_beyond_2se(&self) -> bool {
+        self.has_standard_error()
+            && self.recall10_diff < -2.0 * self.recall10_se
+            && self.ndcg10_diff < -2.0 * self.ndcg10_se
+    }
+
+    /// "ahead" or "behind" where both differences pass two standard errors, else "within";
+    /// "n/a" without a standard error.
+    pub fn verdict(&self) -> &'static str {
+        if !self.has_standard_error() {
+            "n/a"
+        } else if self.beats_beyond_2se() {
+            "ahead"
+        } else if self.trails_beyond_2se() {
+            "behind"
+        } else {
+            "within"
+        }
+    }
+
     pub fn markdown_row(&self) -> String {
-        let verdict = match (self.has_standard_error(), self.beats_beyond_2se()) {
-            (false, _) => "n/a",
-            (true, true) => "yes",
-            (true, false) => "no",
-        };
+        let verdict = self.verdict();
         format!(
             "| {} | {:+.4} ({:.4}) | {:+.4} ({:.4}) | {verdict} |",
             self.baseline, self.recall10_diff, self.recall10_se, self.ndcg10_diff, self.ndcg10_se,
@@ -55,7 +73,7 @@ impl PairedDiff {
 }
 
 /// Header of the table [`PairedDiff::markdown_row`] fills.
-pub const MARKDOWN_HEADER: &str = "| model minus | R@10 (paired s.e.) | N@10 (paired s.e.) | beyond 2 s.e. |\n| --- | ---: | ---: | --- |\n";
+pub const MARKDOWN_HEADER: &str = "| model minus | R@10 (paired s.e.) | N@10 (paired s.e.) | both beyond 2 s.e. |\n| --- | ---: | ---: | --- |\n";
 
 /// Hit@K and NDCG@K of a 1-based rank.
 fn gains(rank: Option<usize>) -> (f64, f64) {
@@ -216,6 +234,25 @@ mod tests {
         assert!(p.beats_beyond_2se());
         // With 3 users ahead instead of 10 the difference (0.03, s.e. 0.0171) is within 2 s.e.
         let base: Vec<_> = (0..100).map(|u| (u < 27).then_some(1)).collect();
-        assert!(!paired("b", &model, &base).unwrap().beats_beyond_2se());
+        let within = paired("b", &model, &base).unwrap();
+        assert!(!within.beats_beyond_2se() && !within.trails_beyond_2se());
+        assert!(within.markdown_row().ends_with("| within |"));
+    }
+
+    #[test]
+    fn a_model_behind_beyond_two_standard_errors_is_called_behind() {
+        // The mirror of the case above: the baseline hits 10 more users of 100 (3.3 s.e.).
+        // The row said "no" here, which read as "no difference" for a model clearly behind.
+        let model: Vec<_> = (0..100).map(|u| (u < 20).then_some(1)).collect();
+        let base: Vec<_> = (0..100).map(|u| (u < 30).then_some(1)).collect();
+        let p = paired("b", &model, &base).unwrap();
+        assert!(p.trails_beyond_2se() && !p.beats_beyond_2se());
+        assert!(
+            p.markdown_row().ends_with("| behind |"),
+            "{}",
+            p.markdown_row()
+        );
+        let ahead = paired("b", &base, &model).unwrap();
+        assert!(ahead.markdown_row().ends_with("| ahead |"));
     }
 }

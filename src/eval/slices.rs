@@ -194,19 +194,6 @@ pub fn slices_table(named: &[(&str, &[SliceMetrics])]) -> String {
     md
 }
 
-/// The verdict of one paired comparison.
-fn verdict(d: &PairedDiff) -> &'static str {
-    if !d.has_standard_error() {
-        "n/a"
-    } else if d.beats_beyond_2se() {
-        "ahead"
-    } else if d.recall10_diff < -2.0 * d.recall10_se && d.ndcg10_diff < -2.0 * d.ndcg10_se {
-        "behind"
-    } else {
-        "within"
-    }
-}
-
 /// The model minus `who` per slice (`base`: `who`'s slices, `diffs`: the paired differences
 /// on the same users): both sides, the differences with paired standard errors, a verdict per
 /// slice, and one line naming where the model is ahead and behind beyond two of them.
@@ -217,7 +204,7 @@ pub fn diff_markdown(who: &str, base: &[SliceMetrics], diffs: &[SliceDiff]) -> S
     let (mut ahead, mut behind) = (Vec::new(), Vec::new());
     for (b, d) in base.iter().zip(diffs) {
         let p = &d.diff;
-        let v = verdict(p);
+        let v = p.verdict();
         match v {
             "ahead" => ahead.push(d.slice.as_str()),
             "behind" => behind.push(d.slice.as_str()),

@@ -19,6 +19,8 @@
 #   scripts/cpu-ab.sh smoke smoke-l2 smoke-l1
 # SRT only (session 16): MINUTES=12 DTYPE=auto BASE=runs/smoke-l4 OUT=runs/ab-s16
 #   scripts/cpu-ab.sh smoke-l2 smoke-l2-srt
+# Distillation from beauty-cpu's full SASRec (session 18): MINUTES=12 DTYPE=auto
+#   BASE=runs/beauty-cpu-s17 OUT=runs/ab-s18 scripts/cpu-ab.sh cpu cpu-d05 cpu-d08 cpu-d05-t2
 # Results: $OUT/<arm>/train/initial/{report.json,log.jsonl}, one row each in $OUT/ab.tsv; with
 # two arms or more, each arm minus the first on the same validation users, user by user, with
 # paired standard errors of R@10 and N@10 (`llmbs paired` over each arm's last
@@ -44,6 +46,8 @@ COMMON=(--srt-dense --micro-batch 8 --warmup-steps 20 --seed "$SEED" --dtype "$D
 BATCH=(--batch-size 16)
 MIX=(--mix srt=4)
 SRT_ONLY="--mix srt=1,id2text=0,text2id=0,hist_text2id=0,hist_id2text=0"
+# beauty-cpu's initial stage (session 17): 2 layers, SRT alone, compact prompts, behavior input.
+CPU="--lr 2e-3 --item-loss --layers 2 --lr-new 6e-3 --weight-decay-new 0 --prompts configs/prompts-compact.json --behavior-input $SRT_ONLY"
 declare -A ARMS=(
   [k4]="--lr 2e-3 --item-loss --layers 4"
   [k8]="--lr 2e-3 --item-loss --layers 8"
@@ -68,6 +72,11 @@ declare -A ARMS=(
   [smoke-l1]="--lr 2e-3 --item-loss --layers 1 --lr-new 6e-3 --weight-decay-new 0 --prompts configs/prompts-compact.json --behavior-input"
   [smoke-l2-srt]="--lr 2e-3 --item-loss --layers 2 --lr-new 6e-3 --weight-decay-new 0 --prompts configs/prompts-compact.json --behavior-input $SRT_ONLY"
   [k4-srtonly]="--lr 2e-3 --item-loss --layers 4 $SRT_ONLY"
+  [cpu]="$CPU"
+  [cpu-d05]="$CPU --distill-weight 0.5"
+  [cpu-d08]="$CPU --distill-weight 0.8"
+  [cpu-d05-t2]="$CPU --distill-weight 0.5 --distill-temperature 2"
+  [cpu-d10]="$CPU --distill-weight 1"
 )
 ORDER=(k4 k4-distill k4-fullvocab k4-groups k8 k12 k16 full k4-lr5e-3 k4-srtonly)
 [ $# -gt 0 ] && ORDER=("$@")

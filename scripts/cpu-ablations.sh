@@ -7,13 +7,19 @@
 #   index-semantic  the index from Z^s only     (--ablation index=semantic)
 #   index-behavior  the index from Z^b only     (--ablation index=behavior)
 #   gct-off         lambda_s = lambda_b = 0     (--ablation gct=off)
+#   index-random    random item IDs, no DKI     (--ablation index=random; not in the default list)
 # Ablation arms link the base run's embeddings and SASRec and train no anneal stage, so each
 # initial model is compared with the base's adapter-off ranking; the adapter is compared on the
 # base model alone (on minus off). Paired differences with standard errors (`llmbs paired`) go
 # to $OUT/paired-initial.md and $OUT/paired-anneal.md.
 # REUSE=RUN links that run's embeddings, SASRec and index where their settings are the same (a
 # beauty-smoke run), so only training and evaluation take time.
+# CONFIG=FILE runs a recorded config instead (e.g. an earlier OUT's config.json, whose recipe
+# the embedded beauty-smoke has since left); MINUTES, ANNEAL, SPLIT, LIMIT, SEED and REUSE then
+# come from the file.
 # Usage: MINUTES=10 ANNEAL=3 SPLIT=test LIMIT=2000 OUT=runs/ablations [REUSE=runs/beauty-smoke] scripts/cpu-ablations.sh [ARM ...]
+# Session 18's random-index row, on session 13's recipe, base rerun beside it:
+#   CONFIG=runs/ablations/config.json OUT=runs/ablations-s18 scripts/cpu-ablations.sh base index-random
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MINUTES="${MINUTES:-10}"
@@ -28,6 +34,10 @@ ARMS=(base index-semantic index-behavior gct-off)
 [ $# -gt 0 ] && ARMS=("$@")
 mkdir -p "$OUT"
 cfg="$OUT/config.json"
+if [ -n "${CONFIG:-}" ]; then
+  [ "$(realpath "$CONFIG")" = "$(realpath -m "$cfg")" ] || cp "$CONFIG" "$cfg"
+  read -r SPLIT LIMIT SEED < <(python3 -c 'import json,sys; e=json.load(open(sys.argv[1]))["eval"][0]; print(e["split"], e["limit"], e["seed"])' "$cfg")
+else
 python3 - "$MINUTES" "$ANNEAL" "$SPLIT" "$LIMIT" "$SEED" "$DATA" "${REUSE:-}" >"$cfg.tmp" <<'PY'
 import json, sys
 minutes, anneal, split, limit, seed, data, reuse = sys.argv[1:8]
@@ -45,6 +55,7 @@ c["eval"] = [dict(ev, model={"model": None, "adapter": a}) for a in ("on", "off"
 json.dump(c, sys.stdout, indent=2)
 PY
 mv "$cfg.tmp" "$cfg"
+fi
 base="$OUT/base"
 for arm in "${ARMS[@]}"; do
   case "$arm" in
@@ -52,7 +63,8 @@ for arm in "${ARMS[@]}"; do
     index-semantic) flags=(--ablation index=semantic --ablation anneal=off) ;;
     index-behavior) flags=(--ablation index=behavior --ablation anneal=off) ;;
     gct-off) flags=(--ablation gct=off --ablation anneal=off) ;;
-    *) echo "cpu-ablations: unknown arm $arm (base, index-semantic, index-behavior, gct-off)" >&2; exit 2 ;;
+    index-random) flags=(--ablation index=random --ablation anneal=off) ;;
+    *) echo "cpu-ablations: unknown arm $arm (base, index-semantic, index-behavior, gct-off, index-random)" >&2; exit 2 ;;
   esac
   [ "$arm" = base ] || [ -d "$base" ] || { echo "cpu-ablations: run base first" >&2; exit 2; }
   echo "cpu-ablations: $arm" >&2
@@ -68,7 +80,7 @@ preds() {
   else grep -v -- "-off-" <<<"$all" | head -1 || true; fi
 }
 pairs=()
-for arm in base index-semantic index-behavior gct-off; do
+for arm in base index-semantic index-behavior gct-off index-random; do
   # The pipeline names an ablation's run after the base and its switches.
   dir="$base"; [ "$arm" = base ] || dir="$base-$arm-anneal-off"
   f=$(preds "$dir" off)

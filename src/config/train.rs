@@ -201,7 +201,7 @@ pub struct Budget {
     #[serde(default = "margin")]
     pub margin: f64,
     /// Whether the schedule is checked against the real steps' time, an eighth and half of the
-    /// way in, and shortened or lengthened (by at most a quarter) to what fits at their speed
+    /// way in, and shortened or lengthened (by at most a half) to what fits at their speed
     /// (`train::schedule::refit`).
     #[serde(default = "yes")]
     pub refit: bool,

@@ -353,7 +353,7 @@ mod tests {
         let (at, half) = (checks[0], checks[1]);
         assert_eq!(half, fit.steps / 2);
         let most = plan_steps(c.steps, c.budget.as_ref());
-        assert_eq!(most, c.steps + c.steps / 4);
+        assert_eq!(most, c.steps + c.steps / 2);
         // Steps 25% slower than the probe's; the first two of the run (warm-up) much slower.
         let mut r = Refit::new(&c, 0);
         let mut st = state(&c);

@@ -21,6 +21,8 @@
 #   scripts/cpu-ab.sh smoke-l2 smoke-l2-srt
 # Distillation from beauty-cpu's full SASRec (session 18): MINUTES=12 DTYPE=auto
 #   BASE=runs/beauty-cpu-s17 OUT=runs/ab-s18 scripts/cpu-ab.sh cpu cpu-d05 cpu-d08 cpu-d05-t2
+# The same on the smoke, its 3-minute SASRec the teacher (session 18): MINUTES=12 DTYPE=auto
+#   BASE=runs/smoke-l4 OUT=runs/ab-s18-smoke scripts/cpu-ab.sh smoke-l2-srt smoke-l2-srt-d08
 # Results: $OUT/<arm>/train/initial/{report.json,log.jsonl}, one row each in $OUT/ab.tsv; with
 # two arms or more, each arm minus the first on the same validation users, user by user, with
 # paired standard errors of R@10 and N@10 (`llmbs paired` over each arm's last
@@ -77,6 +79,7 @@ declare -A ARMS=(
   [cpu-d08]="$CPU --distill-weight 0.8"
   [cpu-d05-t2]="$CPU --distill-weight 0.5 --distill-temperature 2"
   [cpu-d10]="$CPU --distill-weight 1"
+  [smoke-l2-srt-d08]="--lr 2e-3 --item-loss --layers 2 --lr-new 6e-3 --weight-decay-new 0 --prompts configs/prompts-compact.json --behavior-input $SRT_ONLY --distill-weight 0.8"
 )
 ORDER=(k4 k4-distill k4-fullvocab k4-groups k8 k12 k16 full k4-lr5e-3 k4-srtonly)
 [ $# -gt 0 ] && ORDER=("$@")

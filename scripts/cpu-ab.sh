@@ -48,7 +48,8 @@ COMMON=(--srt-dense --micro-batch 8 --warmup-steps 20 --seed "$SEED" --dtype "$D
 BATCH=(--batch-size 16)
 MIX=(--mix srt=4)
 SRT_ONLY="--mix srt=1,id2text=0,text2id=0,hist_text2id=0,hist_id2text=0"
-# beauty-cpu's initial stage (session 17): 2 layers, SRT alone, compact prompts, behavior input.
+# beauty-cpu's initial stage before its distillation (session 17), which is also the smoke's
+# (session 16): 2 layers, SRT alone, compact prompts, behavior input. Their arms differ by BASE.
 CPU="--lr 2e-3 --item-loss --layers 2 --lr-new 6e-3 --weight-decay-new 0 --prompts configs/prompts-compact.json --behavior-input $SRT_ONLY"
 declare -A ARMS=(
   [k4]="--lr 2e-3 --item-loss --layers 4"
@@ -72,14 +73,14 @@ declare -A ARMS=(
   [smoke-distill]="--lr 2e-3 --item-loss --layers 4 --lr-new 6e-3 --weight-decay-new 0 --prompts configs/prompts-compact.json --behavior-input --distill-weight 0.5"
   [smoke-l2]="--lr 2e-3 --item-loss --layers 2 --lr-new 6e-3 --weight-decay-new 0 --prompts configs/prompts-compact.json --behavior-input"
   [smoke-l1]="--lr 2e-3 --item-loss --layers 1 --lr-new 6e-3 --weight-decay-new 0 --prompts configs/prompts-compact.json --behavior-input"
-  [smoke-l2-srt]="--lr 2e-3 --item-loss --layers 2 --lr-new 6e-3 --weight-decay-new 0 --prompts configs/prompts-compact.json --behavior-input $SRT_ONLY"
+  [smoke-l2-srt]="$CPU"
   [k4-srtonly]="--lr 2e-3 --item-loss --layers 4 $SRT_ONLY"
   [cpu]="$CPU"
   [cpu-d05]="$CPU --distill-weight 0.5"
   [cpu-d08]="$CPU --distill-weight 0.8"
   [cpu-d05-t2]="$CPU --distill-weight 0.5 --distill-temperature 2"
   [cpu-d10]="$CPU --distill-weight 1"
-  [smoke-l2-srt-d08]="--lr 2e-3 --item-loss --layers 2 --lr-new 6e-3 --weight-decay-new 0 --prompts configs/prompts-compact.json --behavior-input $SRT_ONLY --distill-weight 0.8"
+  [smoke-l2-srt-d08]="$CPU --distill-weight 0.8"
 )
 ORDER=(k4 k4-distill k4-fullvocab k4-groups k8 k12 k16 full k4-lr5e-3 k4-srtonly)
 [ $# -gt 0 ] && ORDER=("$@")
